@@ -1,0 +1,34 @@
+# Two set-up commands: `make demo` (the main job) and `make test` (the whole suite).
+# Both create or reuse .venv; with conda, activate the environment and pass PY=python.
+PY ?= .venv/bin/python
+OUT ?= out
+PYTEST_ARGS ?=
+
+.PHONY: demo test quick lint bench clean venv
+
+venv: build/.installed
+
+build/.installed: pyproject.toml
+	@$(PY) -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null || python3 -m venv .venv
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[notebooks,dev,bench]'
+	@mkdir -p build && touch $@
+
+demo: venv
+	$(PY) -m kit demo --out $(OUT)
+
+test: venv
+	$(PY) -m ruff check kit tests bench
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+quick: venv
+	$(PY) -m pytest -m "not slow" -x -q
+
+lint: venv
+	$(PY) -m ruff check kit tests bench
+
+bench: venv
+	$(PY) bench/sim_bench.py
+
+clean:
+	rm -rf build $(OUT) .pytest_cache .ruff_cache

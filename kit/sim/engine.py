@@ -1,0 +1,310 @@
+"""Continuous-batching engine: vLLM's scheduling loop in simulated time.
+
+Each engine step the scheduler (1) gives every running sequence its next tokens, decoding ones one
+token and prefilling ones a chunk, within ``max_num_batched_tokens``, preempting the newest running
+sequence when the KV cache has no block left, and (2) admits waiting sequences first-come first-
+served while there are free sequence slots, budget and blocks, reusing cached prefix blocks. The
+step then lasts as long as the latency model says, after which each sequence that has computed
+all its tokens samples one more. Time to first token therefore includes queueing, chunked prefill
+and the batch the request shares steps with, as on a real server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from kit.sim.config import SimConfig
+from kit.sim.kvcache import Block, BlockPool, chain_hashes
+from kit.sim.tokenizer import OUTPUT_TOKENS
+
+# Sentinel put on a sequence's queue when it ends.
+DONE = -1
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request inside the engine."""
+
+    id: int
+    prompt_len: int
+    tokens: list[int]
+    target_len: int
+    natural_stop: bool
+    arrival: float
+    out: asyncio.Queue[int] = field(default_factory=asyncio.Queue)
+    num_computed: int = 0
+    blocks: list[Block] = field(default_factory=list)
+    hashes: list[int] = field(default_factory=list)
+    cached_tokens: int = 0
+    scheduled_at: float | None = None
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    finish_reason: str | None = None
+    preemptions: int = 0
+
+    @property
+    def output_len(self) -> int:
+        return len(self.tokens) - self.prompt_len
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass
+class StepStats:
+    """What the last step did, for tests and the fidelity benchmark."""
+
+    prefill_tokens: int = 0
+    decode_seqs: int = 0
+    context_tokens: int = 0
+    duration: float = 0.0
+
+
+class Observer(Protocol):
+    """Receives the engine's events (the metrics registry is one)."""
+
+    def on_schedule(self, seq: Sequence) -> None: ...
+    def on_token(self, seq: Sequence, gap: float | None) -> None: ...
+    def on_finish(self, seq: Sequence) -> None: ...
+
+
+class EngineFull(Exception):
+    """The request can never fit the KV cache or the model length."""
+
+
+class Engine:
+    """Runs sequences through simulated engine steps; ``run()`` is the loop task."""
+
+    def __init__(self, cfg: SimConfig, observer: Observer | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.cfg = cfg
+        self.clock = clock
+        self.pool = BlockPool(cfg.num_gpu_blocks, cfg.block_size)
+        self.root = zlib.crc32(cfg.model.encode())
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.observer = observer
+        self.preemptions = 0
+        self.steps = 0
+        self.last_step = StepStats()
+        self._ids = itertools.count()
+        self._wake = asyncio.Event()
+
+    # ----------------------------------------------------------------- requests
+    def submit(self, prompt: list[int], max_tokens: int, natural_len: int | None = None) -> Sequence:
+        """Queue a request; it generates ``max_tokens`` tokens, or ``natural_len`` if that is fewer."""
+        cfg = self.cfg
+        if len(prompt) + max_tokens > cfg.max_model_len:
+            raise EngineFull(
+                f"This model's maximum context length is {cfg.max_model_len} tokens. However, you "
+                f"requested {len(prompt) + max_tokens} tokens ({len(prompt)} in the messages, "
+                f"{max_tokens} in the completion). Please reduce the length of the messages or completion."
+            )
+        if -(-(len(prompt) + max_tokens) // cfg.block_size) > cfg.num_gpu_blocks:
+            raise EngineFull(
+                f"the request needs {len(prompt) + max_tokens} tokens of KV cache but the simulator holds "
+                f"{cfg.num_gpu_blocks * cfg.block_size}"
+            )
+        natural = natural_len is not None and natural_len < max_tokens
+        seq = Sequence(
+            id=next(self._ids), prompt_len=len(prompt), tokens=list(prompt),
+            target_len=natural_len if natural else max_tokens, natural_stop=natural,
+            arrival=self.clock(),
+        )
+        if cfg.enable_prefix_caching:
+            seq.hashes = chain_hashes(prompt, cfg.block_size, self.root)
+        self.waiting.append(seq)
+        self._wake.set()
+        return seq
+
+    def abort(self, seq: Sequence) -> None:
+        """Stop a sequence (client went away); frees its blocks."""
+        if seq.finished:
+            return
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self.pool.release(seq.blocks)
+        seq.blocks = []
+        self._finish(seq, "abort")
+
+    # ---------------------------------------------------------------- scheduling
+    def _blocks_for(self, n_tokens: int) -> int:
+        return -(-n_tokens // self.cfg.block_size)
+
+    def _preempt(self) -> Sequence:
+        victim = self.running.pop()
+        self.pool.release(victim.blocks)
+        victim.blocks = []
+        victim.num_computed = 0
+        victim.cached_tokens = 0
+        victim.preemptions += 1
+        self.preemptions += 1
+        self.waiting.appendleft(victim)
+        return victim
+
+    def schedule(self) -> list[tuple[Sequence, int]]:
+        """Pick this step's work: (sequence, tokens to compute) pairs."""
+        cfg, pool = self.cfg, self.pool
+        budget = cfg.max_num_batched_tokens
+        plan: list[tuple[Sequence, int]] = []
+        preempted = False
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            n = min(len(seq.tokens) - seq.num_computed, budget)
+            need = self._blocks_for(seq.num_computed + n) - len(seq.blocks)
+            while need > pool.num_free:
+                preempted = True
+                if self._preempt() is seq:
+                    break
+            else:
+                if need > 0:
+                    seq.blocks += pool.allocate(need)
+                plan.append((seq, n))
+                budget -= n
+                i += 1
+                continue
+            break  # ``seq`` itself was preempted; everything after it already was too
+        if preempted:
+            return plan
+        while self.waiting and budget > 0 and len(self.running) < cfg.max_num_seqs:
+            seq = self.waiting[0]
+            hit: list[Block] = []
+            if seq.hashes:
+                # vLLM always computes the last prompt token, so at most len-1 tokens can hit.
+                usable = (seq.prompt_len - 1) // cfg.block_size
+                hit = pool.lookup(seq.hashes[:usable])
+            cached = len(hit) * cfg.block_size
+            n = min(len(seq.tokens) - cached, budget)
+            need = self._blocks_for(cached + n) - len(hit)
+            if need > pool.num_free - sum(1 for b in hit if b.ref == 0):
+                break
+            pool.touch(hit)
+            seq.blocks = hit + pool.allocate(need)
+            seq.num_computed = cached
+            seq.cached_tokens = cached
+            self.waiting.popleft()
+            self.running.append(seq)
+            if seq.scheduled_at is None:
+                seq.scheduled_at = self.clock()
+            if self.observer:
+                self.observer.on_schedule(seq)
+            plan.append((seq, n))
+            budget -= n
+        return plan
+
+    def step_cost(self, plan: list[tuple[Sequence, int]]) -> StepStats:
+        """Latency-model inputs and simulated duration of ``plan``."""
+        st = StepStats()
+        for seq, n in plan:
+            if n == 1 and seq.output_len > 0:  # decoding: one token, reads its whole context
+                st.decode_seqs += 1
+                st.context_tokens += seq.num_computed
+            else:
+                st.prefill_tokens += n
+        st.duration = self.cfg.step_seconds(st.prefill_tokens, st.decode_seqs, st.context_tokens)
+        return st
+
+    def complete(self, plan: list[tuple[Sequence, int]]) -> None:
+        """Apply a finished step: commit full blocks, sample tokens, finish sequences."""
+        now = self.clock()
+        bs = self.cfg.block_size
+        for seq, n in plan:
+            if seq.finished:  # aborted while the step ran
+                continue
+            before = seq.num_computed
+            seq.num_computed += n
+            if self.cfg.enable_prefix_caching:
+                first, last = before // bs, seq.num_computed // bs
+                if last > len(seq.hashes):  # blocks filled by generated tokens
+                    parent = seq.hashes[-1] if seq.hashes else None
+                    seq.hashes += chain_hashes(seq.tokens[: last * bs], bs, self.root, len(seq.hashes), parent)
+                if last > first:
+                    for idx in range(first, last):
+                        self.pool.commit(seq.blocks[idx], seq.hashes[idx])
+            if seq.num_computed < len(seq.tokens):
+                continue  # prefill chunk not finished yet
+            token = OUTPUT_TOKENS[(seq.id + seq.output_len) % len(OUTPUT_TOKENS)]
+            seq.tokens.append(token)
+            gap = None if seq.last_token_at is None else now - seq.last_token_at
+            if seq.first_token_at is None:
+                seq.first_token_at = now
+            seq.last_token_at = now
+            if self.observer:
+                self.observer.on_token(seq, gap)
+            seq.out.put_nowait(token)
+            if seq.output_len >= seq.target_len:
+                self.running.remove(seq)
+                self.pool.release(seq.blocks)
+                seq.blocks = []
+                self._finish(seq, "stop" if seq.natural_stop else "length")
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        seq.finish_reason = reason
+        seq.out.put_nowait(DONE)
+        if self.observer:
+            self.observer.on_finish(seq)
+
+    # --------------------------------------------------------------------- loop
+    async def run(self) -> None:
+        """Step forever, sleeping each step's scaled duration against a running deadline."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time()
+        while True:
+            if not self.running and not self.waiting:
+                self._wake.clear()
+                await self._wake.wait()
+                deadline = loop.time()
+            plan = self.schedule()
+            if not plan:  # nothing fits yet (cannot happen with admission checks); yield
+                await asyncio.sleep(0.001)
+                continue
+            st = self.step_cost(plan)
+            self.last_step = st
+            now = loop.time()
+            # Keep a running deadline so timer rounding does not add up; restart if far behind.
+            deadline = (deadline if now - deadline < 0.05 else now) + st.duration * self.cfg.time_scale
+            if deadline > now:
+                await asyncio.sleep(deadline - now)
+            else:
+                await asyncio.sleep(0)
+            self.complete(plan)
+            self.steps += 1
+
+    @property
+    def kv_usage(self) -> float:
+        return self.pool.usage
+
+
+def replay(cfg: SimConfig, prompts: list[list[int]], max_tokens: int,
+           arrivals: list[float] | None = None) -> list[Sequence]:
+    """Run requests through the scheduler on a virtual clock, each arriving at its time (default 0).
+
+    The result is what the latency model alone predicts (no Python or network overhead): the
+    reference that the live server's timings are benchmarked against.
+    """
+    now = [0.0]
+    engine = Engine(cfg, clock=lambda: now[0])
+    pending = sorted(zip(arrivals or [0.0] * len(prompts), range(len(prompts)), strict=True))
+    seqs: list[Sequence | None] = [None] * len(prompts)
+    while pending or engine.running or engine.waiting:
+        while pending and pending[0][0] <= now[0]:
+            seqs[pending[0][1]] = engine.submit(prompts[pending[0][1]], max_tokens)
+            pending.pop(0)
+        if not (engine.running or engine.waiting):
+            now[0] = pending[0][0]
+            continue
+        plan = engine.schedule()
+        now[0] += engine.step_cost(plan).duration * cfg.time_scale
+        engine.complete(plan)
+    return seqs  # type: ignore[return-value]

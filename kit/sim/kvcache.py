@@ -1,0 +1,113 @@
+"""The KV-cache block pool with automatic prefix caching, the way vLLM's V1 engine keeps it.
+
+* The cache is a fixed number of blocks of ``block_size`` tokens.
+* A full block is identified by a chained hash: its tokens plus the hash of the block before, so a
+  hit on block *i* implies blocks 0..i-1 match too.
+* Blocks in use carry a reference count. When the last request using a block ends, the block goes
+  to the tail of the free queue but keeps its content and hash, so a later prompt can still hit it.
+* A new block is taken from the head of the free queue (least recently freed first); if it still
+  held a cached block, that entry is evicted. A request's blocks are freed in reverse order, so
+  the end of a prompt is evicted before its shared beginning. Blocks that never filled (no hash)
+  go to the head, since nothing can hit them.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+
+class Block:
+    __slots__ = ("hash", "id", "ref")
+
+    def __init__(self, block_id: int):
+        self.id = block_id
+        self.ref = 0
+        self.hash: int | None = None
+
+
+def chain_hashes(tokens: Sequence[int], block_size: int, root: int, start: int = 0,
+                 parent: int | None = None) -> list[int]:
+    """Chained hashes of the full blocks of ``tokens`` from block index ``start``."""
+    prev = root if parent is None else parent
+    out = []
+    for i in range(start * block_size, len(tokens) - block_size + 1, block_size):
+        prev = hash((prev, *tokens[i : i + block_size]))
+        out.append(prev)
+    return out
+
+
+class BlockPool:
+    """Fixed pool of KV blocks with a prefix-cache index and an LRU free queue."""
+
+    def __init__(self, num_blocks: int, block_size: int):
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.blocks = [Block(i) for i in range(num_blocks)]
+        self.free: OrderedDict[int, Block] = OrderedDict((b.id, b) for b in self.blocks)
+        self.cached: dict[int, Block] = {}
+        self.evictions = 0
+
+    @property
+    def num_free(self) -> int:
+        """Blocks not referenced by any running request (cached or empty)."""
+        return len(self.free)
+
+    @property
+    def usage(self) -> float:
+        """Share of blocks referenced by running requests, as ``vllm:kv_cache_usage_perc``."""
+        return 1.0 - len(self.free) / self.num_blocks
+
+    def lookup(self, hashes: Sequence[int]) -> list[Block]:
+        """The cached blocks for the longest prefix of ``hashes``."""
+        hit = []
+        for h in hashes:
+            block = self.cached.get(h)
+            if block is None:
+                break
+            hit.append(block)
+        return hit
+
+    def touch(self, blocks: Sequence[Block]) -> None:
+        """Take a reference on cached blocks (removing idle ones from the free queue)."""
+        for b in blocks:
+            if b.ref == 0:
+                del self.free[b.id]
+            b.ref += 1
+
+    def allocate(self, n: int) -> list[Block] | None:
+        """``n`` fresh blocks, evicting least recently freed cached blocks; None if too few are free."""
+        if n > len(self.free):
+            return None
+        out = []
+        for _ in range(n):
+            _, b = self.free.popitem(last=False)
+            if b.hash is not None:
+                del self.cached[b.hash]
+                b.hash = None
+                self.evictions += 1
+            b.ref = 1
+            out.append(b)
+        return out
+
+    def commit(self, block: Block, h: int) -> None:
+        """Register a block that just became full under its chained hash."""
+        if block.hash is None and h not in self.cached:
+            block.hash = h
+            self.cached[h] = block
+
+    def release(self, blocks: Sequence[Block]) -> None:
+        """Drop a request's references, last block first."""
+        for b in reversed(blocks):
+            b.ref -= 1
+            if b.ref == 0:
+                self.free[b.id] = b
+                if b.hash is None:
+                    self.free.move_to_end(b.id, last=False)
+
+    def reset(self) -> None:
+        """Forget every cached block (only when nothing runs)."""
+        for b in self.blocks:
+            if b.ref == 0 and b.hash is not None:
+                del self.cached[b.hash]
+                b.hash = None

@@ -1,0 +1,105 @@
+"""OpenAI request models (tolerant like vLLM: unknown fields are ignored) and vLLM-style errors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from kit.config import describe
+
+ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 413: "RequestEntityTooLarge",
+               429: "RateLimitError", 500: "InternalServerError", 503: "ServiceUnavailableError"}
+
+
+def error(status: int, message: str, param: str | None = None) -> web.Response:
+    """An OpenAI/vLLM-shaped JSON error response."""
+    body = {"error": {"message": message, "type": ERROR_TYPES.get(status, "APIError"),
+                      "param": param, "code": status}}
+    return web.json_response(body, status=status)
+
+
+class BadRequest(Exception):
+    """Raised while reading a request; becomes a 400 (or the given status) JSON error."""
+
+    def __init__(self, message: str, status: int = 400, param: str | None = None):
+        super().__init__(message)
+        self.status, self.param = status, param
+
+    def response(self) -> web.Response:
+        return error(self.status, str(self), self.param)
+
+
+class _Tolerant(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class StreamOptions(_Tolerant):
+    include_usage: bool = False
+    continuous_usage_stats: bool = False
+
+
+class _Common(_Tolerant):
+    model: str | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    ignore_eos: bool = False
+    n: int = Field(1, ge=1)
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = None
+    user: str | None = None
+
+    @model_validator(mode="after")
+    def _one_choice(self) -> _Common:
+        if self.n != 1:
+            raise ValueError("n: the simulator returns exactly one choice (n must be 1)")
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options: only allowed when stream is true")
+        return self
+
+
+class CompletionRequest(_Common):
+    prompt: str | list[int] | list[str] | list[list[int]]
+    echo: bool = False
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> CompletionRequest:
+        p = self.prompt
+        if isinstance(p, list) and p and isinstance(p[0], str | list):
+            if len(p) != 1:
+                raise ValueError("prompt: the simulator serves one prompt per request")
+            self.prompt = p[0]
+        if not self.prompt:
+            raise ValueError("prompt: must not be empty")
+        return self
+
+
+class ChatMessage(_Tolerant):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatRequest(_Common):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    add_generation_prompt: bool = True
+
+
+async def read_json(request: web.Request, model: type[BaseModel]) -> Any:
+    """Parse and validate a JSON body into ``model``; raise BadRequest for anything malformed."""
+    raw = await request.read()
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]["loc"]
+        raise BadRequest("; ".join(describe(err)), param=".".join(map(str, first)) or None) from None

@@ -1,0 +1,277 @@
+"""The simulator's HTTP face: what ``vllm serve`` answers, over the simulated engine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import signal
+import time
+import uuid
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from kit.sim import tokenizer
+from kit.sim.config import SimConfig
+from kit.sim.engine import DONE, Engine, EngineFull, Sequence
+from kit.sim.metrics import SimMetrics
+from kit.sim.protocol import BadRequest, ChatRequest, CompletionRequest, error, read_json
+
+MAX_BODY = 64 * 1024 * 1024
+VERSION = "0.11.0-kit-sim"
+
+
+def natural_length(prompt: list[int]) -> int:
+    """Where the simulated model would stop on its own: 8..128 tokens, fixed per prompt."""
+    return 8 + zlib.crc32(repr(prompt[-64:]).encode()) % 121
+
+
+def _usage(seq: Sequence) -> dict:
+    return {"prompt_tokens": seq.prompt_len, "completion_tokens": seq.output_len,
+            "total_tokens": seq.prompt_len + seq.output_len,
+            "prompt_tokens_details": {"cached_tokens": seq.cached_tokens}}
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+    """Every failure becomes an OpenAI-style JSON error; nothing a client sends stops the server."""
+    try:
+        return await handler(request)
+    except BadRequest as err:
+        return err.response()
+    except web.HTTPRequestEntityTooLarge:
+        return error(413, f"the request body is larger than {MAX_BODY} bytes")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error(exc.status, exc.reason)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception as exc:  # a bug must not take the server down
+        return error(500, f"internal error: {type(exc).__name__}: {exc}")
+
+
+class SimServer:
+    """One simulated vLLM server: engine, metrics, fault injection and the OpenAI routes."""
+
+    def __init__(self, cfg: SimConfig):
+        self.cfg = cfg
+        self.engine = Engine(cfg)
+        self.metrics = SimMetrics(self.engine, cfg.model)
+        self.engine.observer = self.metrics
+        self.rng = random.Random(cfg.seed)
+        self.started = int(time.time())
+        self.app = web.Application(client_max_size=MAX_BODY, middlewares=[_json_errors])
+        self.app.add_routes([
+            web.get("/health", self.health),
+            web.get("/ping", self.health),
+            web.get("/version", self.version),
+            web.get("/v1/models", self.models),
+            web.get("/metrics", self.prometheus),
+            web.post("/v1/completions", self.completions),
+            web.post("/v1/chat/completions", self.chat),
+            web.post("/tokenize", self.tokenize),
+            web.post("/detokenize", self.detokenize),
+            web.post("/reset_prefix_cache", self.reset_prefix_cache),
+        ])
+        self.app.cleanup_ctx.append(self._engine_task)
+
+    async def _engine_task(self, _app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(self.engine.run())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    # --------------------------------------------------------------- simple routes
+    async def health(self, _r: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def version(self, _r: web.Request) -> web.Response:
+        return web.json_response({"version": VERSION})
+
+    async def models(self, _r: web.Request) -> web.Response:
+        m = self.cfg.model
+        return web.json_response({"object": "list", "data": [{
+            "id": m, "object": "model", "created": self.started, "owned_by": "vllm", "root": m,
+            "parent": None, "max_model_len": self.cfg.max_model_len}]})
+
+    async def prometheus(self, _r: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
+
+    async def reset_prefix_cache(self, _r: web.Request) -> web.Response:
+        self.engine.pool.reset()
+        return web.Response(status=200)
+
+    def _check_model(self, name: str | None) -> None:
+        if name is not None and name != self.cfg.model:
+            raise BadRequest(f"The model `{name}` does not exist.", status=404, param="model")
+
+    async def _body(self, request: web.Request) -> dict:
+        try:
+            data = json.loads(await request.read())
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest("the request body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise BadRequest("the request body must be a JSON object")
+        self._check_model(data.get("model") if isinstance(data.get("model"), str) else None)
+        return data
+
+    async def tokenize(self, request: web.Request) -> web.Response:
+        data = await self._body(request)
+        if isinstance(data.get("prompt"), str):
+            ids = tokenizer.encode(data["prompt"], allow_special=bool(data.get("add_special_tokens", False)))
+        elif isinstance(data.get("messages"), list) and all(isinstance(m, dict) for m in data["messages"]):
+            text = tokenizer.apply_chat_template(data["messages"],
+                                                 add_generation_prompt=data.get("add_generation_prompt", True))
+            ids = tokenizer.encode(text, allow_special=True)
+        else:
+            raise BadRequest("give either 'prompt' (a string) or 'messages' (a list of messages)")
+        return web.json_response({"count": len(ids), "max_model_len": self.cfg.max_model_len, "tokens": ids})
+
+    async def detokenize(self, request: web.Request) -> web.Response:
+        data = await self._body(request)
+        ids = data.get("tokens")
+        if not isinstance(ids, list) or not all(isinstance(t, int) and tokenizer.valid_id(t) for t in ids):
+            raise BadRequest("'tokens' must be a list of token ids from this model's vocabulary", param="tokens")
+        return web.json_response({"prompt": tokenizer.decode(ids)})
+
+    # ---------------------------------------------------------------- generation
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        req: CompletionRequest = await read_json(request, CompletionRequest)
+        self._check_model(req.model)
+        if isinstance(req.prompt, str):
+            ids = tokenizer.encode(req.prompt)
+        else:
+            bad = [t for t in req.prompt if not tokenizer.valid_id(t)]
+            if bad:
+                raise BadRequest(f"token id {bad[0]} is out of vocabulary", param="prompt")
+            ids = list(req.prompt)
+        return await self._generate(request, req, ids, req.max_tokens or 16, chat=False)
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        req: ChatRequest = await read_json(request, ChatRequest)
+        self._check_model(req.model)
+        text = tokenizer.apply_chat_template([m.model_dump() for m in req.messages],
+                                             add_generation_prompt=req.add_generation_prompt)
+        ids = tokenizer.encode(text, allow_special=True)
+        limit = req.max_completion_tokens or req.max_tokens or max(1, self.cfg.max_model_len - len(ids))
+        return await self._generate(request, req, ids, limit, chat=True)
+
+    async def _generate(self, request: web.Request, req: CompletionRequest | ChatRequest, ids: list[int],
+                        max_tokens: int, chat: bool) -> web.StreamResponse:
+        cfg = self.cfg
+        if cfg.fail_rate and self.rng.random() < cfg.fail_rate:
+            return error(cfg.fail_status, "injected failure (simulator --fail-rate)")
+        drop = bool(cfg.drop_rate) and self.rng.random() < cfg.drop_rate
+        if cfg.extra_latency_ms:
+            await asyncio.sleep(cfg.extra_latency_ms * 1e-3 * cfg.time_scale)
+        try:
+            seq = self.engine.submit(ids, max_tokens, None if req.ignore_eos else natural_length(ids))
+        except EngineFull as err:
+            raise BadRequest(str(err)) from None
+        try:
+            if req.stream:
+                return await self._stream(request, req, seq, chat, drop)
+            if drop:
+                _drop(request)
+                return web.Response(status=500)
+            out = []
+            while (tok := await seq.out.get()) != DONE:
+                out.append(tok)
+            return web.json_response(self._full_body(req, seq, tokenizer.decode(out), chat))
+        finally:
+            self.engine.abort(seq)  # no-op unless the client left early
+
+    def _head(self, chat: bool) -> dict:
+        return {"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex,
+                "object": "chat.completion.chunk" if chat else "text_completion",
+                "created": int(time.time()), "model": self.cfg.model}
+
+    def _full_body(self, req: CompletionRequest | ChatRequest, seq: Sequence, text: str, chat: bool) -> dict:
+        body = self._head(chat)
+        if chat:
+            body["object"] = "chat.completion"
+            choice = {"index": 0, "message": {"role": "assistant", "content": text},
+                      "logprobs": None, "finish_reason": seq.finish_reason, "stop_reason": None}
+        else:
+            if getattr(req, "echo", False) and isinstance(req.prompt, str):
+                text = req.prompt + text
+            choice = {"index": 0, "text": text, "logprobs": None,
+                      "finish_reason": seq.finish_reason, "stop_reason": None}
+        body["choices"] = [choice]
+        body["usage"] = _usage(seq)
+        return body
+
+    async def _stream(self, request: web.Request, req: CompletionRequest | ChatRequest, seq: Sequence,
+                      chat: bool, drop: bool) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        head = self._head(chat)
+        opts = req.stream_options
+        every_usage = bool(opts and opts.continuous_usage_stats)
+
+        async def send(choice: dict | None) -> None:
+            body = dict(head, choices=[choice] if choice else [])
+            if every_usage or choice is None:
+                body["usage"] = _usage(seq)
+            await resp.write(b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n")
+
+        if chat:
+            await send({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                        "finish_reason": None})
+        sent = 0
+        while (tok := await seq.out.get()) != DONE:
+            last = seq.finished and seq.out.qsize() == 1
+            reason = seq.finish_reason if last else None
+            text = tokenizer.decode([tok])
+            if chat:
+                await send({"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": reason})
+            else:
+                await send({"index": 0, "text": text, "logprobs": None, "finish_reason": reason,
+                            "stop_reason": None})
+            sent += 1
+            if drop and sent * 2 >= seq.target_len:
+                _drop(request)
+                return resp
+        if opts and opts.include_usage:
+            await send(None)
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+
+def _drop(request: web.Request) -> None:
+    """Cut the connection without a proper end, as a crashing server would."""
+    if request.transport is not None:
+        request.transport.abort()
+
+
+async def start(cfg: SimConfig, host: str = "127.0.0.1", port: int = 8001) -> web.AppRunner:
+    """Start a simulator in the running loop; ``await runner.cleanup()`` stops it."""
+    server = SimServer(cfg)
+    runner = web.AppRunner(server.app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, backlog=2048).start()
+    return runner
+
+
+def serve(cfg: SimConfig, host: str, port: int) -> None:
+    """Run a simulator until interrupted (the ``kit sim`` command)."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        runner = await start(cfg, host, port)
+        print(f"kit sim: serving {cfg.model} on http://{host}:{port} "
+              f"({cfg.num_gpu_blocks} KV blocks of {cfg.block_size} tokens, max {cfg.max_num_seqs} seqs, "
+              f"time scale {cfg.time_scale})", flush=True)
+        await stop.wait()
+        await runner.cleanup()
+        print("kit sim: stopped", flush=True)
+
+    asyncio.run(main())

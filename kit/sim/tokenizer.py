@@ -1,0 +1,108 @@
+"""A deterministic, reversible tokenizer that needs no download, and a ChatML chat template.
+
+Text is split GPT-style into pieces (an optional leading space plus a word, a digit, a run of
+punctuation, or whitespace). Each ASCII piece is cut into chunks of up to four characters and each
+chunk is packed into one integer id, so English text averages close to the four characters per
+token that the endpoint picker assumes. Bytes outside ASCII become one token each. Decoding packs
+the ids back into bytes, so ``decode(encode(text)) == text`` for any string.
+
+Id layout (all ids fit in a signed 32-bit int):
+
+* ``0 .. 127``                    one ASCII character
+* ``151643 .. 151645``            special tokens (the Qwen ids: end-of-text, im_start, im_end)
+* ``(n-1) << 28 | packed``        an ASCII chunk of n = 2..4 characters, 7 bits each
+* ``BYTE_BASE + b``               one raw byte of a non-ASCII character
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+ENDOFTEXT, IM_START, IM_END = 151643, 151644, 151645
+SPECIAL = {"<|endoftext|>": ENDOFTEXT, "<|im_start|>": IM_START, "<|im_end|>": IM_END}
+SPECIAL_TEXT = {v: k for k, v in SPECIAL.items()}
+BYTE_BASE = 1 << 30
+
+_SPECIAL_RE = re.compile("(" + "|".join(re.escape(s) for s in SPECIAL) + ")")
+_PIECE_RE = re.compile(r" ?[A-Za-z]+| ?[0-9]| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+")
+
+
+def _encode_piece(piece: str, out: list[int]) -> None:
+    if piece.isascii():
+        for start in range(0, len(piece), 4):
+            chunk = piece[start : start + 4]
+            packed = 0
+            for i, ch in enumerate(chunk):
+                packed |= ord(ch) << (7 * i)
+            out.append(((len(chunk) - 1) << 28) | packed if len(chunk) > 1 else packed)
+    else:
+        out.extend(BYTE_BASE + b for b in piece.encode("utf-8"))
+
+
+def encode(text: str, *, allow_special: bool = False) -> list[int]:
+    """Token ids for ``text``; with ``allow_special`` the ChatML markers become single tokens."""
+    out: list[int] = []
+    parts = _SPECIAL_RE.split(text) if allow_special else [text]
+    for part in parts:
+        if allow_special and part in SPECIAL:
+            out.append(SPECIAL[part])
+            continue
+        for piece in _PIECE_RE.findall(part):
+            _encode_piece(piece, out)
+    return out
+
+
+def _id_bytes(tid: int) -> bytes:
+    if tid in SPECIAL_TEXT:
+        return SPECIAL_TEXT[tid].encode()
+    if tid >= BYTE_BASE:
+        if tid - BYTE_BASE > 255:
+            raise ValueError(f"token id {tid} is out of range")
+        return bytes([tid - BYTE_BASE])
+    if tid < 0:
+        raise ValueError(f"token id {tid} is negative")
+    if tid < 128:
+        return bytes([tid])
+    n = (tid >> 28) + 1
+    if n < 2 or n > 4:
+        raise ValueError(f"token id {tid} is not in the vocabulary")
+    packed = tid & ((1 << 28) - 1)
+    return bytes((packed >> (7 * i)) & 0x7F for i in range(n))
+
+
+def decode(ids: Iterable[int]) -> str:
+    """Text for token ids; raises ValueError for an id outside the vocabulary."""
+    return b"".join(_id_bytes(int(t)) for t in ids).decode("utf-8", errors="replace")
+
+
+def valid_id(tid: int) -> bool:
+    """Whether ``tid`` decodes."""
+    try:
+        _id_bytes(tid)
+    except ValueError:
+        return False
+    return True
+
+
+def apply_chat_template(messages: Sequence[dict], *, add_generation_prompt: bool = True) -> str:
+    """Render chat messages as ChatML (Qwen's format), so a shared system prompt is a shared prefix."""
+    parts = []
+    for m in messages:
+        content = m.get("content") or ""
+        if isinstance(content, list):  # OpenAI content parts: keep the text ones
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        parts.append(f"<|im_start|>{m.get('role', 'user')}\n{content}<|im_end|>\n")
+    if add_generation_prompt:
+        parts.append("<|im_start|>assistant\n")
+    return "".join(parts)
+
+
+# Output vocabulary for generated text: each word with its leading space is one token.
+_WORDS = (
+    "the", "cat", "sat", "on", "a", "mat", "and", "ran", "to", "see", "why", "our", "map", "of",
+    "old", "hot", "sun", "had", "one", "red", "box", "but", "not", "the", "big", "owl", "who",
+    "can", "fly", "far", "as", "we", "go", "by", "its", "new", "way", "so", "all", "may", "win",
+    "yet", "few", "do", "it", "at", "sea", "or", "in", "air", "now",
+)
+OUTPUT_TOKENS: tuple[int, ...] = tuple(encode(" " + w)[0] for w in _WORDS)

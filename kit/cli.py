@@ -61,6 +61,121 @@ def _request(args: argparse.Namespace) -> int:
     return 0
 
 
+def _objectives(pairs: list[str]) -> dict[str, int]:
+    out = {}
+    for pair in pairs:
+        name, _, prio = pair.partition("=")
+        try:
+            out[name] = int(prio)
+        except ValueError:
+            raise KitError(f"--objective {pair!r}: expected NAME=PRIORITY with an integer priority") from None
+    return out
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    from kit import gateway
+    from kit.paths import default_scheduler_config
+    from kit.picker import load_picker_file
+
+    config = load_picker_file(args.config or default_scheduler_config())
+    endpoints = gateway.endpoints_from_urls(args.endpoints.split(","))
+    if not endpoints:
+        raise KitError("--endpoints: give at least one model-server URL")
+    gw = gateway.Gateway(config, endpoints, args.model, objectives=_objectives(args.objective),
+                         refresh_interval=args.refresh_interval)
+    gateway.serve(gw, args.host, args.port)
+    return 0
+
+
+def _env(args: argparse.Namespace):
+    from kit.environments import load_environment, parse_set
+
+    return load_environment(args.env, namespace=args.namespace, postfix=args.postfix,
+                            overrides=parse_set(getattr(args, "set", []) or []))
+
+
+def _target(env):
+    if env.target != "local":
+        raise KitError(f"environment {env.name!r} targets a cluster, which this version of the kit cannot deploy yet")
+    from kit import local
+
+    return local
+
+
+def _envs(args: argparse.Namespace) -> int:
+    from kit.environments import available
+
+    for name, desc in available().items():
+        print(f"{name:14} {desc}")
+    return 0
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    env = _env(args)
+    if args.dry_run:
+        print(f"dry run: would deploy {env.name} ({env.replicas if not args.replicas else args.replicas} replicas)")
+        return 0
+    _target(env).deploy(env, replicas=args.replicas, scheduler_config=args.scheduler_config, port=args.port)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    env = _env(args)
+    st = _target(env).status(env)
+    if args.json:
+        print(json.dumps(st, indent=2))
+    elif not st["processes"]:
+        print(f"nothing deployed for {env.name}/{env.release_postfix}")
+    else:
+        print(f"{env.name}/{env.release_postfix}: gateway {st['gateway']}, scheduler config {st['scheduler_config']}")
+        for p in st["processes"]:
+            state = "healthy" if p["healthy"] else ("running, not answering" if p["running"] else "not running")
+            print(f"  {p['role']:10} pid {p['pid']:<8} {p['url']:28} {state}")
+    return 0 if st["ready"] or not st["processes"] else 1
+
+
+def _destroy(args: argparse.Namespace) -> int:
+    env = _env(args)
+    _target(env).destroy(env)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import json
+
+    from kit.workloads import Load, SharedPrefix, run_workload
+
+    if args.workload != "shared-prefix":
+        raise KitError(f"unknown workload {args.workload!r}; valid choices: shared-prefix")
+    w = model_from_args(SharedPrefix, args, "kit bench")
+    if args.rate is None and args.concurrency is None:
+        args.concurrency = 8
+    load = model_from_args(Load, args, "kit bench")
+    print(f"kit bench: {args.workload} ({w.groups} groups × {w.prompts_per_group} prompts, system "
+          f"{w.system_prompt_len} + question {w.question_len} → {w.output_len} tokens) against {args.url}",
+          file=sys.stderr)
+    summary = run_workload(args.url, w, load).summary()
+    text = json.dumps(summary, indent=2)
+    print(text)
+    if args.out:
+        from pathlib import Path
+
+        Path(args.out).write_text(text)
+        print(f"kit bench: wrote {args.out}", file=sys.stderr)
+    return 0 if summary["ok"] else 1
+
+
+def _bench_picker(args: argparse.Namespace) -> int:
+    import json
+
+    from kit.picker.bench import bench_picker
+
+    print(json.dumps(bench_picker(args.endpoints, args.prompt_chars, args.requests, args.config), indent=2))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from kit.demo import run_demo
 
@@ -87,6 +202,62 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--model", default=None, help="model name (default: the server's)")
     r.add_argument("--max-tokens", type=int, default=32)
     r.set_defaults(func=_request)
+
+    g = sub.add_parser("gateway", help="run the gateway with the endpoint picker in front of model servers")
+    g.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    g.add_argument("--port", type=int, default=8000, help="port to bind (default: 8000)")
+    g.add_argument("--endpoints", required=True, help="model-server URLs, comma-separated")
+    g.add_argument("--config", help="EndpointPickerConfig YAML (default: templates/scheduler/default-plugins.yaml)")
+    g.add_argument("--model", default="Qwen/Qwen3-0.6B", help="model name the pool serves")
+    g.add_argument("--refresh-interval", type=float, default=0.05, help="seconds between metric scrapes")
+    g.add_argument("--objective", action="append", default=[], metavar="NAME=PRIORITY",
+                   help="priority of requests naming this objective in x-gateway-inference-objective "
+                        "(negative = sheddable)")
+    g.set_defaults(func=_gateway)
+
+    e = sub.add_parser("envs", help="list environments")
+    e.set_defaults(func=_envs)
+
+    def env_flags(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("-e", "--env", default="local", help="environment (see `kit envs`; default: local)")
+        parser.add_argument("-n", "--namespace", help="namespace (default: $NAMESPACE or the guide's)")
+        parser.add_argument("--postfix", help="release postfix (default: $RELEASE_NAME_POSTFIX or the guide's)")
+        parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                            help="override an environment field, e.g. --set replicas=4")
+
+    dp = sub.add_parser("deploy", help="start the local stack or apply to the cluster; waits until ready")
+    env_flags(dp)
+    dp.add_argument("--replicas", type=int, help="model-server replicas (default: the environment's)")
+    dp.add_argument("--scheduler-config", help="EndpointPickerConfig YAML for the endpoint picker")
+    dp.add_argument("--port", type=int, help="local: gateway port (simulators take the ports after it)")
+    dp.add_argument("--dry-run", action="store_true", help="check everything, change nothing")
+    dp.set_defaults(func=_deploy)
+
+    st = sub.add_parser("status", help="what is deployed, with readiness")
+    env_flags(st)
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.set_defaults(func=_status)
+
+    ds = sub.add_parser("destroy", help="remove exactly what deploy created")
+    env_flags(ds)
+    ds.set_defaults(func=_destroy)
+
+    from kit.workloads import Load, SharedPrefix
+
+    b = sub.add_parser("bench", help="drive a workload through a gateway (or one server); print a JSON summary")
+    b.add_argument("--url", default="http://127.0.0.1:8000", help="gateway or server URL")
+    b.add_argument("--workload", default="shared-prefix", help="workload (shared-prefix)")
+    b.add_argument("--out", help="also write the JSON summary here")
+    add_model_flags(b, SharedPrefix)
+    add_model_flags(b, Load)
+    b.set_defaults(func=_bench)
+
+    bp = sub.add_parser("bench-picker", help="time the endpoint picker alone (in process); print JSON")
+    bp.add_argument("--endpoints", type=int, default=16, help="number of endpoints")
+    bp.add_argument("--prompt-chars", type=int, default=32_000, help="prompt length in characters")
+    bp.add_argument("--requests", type=int, default=2000, help="picks to time")
+    bp.add_argument("--config", help="EndpointPickerConfig YAML (default: the guide's)")
+    bp.set_defaults(func=_bench_picker)
 
     d = sub.add_parser("demo", help="the main job: bring up the local stack, show scheduling, tear it down")
     d.add_argument("--out", default="out", help="folder for what the demo writes (default: out)")

@@ -17,13 +17,21 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def dotted(loc: tuple) -> str:
+    """``("profiles", 0, "name")`` → ``profiles[0].name``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
 def describe(err: ValidationError) -> list[str]:
     """One line per problem, each starting with the dotted field path."""
     lines = []
     for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        path = dotted(e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
-        lines.append(f"{path}: {msg}")
+        lines.append(f"{path}: {msg}" if path else msg)  # model-level messages name their fields
     return lines
 
 

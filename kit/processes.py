@@ -46,6 +46,18 @@ class Proc:
     url: str
     log: str
     role: str = "sim"
+    args: tuple[str, ...] = ()
+
+    def owned(self) -> bool:
+        """Alive and still the process the kit started (its command line matches), not a reused pid."""
+        if not self.alive():
+            return False
+        try:
+            cmd = Path(f"/proc/{self.pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        argv = [c.decode(errors="replace") for c in cmd if c]
+        return "kit" in argv and list(self.args) == argv[argv.index("kit") + 1 :]
 
     def alive(self) -> bool:
         try:
@@ -70,7 +82,7 @@ def spawn(args: list[str], url: str, log: Path, role: str, wait: float = 30.0) -
     with open(log, "ab") as fh:
         p = subprocess.Popen([sys.executable, "-m", "kit", *args], stdout=fh, stderr=subprocess.STDOUT,
                              stdin=subprocess.DEVNULL, start_new_session=True)
-    proc = Proc(p.pid, url, str(log), role)
+    proc = Proc(p.pid, url, str(log), role, tuple(args))
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if p.poll() is not None:
@@ -84,8 +96,12 @@ def spawn(args: list[str], url: str, log: Path, role: str, wait: float = 30.0) -
 
 
 def stop(proc: Proc, grace: float = 5.0) -> bool:
-    """Stop a process the kit started (SIGTERM, then SIGKILL); True if it was running."""
-    if not proc.alive():
+    """Stop a process the kit started (SIGTERM, then SIGKILL); True if it was running.
+
+    A pid whose command line is no longer the one the kit started is left alone.
+    """
+    if not proc.owned():
+        _reap(proc.pid)
         return False
     with contextlib.suppress(ProcessLookupError):
         os.kill(proc.pid, signal.SIGTERM)

@@ -25,3 +25,33 @@ def sim_factory(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
     yield start
     for proc in started:
         stop(proc)
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    """Start ``kit gateway`` in front of the given model-server URLs; stopped afterwards."""
+    started: list[Proc] = []
+
+    def start(endpoints: list[str], *flags: str) -> Proc:
+        port = free_port()
+        proc = spawn(["gateway", "--port", str(port), "--endpoints", ",".join(endpoints), *flags],
+                     f"http://127.0.0.1:{port}", tmp_path / f"gateway-{port}.log", role="gateway")
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        stop(proc)
+
+
+def free_port_block(n: int) -> int:
+    """A base port such that base..base+n-1 are all free right now."""
+    import random
+
+    from kit.processes import port_in_use
+
+    for _ in range(200):
+        base = random.randint(20000, 60000)
+        if all(not port_in_use(base + i) for i in range(n)):
+            return base
+    raise RuntimeError("no block of free ports found")

@@ -45,3 +45,43 @@ def test_python_dash_m_and_help():
     assert res.returncode == 0
     for command in ("sim", "request", "demo"):
         assert command in res.stdout
+
+
+@pytest.mark.slow
+def test_bench_prints_the_summary_json(sim_factory, gateway_factory, tmp_path):
+    import json
+
+    gw = gateway_factory([sim_factory().url, sim_factory().url])
+    out = tmp_path / "bench.json"
+    res = kit("bench", "--url", gw.url, "--workload", "shared-prefix", "--groups", "2", "--prompts-per-group", "3",
+              "--system-prompt-len", "200", "--question-len", "20", "--output-len", "4", "--concurrency", "3",
+              "--seed", "1", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    for key in ("requests", "errors", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "itl_p50_s", "e2e_p90_s",
+                "requests_per_s", "output_tokens_per_s", "prefix_cache_hit_rate", "per_endpoint"):
+        assert key in summary
+    assert summary["requests"] == 6 and summary["errors"] == 0
+    assert sum(e["requests"] for e in summary["per_endpoint"].values()) == 6
+    assert json.loads(out.read_text()) == summary
+
+
+def test_bench_rejects_bad_input():
+    res = kit("bench", "--workload", "zipf")
+    assert res.returncode == 1 and "valid choices: shared-prefix" in res.stderr
+    res = kit("bench", "--rate", "1", "--concurrency", "2")
+    assert res.returncode == 1 and "exactly one of rate or concurrency" in res.stderr
+
+
+def test_bench_picker_prints_percentiles():
+    import json
+
+    res = kit("bench-picker", "--endpoints", "4", "--prompt-chars", "1000", "--requests", "200")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["endpoints"] == 4 and 0 < out["p50_us"] <= out["p99_us"]
+
+
+def test_envs_lists_local():
+    res = kit("envs")
+    assert res.returncode == 0 and res.stdout.startswith("local")

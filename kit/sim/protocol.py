@@ -8,17 +8,8 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from kit.config import describe
-
-ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 413: "RequestEntityTooLarge",
-               429: "RateLimitError", 500: "InternalServerError", 503: "ServiceUnavailableError"}
-
-
-def error(status: int, message: str, param: str | None = None) -> web.Response:
-    """An OpenAI/vLLM-shaped JSON error response."""
-    body = {"error": {"message": message, "type": ERROR_TYPES.get(status, "APIError"),
-                      "param": param, "code": status}}
-    return web.json_response(body, status=status)
+from kit.config import describe, dotted
+from kit.http import error
 
 
 class BadRequest(Exception):
@@ -102,4 +93,4 @@ async def read_json(request: web.Request, model: type[BaseModel]) -> Any:
         return model.model_validate(data)
     except ValidationError as err:
         first = err.errors()[0]["loc"]
-        raise BadRequest("; ".join(describe(err)), param=".".join(map(str, first)) or None) from None
+        raise BadRequest("; ".join(describe(err)), param=dotted(first) or None) from None

@@ -14,11 +14,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from kit.http import error
 from kit.sim import tokenizer
 from kit.sim.config import SimConfig
 from kit.sim.engine import DONE, Engine, EngineFull, Sequence
 from kit.sim.metrics import SimMetrics
-from kit.sim.protocol import BadRequest, ChatRequest, CompletionRequest, error, read_json
+from kit.sim.protocol import BadRequest, ChatRequest, CompletionRequest, read_json
 
 MAX_BODY = 64 * 1024 * 1024
 VERSION = "0.11.0-kit-sim"

@@ -2,47 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import json
 import threading
 import time
-import urllib.error
-import urllib.request
 
-import aiohttp
 import openai
 import pytest
 
-from kit.client import RequestResult, make_body, send
+from kit.client import make_body
 from kit.processes import free_port, healthy, spawn, stop
-from kit.vllm_metrics import EndpointMetrics, parse_vllm_metrics
+from tests.helpers import burst, metrics, post
 
 LONG = "Our support policy covers refunds, repairs and replacements for every product we sell. " * 45
-
-
-def post(url: str, path: str, body: object, *, raw: bytes | None = None, method: str = "POST"):
-    data = raw if raw is not None else json.dumps(body).encode()
-    req = urllib.request.Request(url + path, data=data if method == "POST" else None, method=method,
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
-
-
-def metrics(url: str) -> EndpointMetrics:
-    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
-        return parse_vllm_metrics(r.read().decode())
-
-
-def burst(url: str, bodies: list[dict]) -> list[RequestResult]:
-    async def go():
-        async with aiohttp.ClientSession() as s:
-            return await asyncio.gather(*(send(s, url, b) for b in bodies))
-
-    return asyncio.run(go())
 
 
 class Sampler:
@@ -179,40 +150,40 @@ BAD_REQUESTS = [
                          ids=[b[0] for b in BAD_REQUESTS])
 def test_bad_requests_get_a_json_error_and_the_server_stays_up(short_sim, path, body, raw, status):
     sim = short_sim
-    got, payload = post(sim.url, path, body, raw=raw)
+    got, payload, _ = post(sim.url, path, body, raw=raw)
     assert got == status
     assert payload["error"]["code"] == status and payload["error"]["message"]
     assert healthy(sim.url)
-    ok, reply = post(sim.url, "/v1/completions", {"prompt": "still alive?", "max_tokens": 2})
+    ok, reply, _ = post(sim.url, "/v1/completions", {"prompt": "still alive?", "max_tokens": 2})
     assert ok == 200 and reply["usage"]["completion_tokens"] == 2
 
 
 def test_oversized_body_gets_413(sim_factory):
     sim = sim_factory()
-    status, payload = post(sim.url, "/v1/completions", None, raw=b'{"prompt": "' + b"a" * (65 * 2**20) + b'"}')
+    status, payload, _ = post(sim.url, "/v1/completions", None, raw=b'{"prompt": "' + b"a" * (65 * 2**20) + b'"}')
     assert status == 413 and payload["error"]["code"] == 413
     assert healthy(sim.url)
 
 
 def test_wrong_method_is_rejected(sim_factory):
     sim = sim_factory()
-    status, payload = post(sim.url, "/v1/completions", None, method="GET")
+    status, payload, _ = post(sim.url, "/v1/completions", None, method="GET")
     assert status == 405 and payload["error"]["code"] == 405
 
 
 def test_tokenize_and_detokenize_round_trip(sim_factory):
     sim = sim_factory()
-    status, tok = post(sim.url, "/tokenize", {"prompt": "Hello tokenizer"})
+    status, tok, _ = post(sim.url, "/tokenize", {"prompt": "Hello tokenizer"})
     assert status == 200 and tok["count"] == len(tok["tokens"]) and tok["max_model_len"] == 40960
-    status, detok = post(sim.url, "/detokenize", {"tokens": tok["tokens"]})
+    status, detok, _ = post(sim.url, "/detokenize", {"tokens": tok["tokens"]})
     assert detok["prompt"] == "Hello tokenizer"
-    _, chat = post(sim.url, "/tokenize", {"messages": [{"role": "user", "content": "Hello tokenizer"}]})
+    _, chat, _ = post(sim.url, "/tokenize", {"messages": [{"role": "user", "content": "Hello tokenizer"}]})
     assert chat["count"] > tok["count"]  # the chat template adds its markers
 
 
 def test_injected_failures(sim_factory):
     failing = sim_factory("--fail-rate", "1", "--fail-status", "503")
-    status, payload = post(failing.url, "/v1/completions", {"prompt": "hi"})
+    status, payload, _ = post(failing.url, "/v1/completions", {"prompt": "hi"})
     assert status == 503 and "injected" in payload["error"]["message"]
 
     dropping = sim_factory("--drop-rate", "1")

@@ -1,0 +1,117 @@
+"""Environments: one YAML file per place the kit can deploy, validated by one strict model.
+
+Names follow the guide: the namespace comes from ``-n``, else ``$NAMESPACE``, else
+``vllm-k8s-inference-scheduler``; the release postfix from ``--postfix``, else
+``$RELEASE_NAME_POSTFIX``, else ``inference-scheduling``. ``--set a.b=c`` overrides any field
+(values parsed as YAML) and is validated like the file itself.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, field_validator
+
+from kit import paths
+from kit.config import StrictModel, parse
+from kit.errors import ConfigError, UnknownChoiceError
+
+DEFAULT_NAMESPACE = "vllm-k8s-inference-scheduler"
+DEFAULT_POSTFIX = "inference-scheduling"
+_DNS = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+class LocalSettings(StrictModel):
+    host: str = Field("127.0.0.1", description="address the gateway and simulators bind")
+    gateway_port: int = Field(8000, ge=1, le=65535, description="gateway port; simulators take the ports after it")
+    refresh_interval: float = Field(0.05, gt=0, description="seconds between metric scrapes of each simulator")
+    simulator: dict[str, Any] = Field(default_factory=dict, description="kit sim settings (SimConfig fields)")
+
+    @field_validator("simulator")
+    @classmethod
+    def _sim_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from kit.sim.config import SimConfig
+
+        SimConfig.model_validate(v)  # errors name the simulator field
+        return v
+
+
+class Environment(StrictModel):
+    name: str = Field(description="the environment's name (its file name)")
+    description: str = Field(description="one line shown by `kit envs`")
+    target: Literal["local", "cluster"] = Field(description="processes on loopback, or a Kubernetes cluster")
+    model: str = Field("Qwen/Qwen3-0.6B", min_length=1, description="model served")
+    replicas: int = Field(2, ge=1, le=64, description="decode replicas")
+    namespace: str = Field(DEFAULT_NAMESPACE, description="Kubernetes namespace")
+    release_postfix: str = Field(DEFAULT_POSTFIX, description="suffix of the release names")
+    scheduler_config: str = Field("templates/scheduler/default-plugins.yaml",
+                                  description="EndpointPickerConfig file, relative to the kit's root")
+    local: LocalSettings | None = Field(None, description="settings of the local target")
+
+    @field_validator("namespace", "release_postfix")
+    @classmethod
+    def _dns_label(cls, v: str) -> str:
+        if len(v) > 53 or not _DNS.match(v):
+            raise ValueError(f"{v!r} must be a DNS label: lower-case letters, digits and '-', at most 53 characters")
+        return v
+
+    def scheduler_path(self) -> str:
+        p = paths.ROOT / self.scheduler_config
+        return str(p if not os.path.isabs(self.scheduler_config) else self.scheduler_config)
+
+
+def available() -> dict[str, str]:
+    """Environment name → description, from ``environments/*.yaml``."""
+    out = {}
+    for f in sorted(paths.ENVIRONMENTS.glob("*.yaml")):
+        data = yaml.safe_load(f.read_text()) or {}
+        out[f.stem] = data.get("description", "")
+    return out
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=x"]`` → ``{"a": {"b": 1}, "c": "x"}``; values are YAML scalars or lists."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError("--set", [f"{item!r}: expected KEY=VALUE, e.g. replicas=4 or local.gateway_port=9000"])
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError("--set", [f"{item!r}: {part} is already set to a value"])
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_environment(name: str, *, namespace: str | None = None, postfix: str | None = None,
+                     overrides: dict[str, Any] | None = None) -> Environment:
+    """Load, merge overrides, apply the naming rules, validate; errors name the file and field."""
+    choices = available()
+    if name not in choices:
+        raise UnknownChoiceError("environment", name, choices)
+    path = paths.ENVIRONMENTS / f"{name}.yaml"
+    data = yaml.safe_load(path.read_text()) or {}
+    data = _merge(data, overrides or {})
+    data["name"] = name
+    data["namespace"] = namespace or os.environ.get("NAMESPACE") or data.get("namespace") or DEFAULT_NAMESPACE
+    data["release_postfix"] = (postfix or os.environ.get("RELEASE_NAME_POSTFIX") or data.get("release_postfix")
+                               or DEFAULT_POSTFIX)
+    source = f"environments/{name}.yaml" + (" with --set" if overrides else "")
+    return parse(Environment, data, source)

@@ -1,0 +1,110 @@
+"""The endpoint picker's contracts: endpoints, requests, and the four plugin kinds.
+
+A scheduling profile runs its filters in order, then every scorer (each returns a score in [0, 1]
+per endpoint; anything outside is clamped), sums ``weight × score``, and lets exactly one picker
+choose. Plugins may also implement ``pre_request`` (called with the chosen endpoint right after the
+pick, before the request is proxied) and ``response_complete``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from kit.vllm_metrics import EndpointMetrics
+
+
+@dataclass(eq=False)
+class Endpoint:
+    """One model server the picker can route to."""
+
+    name: str  # "host:port", as upstream names pods in its index
+    url: str
+    labels: dict[str, str] = field(default_factory=dict)
+    metrics: EndpointMetrics = field(default_factory=EndpointMetrics)
+    updated: float = 0.0  # monotonic time of the last successful scrape; 0 = never
+    healthy: bool = True
+    in_flight: int = 0  # requests the gateway has sent and not yet seen finish
+
+    def age(self, now: float | None = None) -> float:
+        """Seconds since the metrics were refreshed (inf if never)."""
+        return float("inf") if not self.updated else (now or time.monotonic()) - self.updated
+
+    def __repr__(self) -> str:
+        return f"Endpoint({self.name})"
+
+
+@dataclass
+class InferenceRequest:
+    """What the picker knows about a request: model, the text to hash, headers and priority."""
+
+    model: str
+    prompt: str
+    headers: dict[str, str] = field(default_factory=dict)
+    priority: int = 0
+    request_id: str = ""
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], model: str, **kw: Any) -> InferenceRequest:
+        """Build from an OpenAI body: completions hash ``prompt``; chat hashes the messages as JSON."""
+        if "messages" in body:
+            text = json.dumps(body["messages"], separators=(",", ":"), ensure_ascii=False)
+        else:
+            p = body.get("prompt", "")
+            text = p if isinstance(p, str) else json.dumps(p, separators=(",", ":"))
+        return cls(model=body.get("model") or model, prompt=text, **kw)
+
+
+class CycleState(dict):
+    """Scratch space shared by the plugins during one scheduling cycle."""
+
+
+@runtime_checkable
+class Plugin(Protocol):
+    type: str
+    name: str
+
+
+@runtime_checkable
+class Filter(Plugin, Protocol):
+    def filter(self, state: CycleState, req: InferenceRequest, eps: list[Endpoint]) -> list[Endpoint]: ...
+
+
+@runtime_checkable
+class Scorer(Plugin, Protocol):
+    def score(self, state: CycleState, req: InferenceRequest, eps: list[Endpoint]) -> dict[Endpoint, float]: ...
+
+
+@runtime_checkable
+class Picker(Plugin, Protocol):
+    def pick(self, state: CycleState, scored: list[tuple[Endpoint, float]]) -> list[Endpoint]: ...
+
+
+@runtime_checkable
+class ProfileHandler(Plugin, Protocol):
+    def profiles_to_run(self, names: list[str]) -> list[str]: ...
+
+
+class PluginBase:
+    """Type and instance name; a plugin's name defaults to its type."""
+
+    type = ""
+
+    def __init__(self, name: str | None = None):
+        self.name = name or self.type
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name})"
+
+
+def min_max(values: dict[Endpoint, float], invert: bool = True) -> dict[Endpoint, float]:
+    """Normalise to [0, 1] over the candidates; lower is better when ``invert``; all equal → 1.0."""
+    if not values:
+        return {}
+    lo, hi = min(values.values()), max(values.values())
+    if hi == lo:
+        return dict.fromkeys(values, 1.0)
+    span = hi - lo
+    return {ep: ((hi - v) if invert else (v - lo)) / span for ep, v in values.items()}

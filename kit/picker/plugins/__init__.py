@@ -1,0 +1,1 @@
+"""Built-in plugins, registered by name in ``kit.picker.registry.register_all``."""

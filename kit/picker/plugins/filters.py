@@ -1,0 +1,103 @@
+"""Filters: drop candidate endpoints by pod label.
+
+``decode-filter`` keeps endpoints whose ``llm-d.ai/role`` is decode, prefill-decode, both or
+encode-prefill-decode, and those without the label::
+
+    plugins:
+    - type: decode-filter
+
+``prefill-filter`` keeps endpoints whose ``llm-d.ai/role`` is prefill::
+
+    plugins:
+    - type: prefill-filter
+
+``by-label`` keeps endpoints whose ``label`` has one of ``validValues`` (and, with ``allowsNoLabel``,
+those without it)::
+
+    plugins:
+    - type: by-label
+      parameters:
+        label: hardware
+        validValues: [h100, h200]
+        allowsNoLabel: false
+
+``label-selector-filter`` (legacy name ``by-label-selector``) keeps endpoints matching every entry of
+``matchLabels``::
+
+    plugins:
+    - type: label-selector-filter
+      parameters:
+        matchLabels:
+          llm-d.ai/role: decode
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from kit.picker.framework import CycleState, Endpoint, InferenceRequest, PluginBase
+from kit.picker.registry import Params
+
+ROLE = "llm-d.ai/role"
+
+
+class _RoleFilter(PluginBase):
+    Params = Params
+    roles: frozenset[str] = frozenset()
+    allow_unlabelled = True
+
+    def __init__(self, name: str | None = None, params: Params | None = None):
+        super().__init__(name)
+
+    def filter(self, state: CycleState, req: InferenceRequest, eps: list[Endpoint]) -> list[Endpoint]:
+        return [ep for ep in eps
+                if ep.labels.get(ROLE) in self.roles or (self.allow_unlabelled and ROLE not in ep.labels)]
+
+
+class DecodeFilter(_RoleFilter):
+    type = "decode-filter"
+    roles = frozenset({"decode", "prefill-decode", "both", "encode-prefill-decode"})
+
+
+class PrefillFilter(_RoleFilter):
+    type = "prefill-filter"
+    roles = frozenset({"prefill"})
+    allow_unlabelled = False
+
+
+class ByLabelParams(Params):
+    label: str = Field(min_length=1)
+    valid_values: list[str] = Field(default_factory=list, alias="validValues")
+    allows_no_label: bool = Field(False, alias="allowsNoLabel")
+
+
+class ByLabelFilter(PluginBase):
+    type = "by-label"
+    Params = ByLabelParams
+
+    def __init__(self, name: str | None = None, params: ByLabelParams | None = None):
+        super().__init__(name)
+        if params is None:
+            raise ValueError("by-label needs parameters")
+        self.p = params
+
+    def filter(self, state: CycleState, req: InferenceRequest, eps: list[Endpoint]) -> list[Endpoint]:
+        p = self.p
+        return [ep for ep in eps
+                if (p.label not in ep.labels and p.allows_no_label) or ep.labels.get(p.label) in p.valid_values]
+
+
+class LabelSelectorParams(Params):
+    match_labels: dict[str, str] = Field(alias="matchLabels")
+
+
+class LabelSelectorFilter(PluginBase):
+    type = "label-selector-filter"
+    Params = LabelSelectorParams
+
+    def __init__(self, name: str | None = None, params: LabelSelectorParams | None = None):
+        super().__init__(name)
+        self.match = params.match_labels if params else {}
+
+    def filter(self, state: CycleState, req: InferenceRequest, eps: list[Endpoint]) -> list[Endpoint]:
+        return [ep for ep in eps if all(ep.labels.get(k) == v for k, v in self.match.items())]

@@ -1,0 +1,91 @@
+"""Pickers: choose among scored endpoints. Each takes ``maxNumOfEndpoints`` (default 1).
+
+``max-score-picker`` shuffles the candidates, then stable-sorts by score, so ties break randomly::
+
+    plugins:
+    - type: max-score-picker
+
+``random-picker`` ignores scores and picks uniformly::
+
+    plugins:
+    - type: random-picker
+
+``weighted-random-picker`` samples in proportion to score (A-Res: key u^(1/score), largest keys win;
+falls back to random when every score is 0)::
+
+    plugins:
+    - type: weighted-random-picker
+      parameters:
+        maxNumOfEndpoints: 1
+
+``round-robin-picker`` (kit-only) cycles through the candidates in name order, ignoring scores: what a
+plain Kubernetes Service does, the baseline the guide compares against::
+
+    plugins:
+    - type: round-robin-picker
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+from pydantic import Field
+
+from kit.picker.framework import CycleState, Endpoint, PluginBase
+from kit.picker.registry import Params
+
+
+class PickerParams(Params):
+    max_num_of_endpoints: int = Field(1, alias="maxNumOfEndpoints", gt=0)
+
+
+class _Picker(PluginBase):
+    Params = PickerParams
+
+    def __init__(self, name: str | None = None, params: PickerParams | None = None, rng: random.Random | None = None):
+        super().__init__(name)
+        self.n = (params or PickerParams()).max_num_of_endpoints
+        self.rng = rng or random.Random()
+
+
+class MaxScorePicker(_Picker):
+    type = "max-score-picker"
+
+    def pick(self, state: CycleState, scored: list[tuple[Endpoint, float]]) -> list[Endpoint]:
+        shuffled = list(scored)
+        self.rng.shuffle(shuffled)
+        shuffled.sort(key=lambda es: es[1], reverse=True)
+        return [ep for ep, _ in shuffled[: self.n]]
+
+
+class RandomPicker(_Picker):
+    type = "random-picker"
+
+    def pick(self, state: CycleState, scored: list[tuple[Endpoint, float]]) -> list[Endpoint]:
+        return [ep for ep, _ in self.rng.sample(scored, min(self.n, len(scored)))]
+
+
+class WeightedRandomPicker(_Picker):
+    type = "weighted-random-picker"
+
+    def pick(self, state: CycleState, scored: list[tuple[Endpoint, float]]) -> list[Endpoint]:
+        positive = [(ep, s) for ep, s in scored if s > 0]
+        if not positive:
+            return [ep for ep, _ in self.rng.sample(scored, min(self.n, len(scored)))]
+        keyed = sorted(((self.rng.random() ** (1.0 / s), ep) for ep, s in positive), key=lambda k: k[0],
+                       reverse=True)
+        return [ep for _, ep in keyed[: self.n]]
+
+
+class RoundRobinPicker(_Picker):
+    type = "round-robin-picker"
+
+    def __init__(self, name: str | None = None, params: PickerParams | None = None, rng: random.Random | None = None):
+        super().__init__(name, params, rng)
+        self._turn = itertools.count()
+
+    def pick(self, state: CycleState, scored: list[tuple[Endpoint, float]]) -> list[Endpoint]:
+        ordered = sorted((ep for ep, _ in scored), key=lambda ep: ep.name)
+        start = next(self._turn) % len(ordered)
+        return (ordered[start:] + ordered[:start])[: self.n]

@@ -1,0 +1,22 @@
+"""``single-profile-handler``: run the one scheduling profile. Added implicitly when a config has one
+profile and no handler, as upstream's loader does::
+
+    plugins:
+    - type: single-profile-handler
+"""
+
+from __future__ import annotations
+
+from kit.picker.framework import PluginBase
+from kit.picker.registry import Params
+
+
+class SingleProfileHandler(PluginBase):
+    type = "single-profile-handler"
+    Params = Params
+
+    def __init__(self, name: str | None = None, params: Params | None = None):
+        super().__init__(name)
+
+    def profiles_to_run(self, names: list[str]) -> list[str]:
+        return names[:1]

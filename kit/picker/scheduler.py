@@ -1,0 +1,123 @@
+"""Run a scheduling cycle: filters → weighted scorers → picker, and explain the decision."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from kit.picker.framework import CycleState, Endpoint, Filter, InferenceRequest, Picker, ProfileHandler, Scorer
+
+
+class NoEndpoints(Exception):
+    """No endpoint is left to route to (the gateway answers 503)."""
+
+
+@dataclass
+class Profile:
+    name: str
+    filters: list[Filter]
+    scorers: list[tuple[Scorer, float]]
+    picker: Picker
+
+
+@dataclass
+class SaturationDetector:
+    """Upstream's utilization detector: per endpoint max(waiting/queue, kv/kvThreshold); stale = 1.0."""
+
+    queue_depth_threshold: int = 5
+    kv_cache_util_threshold: float = 0.8
+    metrics_staleness_threshold: float = 0.2
+    headroom: float = 0.0
+
+    def endpoint(self, ep: Endpoint, now: float) -> float:
+        if ep.age(now) > self.metrics_staleness_threshold:
+            return 1.0
+        m = ep.metrics
+        return max(m.waiting / self.queue_depth_threshold, m.kv_usage / self.kv_cache_util_threshold)
+
+    def saturation(self, eps: list[Endpoint], now: float | None = None) -> float:
+        """Mean endpoint saturation; an empty pool counts as saturated (1.0)."""
+        if not eps:
+            return 1.0
+        now = now or time.monotonic()
+        return sum(self.endpoint(ep, now) for ep in eps) / len(eps) / (1.0 + self.headroom)
+
+
+@dataclass
+class Decision:
+    """Why a request went where it went: every candidate's per-plugin scores and weighted total."""
+
+    request_id: str
+    profile: str
+    picked: list[str]
+    candidates: list[dict[str, Any]]
+    weights: dict[str, float]
+    duration_s: float
+    at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"request_id": self.request_id, "profile": self.profile, "picked": self.picked,
+                "weights": self.weights, "candidates": self.candidates, "duration_s": self.duration_s,
+                "at": self.at}
+
+
+class Scheduler:
+    """Holds the configured profiles; ``schedule`` returns the decision, ``pre_request`` updates plugins."""
+
+    def __init__(self, profiles: list[Profile], handler: ProfileHandler, saturation: SaturationDetector,
+                 history: int = 2000):
+        self.profiles = {p.name: p for p in profiles}
+        self.handler = handler
+        self.saturation = saturation
+        self.recent: deque[Decision] = deque(maxlen=history)
+
+    def schedule(self, req: InferenceRequest, endpoints: list[Endpoint],
+                 exclude: frozenset[str] = frozenset()) -> tuple[Decision, CycleState]:
+        start = time.perf_counter()
+        state = CycleState()
+        eps = [ep for ep in endpoints if ep.healthy and ep.name not in exclude]
+        if not eps:
+            raise NoEndpoints("no healthy endpoint is available")
+        name = self.handler.profiles_to_run(list(self.profiles))[0]
+        profile = self.profiles[name]
+        rows = {ep: {"endpoint": ep.name, "scores": {}, "total": 0.0, "filtered_by": None} for ep in eps}
+        for f in profile.filters:
+            kept = f.filter(state, req, eps)
+            for ep in eps:
+                if ep not in kept:
+                    rows[ep]["filtered_by"] = f.name
+            eps = kept
+            if not eps:
+                raise NoEndpoints(f"filter {f.name} left no endpoint")
+        totals = dict.fromkeys(eps, 0.0)
+        for scorer, weight in profile.scorers:
+            for ep, s in scorer.score(state, req, eps).items():
+                s = min(1.0, max(0.0, s))
+                rows[ep]["scores"][scorer.name] = round(s, 6)
+                totals[ep] += weight * s
+        for ep, t in totals.items():
+            rows[ep]["total"] = round(t, 6)
+        picked = profile.picker.pick(state, list(totals.items()))
+        decision = Decision(
+            request_id=req.request_id, profile=name, picked=[ep.name for ep in picked],
+            candidates=list(rows.values()), weights={s.name: w for s, w in profile.scorers},
+            duration_s=time.perf_counter() - start,
+        )
+        state["picked"] = picked
+        state["profile"] = profile
+        return decision, state
+
+    def pre_request(self, state: CycleState, req: InferenceRequest, ep: Endpoint) -> None:
+        """Tell plugins where the request is going (the prefix index learns here)."""
+        for scorer, _ in state["profile"].scorers:
+            hook = getattr(scorer, "pre_request", None)
+            if hook:
+                hook(state, req, ep)
+
+    def record(self, decision: Decision) -> None:
+        self.recent.append(decision)
+
+    def find(self, request_id: str) -> Decision | None:
+        return next((d for d in reversed(self.recent) if d.request_id == request_id), None)

@@ -1,0 +1,64 @@
+"""One scheduling cycle: filters, weighted totals, explanation, saturation."""
+
+import time
+
+import pytest
+
+from kit.picker import NoEndpoints, load_picker_config
+from kit.picker.framework import Endpoint, InferenceRequest
+from kit.picker.scheduler import SaturationDetector
+from kit.vllm_metrics import EndpointMetrics
+
+HEAD = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
+
+
+def ep(name, waiting=0.0, kv=0.0, labels=None, age=0.0):
+    return Endpoint(name=name, url=f"http://{name}", labels=labels or {},
+                    metrics=EndpointMetrics(waiting=waiting, kv_usage=kv), updated=time.monotonic() - age)
+
+
+def test_weighted_totals_pick_and_explanation():
+    cfg = load_picker_config(HEAD + """
+plugins: [{type: queue-scorer}, {type: kv-cache-utilization-scorer}]
+schedulingProfiles:
+- name: default
+  plugins: [{pluginRef: queue-scorer, weight: 2}, {pluginRef: kv-cache-utilization-scorer, weight: 1}]
+""")
+    a, b = ep("a:1", waiting=0, kv=0.9), ep("b:1", waiting=4, kv=0.0)
+    decision, state = cfg.scheduler.schedule(InferenceRequest(model="m", prompt="x", request_id="r1"), [a, b])
+    rows = {c["endpoint"]: c for c in decision.candidates}
+    assert rows["a:1"]["scores"] == {"queue-scorer": 1.0, "kv-cache-utilization-scorer": pytest.approx(0.1)}
+    assert rows["a:1"]["total"] == pytest.approx(2.1) and rows["b:1"]["total"] == pytest.approx(1.0)
+    assert decision.picked == ["a:1"] and state["picked"] == [a]
+
+
+def test_filtered_endpoints_are_explained_and_an_empty_result_is_no_endpoints():
+    cfg = load_picker_config(HEAD + "plugins: [{type: decode-filter}, {type: queue-scorer}]\n")
+    d, p = ep("d:1", labels={"llm-d.ai/role": "decode"}), ep("p:1", labels={"llm-d.ai/role": "prefill"})
+    decision, _ = cfg.scheduler.schedule(InferenceRequest(model="m", prompt="x"), [d, p])
+    assert decision.picked == ["d:1"]
+    assert {c["endpoint"]: c["filtered_by"] for c in decision.candidates} == {"d:1": None, "p:1": "decode-filter"}
+    with pytest.raises(NoEndpoints, match="decode-filter left no endpoint"):
+        cfg.scheduler.schedule(InferenceRequest(model="m", prompt="x"), [p])
+
+
+def test_unhealthy_and_excluded_endpoints_are_skipped():
+    cfg = load_picker_config(HEAD + "plugins: [{type: random-picker}]\n")
+    a, b = ep("a:1"), ep("b:1")
+    b.healthy = False
+    for _ in range(20):
+        assert cfg.scheduler.schedule(InferenceRequest(model="m", prompt=""), [a, b])[0].picked == ["a:1"]
+    with pytest.raises(NoEndpoints):
+        cfg.scheduler.schedule(InferenceRequest(model="m", prompt=""), [a, b], exclude=frozenset({"a:1"}))
+
+
+@pytest.mark.parametrize(("specs", "expected"), [
+    ([(0, 0.4, 0.0)], 0.5),
+    ([(10, 0.0, 0.0), (0, 0.0, 0.0)], 1.0),
+    ([(1, 0.8, 0.0)], 1.0),
+    ([(0, 0.0, 1.0)], 1.0),
+    ([], 1.0),
+], ids=["kv-bound", "mean-of-two", "kv-at-threshold", "stale", "empty-pool"])
+def test_saturation_detector(specs, expected):
+    endpoints = [ep(f"e{i}", waiting=w, kv=kv, age=age) for i, (w, kv, age) in enumerate(specs)]
+    assert SaturationDetector().saturation(endpoints) == pytest.approx(expected)

@@ -1,0 +1,133 @@
+"""``kit deploy / status / destroy -e local``: real processes, a state file, and only our own processes touched."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import free_port_block
+
+
+def kit(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kit", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **env})
+
+
+@pytest.fixture
+def local_env(tmp_path):
+    """An isolated state folder and a free block of ports; destroys whatever a test left."""
+    env = {"KIT_STATE_DIR": str(tmp_path / "state")}
+    port = free_port_block(6)
+    yield env, port
+    kit("destroy", env=env)
+
+
+def status(env) -> dict:
+    return json.loads(kit("status", "--json", env=env).stdout)
+
+
+def test_deploy_status_destroy(local_env):
+    env, port = local_env
+    res = kit("deploy", "-e", "local", "--replicas", "3", "--port", str(port), env=env)
+    assert res.returncode == 0, res.stderr
+    assert f"local stack ready: http://127.0.0.1:{port}" in res.stdout
+    st = status(env)
+    assert st["ready"] and st["gateway"] == f"http://127.0.0.1:{port}"
+    assert [p["role"] for p in st["processes"]] == ["gateway", "simulator", "simulator", "simulator"]
+    assert [p["url"] for p in st["processes"][1:]] == [f"http://127.0.0.1:{port + i}" for i in (1, 2, 3)]
+    assert st["scheduler_config"].endswith("templates/scheduler/default-plugins.yaml")
+
+    req = kit("request", "--url", st["gateway"], "hello", env=env)
+    assert req.returncode == 0 and "served by:" in req.stdout
+
+    pids = [p["pid"] for p in st["processes"]]
+    out = kit("destroy", "-e", "local", env=env)
+    assert out.returncode == 0 and out.stdout.count("stopped") == 4
+    assert all(not os.path.exists(f"/proc/{pid}") or _zombie(pid) for pid in pids)
+    assert "nothing deployed" in kit("status", env=env).stdout
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_deploying_twice_is_safe_and_reshaping_changes_only_what_must(local_env):
+    env, port = local_env
+    assert kit("deploy", "--replicas", "2", "--port", str(port), env=env).returncode == 0
+    first = {p["url"]: p["pid"] for p in status(env)["processes"]}
+    again = kit("deploy", "--replicas", "2", "--port", str(port), env=env)
+    assert "gateway already running" in again.stdout
+    assert {p["url"]: p["pid"] for p in status(env)["processes"]} == first
+
+    res = kit("deploy", "--replicas", "3", "--port", str(port), "--scheduler-config",
+              "templates/scheduler/random.yaml", env=env)
+    assert res.returncode == 0, res.stderr
+    now = {p["url"]: p["pid"] for p in status(env)["processes"]}
+    sims = [f"http://127.0.0.1:{port + i}" for i in (1, 2)]
+    assert all(now[u] == first[u] for u in sims)  # existing simulators kept (and their caches)
+    assert now[f"http://127.0.0.1:{port}"] != first[f"http://127.0.0.1:{port}"]  # gateway restarted
+    assert status(env)["scheduler_config"].endswith("random.yaml")
+
+
+def test_a_busy_port_fails_before_anything_starts(local_env):
+    env, port = local_env
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", port + 1))
+        blocker.listen()
+        res = kit("deploy", "--replicas", "1", "--port", str(port), env=env)
+    assert res.returncode == 1
+    assert f"port {port + 1} is in use by a process the kit did not start" in res.stderr
+
+
+def test_bad_inputs_fail_clearly_and_start_nothing(local_env, tmp_path):
+    env, port = local_env
+    res = kit("deploy", "-e", "nowhere", env=env)
+    assert res.returncode == 1 and "unknown environment 'nowhere'; valid choices: local" in res.stderr
+    res = kit("deploy", "--set", "replicas=lots", env=env)
+    assert res.returncode == 1 and "replicas: Input should be a valid integer" in res.stderr
+    res = kit("deploy", "--set", "nonsense", env=env)
+    assert res.returncode == 1 and "expected KEY=VALUE" in res.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\nplugins: []\n")
+    res = kit("deploy", "--port", str(port), "--scheduler-config", str(bad), env=env)
+    assert res.returncode == 1 and "plugins: List should have at least 1 item" in res.stderr
+    assert "nothing deployed" in kit("status", env=env).stdout
+
+
+def test_destroy_never_touches_a_process_it_did_not_start(local_env, tmp_path):
+    env, port = local_env
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        state = tmp_path / "state"
+        state.mkdir(parents=True, exist_ok=True)
+        fake = {"gateway": {"pid": bystander.pid, "url": f"http://127.0.0.1:{port}", "log": "x", "role": "gateway",
+                            "args": ["gateway", "--port", str(port)]}, "sims": [], "scheduler_config": None}
+        (state / "local-inference-scheduling.json").write_text(json.dumps(fake))
+        out = kit("destroy", env=env)
+        assert "was not running; nothing to stop" in out.stdout
+        assert bystander.poll() is None  # still alive: its command line is not the kit's
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_two_postfixes_are_two_independent_stacks(local_env):
+    env, port = local_env
+    other = free_port_block(3)
+    assert kit("deploy", "--replicas", "1", "--port", str(port), env=env).returncode == 0
+    assert kit("deploy", "--replicas", "1", "--port", str(other), "--postfix", "second", env=env).returncode == 0
+    try:
+        assert status(env)["gateway"] == f"http://127.0.0.1:{port}"
+        kit("destroy", "--postfix", "second", env=env)
+        assert status(env)["ready"]  # the first stack is untouched
+    finally:
+        kit("destroy", "--postfix", "second", env=env)

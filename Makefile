@@ -28,7 +28,8 @@ lint: venv
 	$(PY) -m ruff check kit tests bench
 
 bench: venv
-	$(PY) bench/sim_bench.py
+	$(PY) bench/sim_bench.py --out build/bench-sim.json
+	$(PY) bench/gateway_bench.py --out build/bench-gateway.json
 
 clean:
 	rm -rf build $(OUT) .pytest_cache .ruff_cache

@@ -6,9 +6,8 @@ and on real vLLM pods alike.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-
-from prometheus_client.parser import text_string_to_metric_families
 
 
 @dataclass
@@ -37,43 +36,55 @@ class EndpointMetrics:
 
 
 _GAUGES = {"vllm:num_requests_waiting": "waiting", "vllm:num_requests_running": "running",
-           "vllm:kv_cache_usage_perc": "kv_usage", "vllm:gpu_cache_usage_perc": "kv_usage"}
-_COUNTERS = {"vllm:prefix_cache_queries": "prefix_queries", "vllm:prefix_cache_hits": "prefix_hits",
-             "vllm:gpu_prefix_cache_queries": "prefix_queries", "vllm:gpu_prefix_cache_hits": "prefix_hits",
-             "vllm:prompt_tokens": "prompt_tokens", "vllm:generation_tokens": "generation_tokens",
-             "vllm:num_preemptions": "preemptions"}
-_HISTOGRAMS = {"vllm:time_to_first_token_seconds": "ttft", "vllm:inter_token_latency_seconds": "itl"}
+           "vllm:kv_cache_usage_perc": "kv_usage"}
+_COUNTERS = {"vllm:prefix_cache_queries_total": "prefix_queries", "vllm:prefix_cache_hits_total": "prefix_hits",
+             "vllm:prompt_tokens_total": "prompt_tokens", "vllm:generation_tokens_total": "generation_tokens",
+             "vllm:num_preemptions_total": "preemptions", "vllm:time_to_first_token_seconds_sum": "ttft_sum",
+             "vllm:time_to_first_token_seconds_count": "ttft_count",
+             "vllm:inter_token_latency_seconds_sum": "itl_sum", "vllm:inter_token_latency_seconds_count": "itl_count"}
+# Names older vLLM releases used (deprecated in 0.10); read only when the current name is absent.
+_LEGACY = {"vllm:gpu_cache_usage_perc": "vllm:kv_cache_usage_perc",
+           "vllm:gpu_prefix_cache_queries_total": "vllm:prefix_cache_queries_total",
+           "vllm:gpu_prefix_cache_hits_total": "vllm:prefix_cache_hits_total"}
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 def parse_vllm_metrics(text: str) -> EndpointMetrics:
-    """Sum each vLLM series over its labels (one model per server) into EndpointMetrics."""
+    """Sum each vLLM series over its labels (one model per server) into EndpointMetrics.
+
+    A line scanner over the Prometheus text format that reads only the series the kit uses: it runs
+    on every scrape of every endpoint (20 times a second each), so it must be cheap.
+    """
     m = EndpointMetrics()
-    seen_kv = False
-    for fam in text_string_to_metric_families(text):
-        name = fam.name
-        if name in _GAUGES:
-            attr = _GAUGES[name]
-            if attr == "kv_usage" and seen_kv:
-                continue  # prefer the current name over the deprecated one
-            seen_kv = seen_kv or name == "vllm:kv_cache_usage_perc"
-            setattr(m, attr, sum(s.value for s in fam.samples))
-        elif name in _COUNTERS:
-            setattr(m, _COUNTERS[name], sum(s.value for s in fam.samples if s.name.endswith("_total")))
-        elif name == "vllm:request_success":
-            for s in fam.samples:
-                if s.name.endswith("_total"):
-                    reason = s.labels.get("finished_reason", "")
-                    m.finished[reason] = m.finished.get(reason, 0.0) + s.value
-            m.requests_ok = sum(m.finished.values())
-        elif name in _HISTOGRAMS:
-            pre = _HISTOGRAMS[name]
-            for s in fam.samples:
-                if s.name.endswith("_sum"):
-                    setattr(m, pre + "_sum", getattr(m, pre + "_sum") + s.value)
-                elif s.name.endswith("_count"):
-                    setattr(m, pre + "_count", getattr(m, pre + "_count") + s.value)
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith("vllm:"):
+            continue
+        brace = line.find("{")
+        space = line.rfind(" ")
+        name = line[: brace if brace != -1 else line.find(" ")]
+        if name not in _GAUGES and name not in _COUNTERS and name not in _LEGACY and name not in (
+                "vllm:request_success_total", "vllm:cache_config_info"):
+            continue
+        try:
+            value = float(line[space + 1 :])
+        except ValueError:
+            continue
+        if name == "vllm:request_success_total":
+            labels = dict(_LABEL.findall(line[brace:space]))
+            reason = labels.get("finished_reason", "")
+            m.finished[reason] = m.finished.get(reason, 0.0) + value
         elif name == "vllm:cache_config_info":
-            for s in fam.samples:
-                m.block_size = int(s.labels.get("block_size", 0)) or None
-                m.num_gpu_blocks = int(s.labels.get("num_gpu_blocks", 0)) or None
+            labels = dict(_LABEL.findall(line[brace:space]))
+            m.block_size = int(labels.get("block_size", 0) or 0) or None
+            m.num_gpu_blocks = int(labels.get("num_gpu_blocks", 0) or 0) or None
+        else:
+            totals[name] = totals.get(name, 0.0) + value
+    for old, new in _LEGACY.items():
+        if old in totals and new not in totals:
+            totals[new] = totals[old]
+    for name, attr in (*_GAUGES.items(), *_COUNTERS.items()):
+        if name in totals:
+            setattr(m, attr, totals[name])
+    m.requests_ok = sum(v for k, v in m.finished.items() if k != "abort")
     return m

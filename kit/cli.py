@@ -94,12 +94,41 @@ def _env(args: argparse.Namespace):
                             overrides=parse_set(getattr(args, "set", []) or []))
 
 
-def _target(env):
-    if env.target != "local":
-        raise KitError(f"environment {env.name!r} targets a cluster, which this version of the kit cannot deploy yet")
-    from kit import local
+def _cluster(args: argparse.Namespace):
+    from kit.cluster import Cluster
 
-    return local
+    return Cluster(kubeconfig=args.kubeconfig, context=args.context)
+
+
+def _render(args: argparse.Namespace) -> int:
+    from kit.render import render, summary, to_yaml, write
+
+    rendered = render(_env(args), args.scheduler_config)
+    if args.out:
+        for f in write(rendered, args.out):
+            print(f"wrote {f}")
+    else:
+        print(to_yaml(rendered.objects), end="")
+    print(f"kit render: {len(rendered.objects)} objects: " + ", ".join(summary(rendered)), file=sys.stderr)
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from kit.render import render
+    from kit.validate import validate
+
+    env = _env(args)
+    rendered = render(env, args.scheduler_config)
+    problems, notes = validate(rendered, args.schemas)
+    for n in notes:
+        print(f"note: {n}")
+    for p in problems:
+        print(f"problem: {p}")
+    if problems:
+        raise KitError(f"{len(problems)} problem(s) in the {len(rendered.objects)} objects rendered for {env.name}")
+    print(f"kit validate: {len(rendered.objects)} objects for {env.name} are valid"
+          + (f" ({len(notes)} not checked)" if notes else ""))
+    return 0
 
 
 def _envs(args: argparse.Namespace) -> int:
@@ -112,10 +141,21 @@ def _envs(args: argparse.Namespace) -> int:
 
 def _deploy(args: argparse.Namespace) -> int:
     env = _env(args)
-    if args.dry_run:
-        print(f"dry run: would deploy {env.name} ({env.replicas if not args.replicas else args.replicas} replicas)")
+    if args.replicas:
+        env = env.model_copy(update={"replicas": args.replicas})
+    if env.target == "local":
+        from kit import local
+
+        if args.dry_run:
+            for p in local.plan(env, port=args.port, scheduler_config=args.scheduler_config):
+                print(f"would start {p['role']} at {p['url']}: kit {' '.join(p['args'])}")
+            return 0
+        local.deploy(env, scheduler_config=args.scheduler_config, port=args.port)
         return 0
-    _target(env).deploy(env, replicas=args.replicas, scheduler_config=args.scheduler_config, port=args.port)
+    from kit import cluster
+
+    cluster.deploy(env, _cluster(args), dry_run=args.dry_run, scheduler_config=args.scheduler_config,
+                   timeout=args.timeout)
     return 0
 
 
@@ -123,22 +163,51 @@ def _status(args: argparse.Namespace) -> int:
     import json
 
     env = _env(args)
-    st = _target(env).status(env)
+    if env.target == "local":
+        from kit import local
+
+        st = local.status(env)
+        if args.json:
+            print(json.dumps(st, indent=2))
+        elif not st["processes"]:
+            print(f"nothing deployed for {env.name}/{env.release_postfix}")
+        else:
+            print(f"{env.name}/{env.release_postfix}: gateway {st['gateway']}, "
+                  f"scheduler config {st['scheduler_config']}")
+            for p in st["processes"]:
+                state = "healthy" if p["healthy"] else ("running, not answering" if p["running"] else "not running")
+                print(f"  {p['role']:10} pid {p['pid']:<8} {p['url']:28} {state}")
+        return 0 if st["ready"] or not st["processes"] else 1
+    from kit import cluster
+
+    st = cluster.status(env, _cluster(args))
     if args.json:
         print(json.dumps(st, indent=2))
-    elif not st["processes"]:
-        print(f"nothing deployed for {env.name}/{env.release_postfix}")
-    else:
-        print(f"{env.name}/{env.release_postfix}: gateway {st['gateway']}, scheduler config {st['scheduler_config']}")
-        for p in st["processes"]:
-            state = "healthy" if p["healthy"] else ("running, not answering" if p["running"] else "not running")
-            print(f"  {p['role']:10} pid {p['pid']:<8} {p['url']:28} {state}")
-    return 0 if st["ready"] or not st["processes"] else 1
+        return 0 if st["ready"] or not st["objects"] else 1
+    if not st["objects"]:
+        print(f"nothing of stack {env.release_postfix} in namespace {env.namespace}")
+        return 0
+    print(f"{'RELEASE':34} {'OBJECTS':>7}  READY")
+    for r in st["releases"]:
+        print(f"{r['release']:34} {r['objects']:>7}  {'yes' if r['ready'] else 'no'}")
+    print(f"\n{'KIND/NAME':64} READY  DETAIL")
+    for o in st["objects"]:
+        print(f"{o['kind'] + '/' + o['name']:64} {'yes' if o['ready'] else 'no ':5}  {o['detail']}")
+    for p in st["pods"]:
+        print(f"{'Pod/' + p['name']:64} {'yes' if p['ready'] else 'no ':5}  {p['phase']}")
+    return 0 if st["ready"] else 1
 
 
 def _destroy(args: argparse.Namespace) -> int:
     env = _env(args)
-    _target(env).destroy(env)
+    if env.target == "local":
+        from kit import local
+
+        local.destroy(env)
+        return 0
+    from kit import cluster
+
+    cluster.destroy(env, _cluster(args))
     return 0
 
 
@@ -219,27 +288,48 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_envs)
 
     def env_flags(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("-e", "--env", default="local", help="environment (see `kit envs`; default: local)")
+        parser.add_argument("-e", "--env", default="istio", help="environment (see `kit envs`; default: istio)")
         parser.add_argument("-n", "--namespace", help="namespace (default: $NAMESPACE or the guide's)")
         parser.add_argument("--postfix", help="release postfix (default: $RELEASE_NAME_POSTFIX or the guide's)")
         parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                             help="override an environment field, e.g. --set replicas=4")
+
+    def cluster_flags(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
+        parser.add_argument("--context", help="kubeconfig context (default: the current one)")
+
+    rd = sub.add_parser("render", help="render the manifests (one YAML file per release with -o)")
+    env_flags(rd)
+    rd.add_argument("-o", "--out", help="folder to write infra-<rn>.yaml, gaie-<rn>.yaml, ms-<rn>.yaml, httproute.yaml")
+    rd.add_argument("--scheduler-config", help="EndpointPickerConfig YAML for the EPP ConfigMap")
+    rd.set_defaults(func=_render)
+
+    va = sub.add_parser("validate", help="render and validate; exit 1 listing every problem")
+    env_flags(va)
+    va.add_argument("--schemas", help="folder of CRD YAML files to validate custom resources against")
+    va.add_argument("--scheduler-config", help="EndpointPickerConfig YAML for the EPP ConfigMap")
+    va.set_defaults(func=_validate)
 
     dp = sub.add_parser("deploy", help="start the local stack or apply to the cluster; waits until ready")
     env_flags(dp)
     dp.add_argument("--replicas", type=int, help="model-server replicas (default: the environment's)")
     dp.add_argument("--scheduler-config", help="EndpointPickerConfig YAML for the endpoint picker")
     dp.add_argument("--port", type=int, help="local: gateway port (simulators take the ports after it)")
-    dp.add_argument("--dry-run", action="store_true", help="check everything, change nothing")
+    dp.add_argument("--dry-run", action="store_true",
+                    help="check everything (server side on a cluster); change nothing")
+    dp.add_argument("--timeout", type=float, default=900, help="cluster: seconds to wait for readiness")
+    cluster_flags(dp)
     dp.set_defaults(func=_deploy)
 
     st = sub.add_parser("status", help="what is deployed, with readiness")
     env_flags(st)
     st.add_argument("--json", action="store_true", help="machine-readable output")
+    cluster_flags(st)
     st.set_defaults(func=_status)
 
     ds = sub.add_parser("destroy", help="remove exactly what deploy created")
     env_flags(ds)
+    cluster_flags(ds)
     ds.set_defaults(func=_destroy)
 
     from kit.workloads import Load, SharedPrefix

@@ -13,7 +13,7 @@ import re
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from kit import paths
 from kit.config import StrictModel, parse
@@ -39,6 +39,51 @@ class LocalSettings(StrictModel):
         return v
 
 
+class GatewaySettings(StrictModel):
+    provider: Literal["istio", "kgateway", "agentgateway", "gke"] = Field(description="gateway implementation")
+    class_name: str = Field(description="GatewayClass the Gateway uses")
+    service_type: Literal["ClusterIP", "LoadBalancer", "NodePort"] | None = Field(
+        None, description="type of the Service the provider creates for the Gateway (none on GKE)")
+    log_level: str = Field("warn", description="proxy log level")
+    resources: dict[str, Any] = Field(default_factory=dict, description="proxy resources (requests/limits)")
+    destination_rule: bool = Field(False, description="Istio DestinationRule for TLS to the endpoint picker")
+    listener_port: int = Field(80, ge=1, le=65535, description="Gateway listener port")
+
+
+class HardwareSettings(StrictModel):
+    backend: Literal["cuda", "rocm", "xpu", "tpu", "cpu", "sim"] = Field(description="accelerator family")
+    vendor: str = Field(description="value of the llm-d.ai/accelerator-vendor label")
+    accelerator_resource: str | None = Field(None, description="device-plugin resource, e.g. nvidia.com/gpu")
+    accelerators_per_replica: int = Field(1, ge=0, description="devices per model-server pod")
+    dra_device_class: str | None = Field(None, description="DRA device class (instead of a device-plugin resource)")
+    tensor_parallel: int = Field(1, ge=1, description="vLLM --tensor-parallel-size")
+    cpu: str | None = Field(None, description="CPU request and limit of each model server")
+    memory: str | None = Field(None, description="memory request and limit of each model server")
+    shm_size: str = Field("20Gi", description="size of /dev/shm")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="model-server node selector")
+    tolerations: list[dict[str, Any]] = Field(default_factory=list, description="model-server tolerations")
+    security_context: dict[str, Any] | None = Field(None, description="model-server container security context")
+
+
+class ModelServerSettings(StrictModel):
+    engine: Literal["vllm", "sim"] = Field("vllm", description="vLLM, or upstream's vLLM simulator image")
+    image: str = Field(description="model-server image, pinned")
+    served_model_name: str | None = Field(None, description="name clients use (default: the model)")
+    args: list[str] = Field(default_factory=list, description="extra engine arguments")
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables (no secrets)")
+    hf_token: bool = Field(True, description="mount the HF token from secret vllm-k8s-hf-token (false: public model)")
+    pod_monitor: bool = Field(True, description="render a PodMonitor for the servers' /metrics")
+    startup_failure_threshold: int = Field(60, ge=1, description="startup probe failures allowed (30 s apart)")
+
+
+class EppSettings(StrictModel):
+    image: str = Field("ghcr.io/llm-d/llm-d-inference-scheduler:v0.7.0", description="endpoint picker image")
+    service_monitor: bool = Field(True, description="render the EPP ServiceMonitor and its token Secret")
+    cpu: str = Field("4", description="EPP CPU request")
+    memory: str = Field("8Gi", description="EPP memory request")
+    memory_limit: str = Field("16Gi", description="EPP memory limit")
+
+
 class Environment(StrictModel):
     name: str = Field(description="the environment's name (its file name)")
     description: str = Field(description="one line shown by `kit envs`")
@@ -50,6 +95,25 @@ class Environment(StrictModel):
     scheduler_config: str = Field("templates/scheduler/default-plugins.yaml",
                                   description="EndpointPickerConfig file, relative to the kit's root")
     local: LocalSettings | None = Field(None, description="settings of the local target")
+    gateway: GatewaySettings | None = Field(None, description="cluster: gateway provider")
+    hardware: HardwareSettings | None = Field(None, description="cluster: accelerator backend")
+    model_server: ModelServerSettings | None = Field(None, description="cluster: model-server image and args")
+    epp: EppSettings = Field(default_factory=EppSettings, description="cluster: endpoint picker")
+
+    @model_validator(mode="after")
+    def _target_sections(self) -> Environment:
+        if self.target == "local" and self.local is None:
+            raise ValueError("local: a local environment needs its local settings")
+        if self.target == "cluster":
+            missing = [k for k in ("gateway", "hardware", "model_server") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"{', '.join(missing)}: a cluster environment needs these sections")
+        return self
+
+    @property
+    def served_name(self) -> str:
+        ms = self.model_server
+        return (ms.served_model_name if ms and ms.served_model_name else None) or self.model
 
     @field_validator("namespace", "release_postfix")
     @classmethod
@@ -100,15 +164,28 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _read(name: str, choices: dict[str, str], chain: tuple[str, ...]) -> dict[str, Any]:
+    """An environment file with its ``extends`` chain merged in (the file wins over its base)."""
+    if name in chain:
+        raise ConfigError(f"environments/{name}.yaml", [f"extends: circular ({' → '.join((*chain, name))})"])
+    if name not in choices:
+        raise UnknownChoiceError("environment", name, choices)
+    data = yaml.safe_load((paths.ENVIRONMENTS / f"{name}.yaml").read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"environments/{name}.yaml", ["expected a mapping"])
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    return _merge(_read(str(base), choices, (*chain, name)), data)
+
+
 def load_environment(name: str, *, namespace: str | None = None, postfix: str | None = None,
                      overrides: dict[str, Any] | None = None) -> Environment:
     """Load, merge overrides, apply the naming rules, validate; errors name the file and field."""
     choices = available()
     if name not in choices:
         raise UnknownChoiceError("environment", name, choices)
-    path = paths.ENVIRONMENTS / f"{name}.yaml"
-    data = yaml.safe_load(path.read_text()) or {}
-    data = _merge(data, overrides or {})
+    data = _merge(_read(name, choices, ()), overrides or {})
     data["name"] = name
     data["namespace"] = namespace or os.environ.get("NAMESPACE") or data.get("namespace") or DEFAULT_NAMESPACE
     data["release_postfix"] = (postfix or os.environ.get("RELEASE_NAME_POSTFIX") or data.get("release_postfix")

@@ -31,3 +31,22 @@ class MissingDependencyError(KitError):
 
     def __init__(self, package: str, extra: str):
         super().__init__(f"this needs {package}: pip install 'kit[{extra}]'")
+
+
+class NotReadyError(KitError):
+    """Something is missing or not ready; lists each item and why."""
+
+    def __init__(self, problems: Iterable[str], headline: str = "not ready"):
+        self.problems = list(problems)
+        super().__init__(f"{headline}:\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+class ApplyError(KitError):
+    """An apply failed part-way; says what was applied, what failed and what was not applied."""
+
+    def __init__(self, applied: list[str], failed: str, not_applied: list[str], reason: str):
+        self.applied, self.failed, self.not_applied = applied, failed, not_applied
+        super().__init__(
+            f"applying {failed} failed: {reason}\n"
+            f"  applied ({len(applied)}): {', '.join(applied) or 'none'}\n"
+            f"  not applied ({len(not_applied) + 1}): {', '.join([failed, *not_applied])}")

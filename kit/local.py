@@ -64,58 +64,69 @@ def _check_port(host: str, port: int, role: str) -> None:
                        f"stop it or choose another port with --port")
 
 
-def deploy(env: Environment, *, replicas: int | None = None, scheduler_config: str | None = None,
-           port: int | None = None, say: Say = print) -> dict[str, Any]:
-    """Bring the local stack to the asked shape and wait until every process is healthy."""
+def plan(env: Environment, *, replicas: int | None = None, scheduler_config: str | None = None,
+         port: int | None = None) -> list[dict[str, Any]]:
+    """The processes the local stack consists of: simulators first, then the gateway in front of them.
+
+    The scheduler config is loaded here, so a bad file fails before anything starts.
+    """
     if env.local is None:
         raise KitError(f"environment {env.name!r} has no local settings")
     local = env.local
-    replicas = replicas or env.replicas
     gw_port = port or local.gateway_port
     config_path = str(Path(scheduler_config).resolve()) if scheduler_config else env.scheduler_path()
-    loaded = load_picker_file(config_path)  # a bad config fails here, before anything starts
-    for w in loaded.warnings:
-        say(f"warning: {config_path}: {w}")
+    load_picker_file(config_path)
+    sims = [{"role": "simulator", "url": f"http://{local.host}:{gw_port + 1 + i}", "port": gw_port + 1 + i,
+             "args": _sim_args(env, gw_port + 1 + i)} for i in range(replicas or env.replicas)]
+    gateway = {"role": "gateway", "url": f"http://{local.host}:{gw_port}", "port": gw_port,
+               "config": config_path,
+               "args": ["gateway", "--host", local.host, "--port", str(gw_port), "--model", env.model,
+                        "--endpoints", ",".join(s["url"] for s in sims), "--config", config_path,
+                        "--refresh-interval", str(local.refresh_interval)]}
+    return [*sims, gateway]
+
+
+def deploy(env: Environment, *, replicas: int | None = None, scheduler_config: str | None = None,
+           port: int | None = None, say: Say = print) -> dict[str, Any]:
+    """Bring the local stack to the planned shape and wait until every process is healthy."""
+    *wanted, gw_plan = plan(env, replicas=replicas, scheduler_config=scheduler_config, port=port)
+    for w in load_picker_file(gw_plan["config"]).warnings:
+        say(f"warning: {gw_plan['config']}: {w}")
+    host = env.local.host  # type: ignore[union-attr]
     logs = paths.state_dir() / "logs" / env.release_postfix
     state = _load(env)
 
-    wanted = [_sim_args(env, gw_port + 1 + i) for i in range(replicas)]
+    wanted_args = [w["args"] for w in wanted]
     sims: list[Proc] = []
     for proc in state["sims"]:
-        if proc.owned() and list(proc.args) in wanted and healthy(proc.url):
+        if proc.owned() and list(proc.args) in wanted_args and healthy(proc.url):
             sims.append(proc)
         elif stop(proc):
             say(f"stopped simulator pid {proc.pid} ({proc.url}): not part of the new shape")
     have = {tuple(p.args) for p in sims}
-    for i, args in enumerate(wanted):
-        if tuple(args) in have:
+    for i, w in enumerate(wanted):
+        if tuple(w["args"]) in have:
             continue
-        sim_port = gw_port + 1 + i
-        url = f"http://{local.host}:{sim_port}"
-        _check_port(local.host, sim_port, f"simulator {i}")
-        proc = spawn(args, url, logs / f"sim-{sim_port}.log", role="simulator")
+        _check_port(host, w["port"], f"simulator {i}")
+        proc = spawn(w["args"], w["url"], logs / f"sim-{w['port']}.log", role="simulator")
         sims.append(proc)
         state["sims"] = sims
         _save(env, state)
-        say(f"started simulator {i} at {url} (pid {proc.pid})")
+        say(f"started simulator {i} at {w['url']} (pid {proc.pid})")
     sims.sort(key=lambda p: p.url)
 
-    gw_args = ["gateway", "--host", local.host, "--port", str(gw_port), "--model", env.model,
-               "--endpoints", ",".join(p.url for p in sims), "--config", config_path,
-               "--refresh-interval", str(local.refresh_interval)]
     gw: Proc | None = state["gateway"]
-    url = f"http://{local.host}:{gw_port}"
-    if gw and gw.owned() and list(gw.args) == gw_args and healthy(gw.url):
-        say(f"gateway already running at {url} (pid {gw.pid})")
+    if gw and gw.owned() and list(gw.args) == gw_plan["args"] and healthy(gw.url):
+        say(f"gateway already running at {gw.url} (pid {gw.pid})")
     else:
         if gw and stop(gw):
             say(f"stopped gateway pid {gw.pid} to apply the new shape")
-        _check_port(local.host, gw_port, "gateway")
-        gw = spawn(gw_args, url, logs / "gateway.log", role="gateway")
-        say(f"started gateway at {url} (pid {gw.pid}) with scheduler config {config_path}")
-    state.update(gateway=gw, sims=sims, scheduler_config=config_path, replicas=replicas, model=env.model)
+        _check_port(host, gw_plan["port"], "gateway")
+        gw = spawn(gw_plan["args"], gw_plan["url"], logs / "gateway.log", role="gateway")
+        say(f"started gateway at {gw.url} (pid {gw.pid}) with scheduler config {gw_plan['config']}")
+    state.update(gateway=gw, sims=sims, scheduler_config=gw_plan["config"], model=env.model)
     _save(env, state)
-    say(f"local stack ready: {url} → {len(sims)} simulator(s); state in {state_file(env)}")
+    say(f"local stack ready: {gw.url} → {len(sims)} simulator(s); state in {state_file(env)}")
     return status(env)
 
 

@@ -24,11 +24,11 @@ def local_env(tmp_path):
     env = {"KIT_STATE_DIR": str(tmp_path / "state")}
     port = free_port_block(6)
     yield env, port
-    kit("destroy", env=env)
+    kit("destroy", "-e", "local", env=env)
 
 
 def status(env) -> dict:
-    return json.loads(kit("status", "--json", env=env).stdout)
+    return json.loads(kit("status", "-e", "local", "--json", env=env).stdout)
 
 
 def test_deploy_status_destroy(local_env):
@@ -49,7 +49,7 @@ def test_deploy_status_destroy(local_env):
     out = kit("destroy", "-e", "local", env=env)
     assert out.returncode == 0 and out.stdout.count("stopped") == 4
     assert all(not os.path.exists(f"/proc/{pid}") or _zombie(pid) for pid in pids)
-    assert "nothing deployed" in kit("status", env=env).stdout
+    assert "nothing deployed" in kit("status", "-e", "local", env=env).stdout
 
 
 def _zombie(pid: int) -> bool:
@@ -62,13 +62,13 @@ def _zombie(pid: int) -> bool:
 
 def test_deploying_twice_is_safe_and_reshaping_changes_only_what_must(local_env):
     env, port = local_env
-    assert kit("deploy", "--replicas", "2", "--port", str(port), env=env).returncode == 0
+    assert kit("deploy", "-e", "local", "--replicas", "2", "--port", str(port), env=env).returncode == 0
     first = {p["url"]: p["pid"] for p in status(env)["processes"]}
-    again = kit("deploy", "--replicas", "2", "--port", str(port), env=env)
+    again = kit("deploy", "-e", "local", "--replicas", "2", "--port", str(port), env=env)
     assert "gateway already running" in again.stdout
     assert {p["url"]: p["pid"] for p in status(env)["processes"]} == first
 
-    res = kit("deploy", "--replicas", "3", "--port", str(port), "--scheduler-config",
+    res = kit("deploy", "-e", "local", "--replicas", "3", "--port", str(port), "--scheduler-config",
               "templates/scheduler/random.yaml", env=env)
     assert res.returncode == 0, res.stderr
     now = {p["url"]: p["pid"] for p in status(env)["processes"]}
@@ -83,7 +83,7 @@ def test_a_busy_port_fails_before_anything_starts(local_env):
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", port + 1))
         blocker.listen()
-        res = kit("deploy", "--replicas", "1", "--port", str(port), env=env)
+        res = kit("deploy", "-e", "local", "--replicas", "1", "--port", str(port), env=env)
     assert res.returncode == 1
     assert f"port {port + 1} is in use by a process the kit did not start" in res.stderr
 
@@ -91,16 +91,16 @@ def test_a_busy_port_fails_before_anything_starts(local_env):
 def test_bad_inputs_fail_clearly_and_start_nothing(local_env, tmp_path):
     env, port = local_env
     res = kit("deploy", "-e", "nowhere", env=env)
-    assert res.returncode == 1 and "unknown environment 'nowhere'; valid choices: local" in res.stderr
-    res = kit("deploy", "--set", "replicas=lots", env=env)
+    assert res.returncode == 1 and "unknown environment 'nowhere'; valid choices: agentgateway, cpu" in res.stderr
+    res = kit("deploy", "-e", "local", "--set", "replicas=lots", env=env)
     assert res.returncode == 1 and "replicas: Input should be a valid integer" in res.stderr
-    res = kit("deploy", "--set", "nonsense", env=env)
+    res = kit("deploy", "-e", "local", "--set", "nonsense", env=env)
     assert res.returncode == 1 and "expected KEY=VALUE" in res.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\nplugins: []\n")
-    res = kit("deploy", "--port", str(port), "--scheduler-config", str(bad), env=env)
+    res = kit("deploy", "-e", "local", "--port", str(port), "--scheduler-config", str(bad), env=env)
     assert res.returncode == 1 and "plugins: List should have at least 1 item" in res.stderr
-    assert "nothing deployed" in kit("status", env=env).stdout
+    assert "nothing deployed" in kit("status", "-e", "local", env=env).stdout
 
 
 def test_destroy_never_touches_a_process_it_did_not_start(local_env, tmp_path):
@@ -112,7 +112,7 @@ def test_destroy_never_touches_a_process_it_did_not_start(local_env, tmp_path):
         fake = {"gateway": {"pid": bystander.pid, "url": f"http://127.0.0.1:{port}", "log": "x", "role": "gateway",
                             "args": ["gateway", "--port", str(port)]}, "sims": [], "scheduler_config": None}
         (state / "local-inference-scheduling.json").write_text(json.dumps(fake))
-        out = kit("destroy", env=env)
+        out = kit("destroy", "-e", "local", env=env)
         assert "was not running; nothing to stop" in out.stdout
         assert bystander.poll() is None  # still alive: its command line is not the kit's
     finally:
@@ -123,11 +123,12 @@ def test_destroy_never_touches_a_process_it_did_not_start(local_env, tmp_path):
 def test_two_postfixes_are_two_independent_stacks(local_env):
     env, port = local_env
     other = free_port_block(3)
-    assert kit("deploy", "--replicas", "1", "--port", str(port), env=env).returncode == 0
-    assert kit("deploy", "--replicas", "1", "--port", str(other), "--postfix", "second", env=env).returncode == 0
+    assert kit("deploy", "-e", "local", "--replicas", "1", "--port", str(port), env=env).returncode == 0
+    second = kit("deploy", "-e", "local", "--replicas", "1", "--port", str(other), "--postfix", "second", env=env)
+    assert second.returncode == 0
     try:
         assert status(env)["gateway"] == f"http://127.0.0.1:{port}"
-        kit("destroy", "--postfix", "second", env=env)
+        kit("destroy", "-e", "local", "--postfix", "second", env=env)
         assert status(env)["ready"]  # the first stack is untouched
     finally:
-        kit("destroy", "--postfix", "second", env=env)
+        kit("destroy", "-e", "local", "--postfix", "second", env=env)

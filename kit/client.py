@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import aiohttp
 
 ENDPOINT_HEADER = "x-gateway-destination-endpoint"
+T = TypeVar("T")
 
 
 @dataclass
@@ -20,6 +24,7 @@ class RequestResult:
     started: float = 0.0
     text: str = ""
     endpoint: str | None = None
+    request_id: str | None = None
     ttft: float | None = None
     e2e: float = 0.0
     itls: list[float] = field(default_factory=list)
@@ -32,6 +37,29 @@ class RequestResult:
     @property
     def ok(self) -> bool:
         return self.status == 200 and self.error is None
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from synchronous code, also inside Jupyter's running event loop
+    (there it runs on a short-lived thread with its own loop)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def make_body(prompt: str, *, chat: bool, stream: bool, model: str | None = None,
@@ -66,6 +94,7 @@ async def send(session: aiohttp.ClientSession, url: str, body: dict,
     try:
         async with session.post(url.rstrip("/") + path, json=body, headers=headers) as resp:
             res.status, res.endpoint = resp.status, resp.headers.get(ENDPOINT_HEADER)
+            res.request_id = resp.headers.get("x-request-id")
             if resp.status != 200:
                 res.error = await _error_text(resp)
             elif body.get("stream"):
@@ -121,6 +150,23 @@ async def _read_stream(resp: aiohttp.ClientResponse, res: RequestResult, chat: b
         res.error = "the stream ended before [DONE]"
 
 
+def models(url: str, timeout: float = 10.0) -> list[str]:
+    """The model ids a server or gateway lists at /v1/models."""
+    import urllib.request
+
+    with urllib.request.urlopen(url.rstrip("/") + "/v1/models", timeout=timeout) as r:
+        return [m["id"] for m in json.loads(r.read())["data"]]
+
+
+def describe_result(label: str, r: RequestResult) -> dict:
+    """One table row for a request: what came back, who served it, how fast."""
+    itl = f"{1000 * sum(r.itls) / len(r.itls):.1f}" if r.itls else "-"
+    return {"request": label, "ok": r.ok, "served by": r.endpoint or "-",
+            "TTFT ms": f"{1000 * (r.ttft or 0):.1f}", "ITL ms": itl,
+            "tokens (cached/prompt → out)": f"{r.cached_tokens}/{r.prompt_tokens} → {r.completion_tokens}",
+            "reply": (r.text.strip()[:40] + "…") if len(r.text.strip()) > 40 else r.text.strip()}
+
+
 def request(url: str, prompt: str, *, chat: bool = False, stream: bool = False, model: str | None = None,
             max_tokens: int | None = None, timeout: float = 300.0) -> RequestResult:
     """One request from synchronous code (the CLI, notebooks)."""
@@ -130,4 +176,4 @@ def request(url: str, prompt: str, *, chat: bool = False, stream: bool = False, 
             return await send(s, url, make_body(prompt, chat=chat, stream=stream, model=model,
                                                  max_tokens=max_tokens))
 
-    return asyncio.run(one())
+    return run_sync(one())

@@ -19,7 +19,7 @@ import aiohttp
 from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
-from kit.client import RequestResult, make_body, send
+from kit.client import RequestResult, make_body, run_sync, send
 from kit.config import StrictModel
 from kit.sim import tokenizer
 from kit.vllm_metrics import EndpointMetrics, parse_vllm_metrics
@@ -162,7 +162,7 @@ def run_workload(url: str, workload: SharedPrefix, load: Load, progress: bool = 
     urls = endpoint_urls(url)
     before = scrape(urls)
     start = time.perf_counter()
-    results = asyncio.run(_drive(url, bodies, load, workload.seed, progress))
+    results = run_sync(_drive(url, bodies, load, workload.seed, progress))
     wall = time.perf_counter() - start
     return WorkloadRun(results, [p.group for p in chosen], wall, before, scrape(urls))
 

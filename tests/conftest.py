@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from kit.processes import Proc, free_port, spawn, stop
+
+# The upstream CRD schemas live in the project's shared folder beside the repository (as in CI).
+SCHEMAS = Path(os.environ.get("KIT_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "schemas"
+if not SCHEMAS.is_dir():
+    raise RuntimeError(f"CRD schemas not found at {SCHEMAS}: set KIT_SHARED to the shared folder")
 
 
 @pytest.fixture

@@ -5,16 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from kit import cluster as kc
 from kit.environments import load_environment, parse_set
 from kit.errors import ApplyError, NotReadyError
+from tests.conftest import SCHEMAS
 from tests.fake_apiserver import FakeCluster
 
-SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "schemas"
 NS = "team-a"
 quiet = {"say": lambda _m: None}
 

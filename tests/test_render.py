@@ -13,9 +13,9 @@ from kit.errors import ConfigError, KitError
 from kit.picker import load_picker_config
 from kit.render import render, write
 from kit.validate import validate
+from tests.conftest import SCHEMAS
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMAS = ROOT.parent / "shared" / "schemas"
 CLUSTER_ENVS = [n for n in available() if load_environment(n).target == "cluster"]
 
 

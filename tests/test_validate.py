@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 
 from kit.environments import load_environment
 from kit.render import render
 from kit.validate import CrdSchemas, validate_objects
-
-SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "schemas"
+from tests.conftest import SCHEMAS
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,128 @@
+"""The walkthrough notebooks under papermill on the local environment, and the report they produce."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import papermill
+import pytest
+
+from kit import report
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = report.notebooks()
+REQUIRED = {"environment", "namespace", "release_postfix", "model", "replicas", "interactive"}
+
+
+def test_each_notebook_has_one_parameters_cell_with_the_shared_parameters():
+    assert [nb.stem for nb in NOTEBOOKS] == ["01-prerequisites", "02-deploy", "03-inference",
+                                            "04-routing-and-cache", "05-cleanup"]
+    for nb in NOTEBOOKS:
+        cells = json.loads(nb.read_text())["cells"]
+        tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(tagged) == 1, nb.name
+        params = papermill.inspect_notebook(str(nb))
+        assert set(params) >= REQUIRED, nb.name
+        assert params["environment"]["default"] == '"local"' and params["interactive"]["default"] == "False"
+        assert all(p["help"] for p in params.values()), nb.name  # every parameter explains itself
+
+
+def test_code_cells_stay_short():
+    for nb in NOTEBOOKS:
+        for c in json.loads(nb.read_text())["cells"]:
+            if c["cell_type"] == "code" and "parameters" not in c.get("metadata", {}).get("tags", []):
+                assert len("".join(c["source"]).splitlines()) <= 8, (nb.name, c["source"])
+
+
+@pytest.fixture(scope="module")
+def walkthrough(tmp_path_factory):
+    """``make demo``'s job, once: every notebook executed, the report written, everything stopped."""
+    out = tmp_path_factory.mktemp("demo")
+    env = {**os.environ, "KIT_STATE_DIR": str(out / "state"), "PYTHONUNBUFFERED": "1"}
+    res = subprocess.run([sys.executable, "-m", "kit", "demo", "--out", str(out)], capture_output=True, text=True,
+                         timeout=600, env=env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return out, res
+
+
+@pytest.mark.slow
+def test_the_walkthrough_writes_notebooks_results_and_report(walkthrough):
+    out, res = walkthrough
+    assert sorted(p.name for p in (out / "executed").glob("*.ipynb")) == [nb.name for nb in NOTEBOOKS]
+    assert f"report:             {out / 'report.html'}" in res.stdout
+    assert "notebooks: 100%" in res.stderr  # progress was shown
+    results = json.loads((out / "results.json").read_text())
+    profiles = results["profiles"]
+    assert set(profiles) == {"random", "load-only", "prefix-only", "default-plugins"}
+    assert all(p["errors"] == 0 for p in profiles.values())
+    default, rnd = profiles["default-plugins"], profiles["random"]
+    assert default["prefix_cache_hit_rate"] > rnd["prefix_cache_hit_rate"] + 0.25, (default, rnd)
+    assert default["ttft_p90_s"] < rnd["ttft_p90_s"]
+
+
+@pytest.mark.slow
+def test_the_walkthrough_leaves_nothing_running(walkthrough):
+    out, _ = walkthrough
+    assert not list((out / "state").glob("*.json"))
+    executed = json.loads((out / "executed" / "02-deploy.ipynb").read_text())
+    pids = {int(m) for m in re.findall(r"pid (\d+)", json.dumps(executed))}
+    pids |= {int(m) for m in re.findall(r'"pid": (\d+)', json.dumps(executed))}
+    assert all(not Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.slow
+def test_every_figure_shows_in_a_real_browser(walkthrough):
+    out, _ = walkthrough
+    browser = _chromium()
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("Debian's chromium must be installed in CI (.ci/run installs it)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    html = out / "report.html"
+    figures = len(re.findall(r'class="plotly-graph-div"', html.read_text()))
+    assert figures >= 6  # summary table, heatmap, hit rate, TTFT, queue/KV, decision
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={out / 'chromium-profile'}", "--virtual-time-budget=20000"]
+    dom = subprocess.run([browser, *flags, "--dump-dom", html.as_uri()], capture_output=True, text=True, timeout=180)
+    rendered = len(re.findall(r'class="[^"]*js-plotly-plot', dom.stdout))
+    assert rendered == figures, f"{rendered} of {figures} figures rendered; {dom.stderr[-2000:]}"
+    assert dom.stdout.count('class="main-svg"') >= figures  # each drew its SVG
+    shot = out / "report.png"
+    subprocess.run([browser, *flags, "--window-size=1280,4000", f"--screenshot={shot}", html.as_uri()],
+                   capture_output=True, timeout=180)
+    assert shot.exists() and shot.stat().st_size > 50_000
+
+
+@pytest.mark.slow
+def test_notebooks_run_alone_after_the_first(tmp_path):
+    env = {"release_postfix": "solo", "replicas": 2}
+    os.environ["KIT_STATE_DIR"] = str(tmp_path / "state")
+    try:
+        for name in ("01-prerequisites", "03-inference", "05-cleanup"):
+            papermill.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(tmp_path / f"{name}.ipynb"),
+                                       parameters=env, kernel_name="python3", cwd=str(tmp_path), progress_bar=False)
+    finally:
+        from kit.session import session
+
+        session("local", release_postfix="solo").destroy(say=lambda _m: None)
+        del os.environ["KIT_STATE_DIR"]
+    inference = (tmp_path / "03-inference.ipynb").read_text()
+    assert "requests served; the repeated prompt went to" in inference
+
+
+def test_a_bad_parameter_fails_with_the_valid_choices(tmp_path):
+    with pytest.raises(papermill.PapermillExecutionError) as err:
+        papermill.execute_notebook(str(ROOT / "notebooks" / "01-prerequisites.ipynb"), str(tmp_path / "out.ipynb"),
+                                   parameters={"environment": "ist1o"}, kernel_name="python3", progress_bar=False)
+    assert "unknown environment 'ist1o'; valid choices: agentgateway" in str(err.value)

@@ -119,7 +119,12 @@ def _validate(args: argparse.Namespace) -> int:
 
     env = _env(args)
     rendered = render(env, args.scheduler_config)
-    problems, notes = validate(rendered, args.schemas)
+    if args.schemas == "cluster":
+        from kit.validate import validate_objects
+
+        problems, notes = validate_objects(rendered.objects, _cluster(args).crd_schemas())
+    else:
+        problems, notes = validate(rendered, args.schemas)
     for n in notes:
         print(f"note: {n}")
     for p in problems:
@@ -306,7 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     va = sub.add_parser("validate", help="render and validate; exit 1 listing every problem")
     env_flags(va)
-    va.add_argument("--schemas", help="folder of CRD YAML files to validate custom resources against")
+    va.add_argument("--schemas", help="folder of CRD YAML files to validate custom resources against, "
+                                      "or 'cluster' for the CRDs installed in the cluster")
+    cluster_flags(va)
     va.add_argument("--scheduler-config", help="EndpointPickerConfig YAML for the EPP ConfigMap")
     va.set_defaults(func=_validate)
 

@@ -9,13 +9,10 @@ retried. A client that disconnects cancels the upstream request.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
@@ -24,7 +21,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from kit.client import ENDPOINT_HEADER
-from kit.http import error
+from kit.http import error, json_errors, run_app, start_app
 from kit.picker.config import LoadedConfig
 from kit.picker.datastore import Datastore
 from kit.picker.framework import Endpoint, InferenceRequest
@@ -81,7 +78,7 @@ class Gateway:
         self.sched_latency = Histogram("inference_extension_scheduler_e2e_duration_seconds",
                                        "Time to pick an endpoint.", buckets=SCHED_BUCKETS, registry=r)
         r.register(_PoolGauges(self))
-        self.app = web.Application(client_max_size=max_body, middlewares=[self._errors])
+        self.app = web.Application(client_max_size=max_body, middlewares=[json_errors(max_body)])
         self.app.add_routes([
             web.post("/v1/completions", self.generate),
             web.post("/v1/chat/completions", self.generate),
@@ -103,17 +100,6 @@ class Gateway:
         yield
         await self.datastore.stop()
         await self.session.close()
-
-    @web.middleware
-    async def _errors(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
-        try:
-            return await handler(request)
-        except web.HTTPRequestEntityTooLarge:
-            return error(413, f"the request body is larger than {self.max_body} bytes")
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            return error(exc.status, exc.reason)
 
     def prefix_index_size(self) -> int:
         return sum(s.index.size for p in self.scheduler.profiles.values() for s, _ in p.scorers
@@ -269,28 +255,15 @@ def endpoints_from_urls(urls: list[str]) -> list[Endpoint]:
 
 
 async def start(gw: Gateway, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(gw.app, handler_cancellation=True, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port, backlog=2048).start()
-    return runner
+    return await start_app(gw.app, host, port)
 
 
 def serve(gw: Gateway, host: str, port: int) -> None:
     """Run the gateway until SIGTERM or SIGINT (the ``kit gateway`` command)."""
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        runner = await start(gw, host, port)
+    def banner() -> list[str]:
         names = ", ".join(ep.name for ep in gw.datastore.endpoints)
-        print(f"kit gateway: serving {gw.model} on http://{host}:{port} → {names} "
-              f"(scheduler config: {gw.config.source})", flush=True)
-        for w in gw.config.warnings:
-            print(f"kit gateway: warning: {w}", flush=True)
-        await stop.wait()
-        await runner.cleanup()
-        print("kit gateway: stopped", flush=True)
+        return [f"serving {gw.model} on http://{host}:{port} → {names} (scheduler config: {gw.config.source})",
+                *(f"warning: {w}" for w in gw.config.warnings)]
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+    run_app(gw.app, host, port, "kit gateway", banner)

@@ -1,11 +1,16 @@
-"""HTTP helpers shared by the simulator and the gateway."""
+"""HTTP plumbing shared by the simulator and the gateway: OpenAI-style errors and serving an app."""
 
 from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 405: "MethodNotAllowed", 413: "RequestEntityTooLarge",
                429: "RateLimitError", 500: "InternalServerError", 503: "ServiceUnavailableError"}
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def error(status: int, message: str, param: str | None = None) -> web.Response:
@@ -13,3 +18,62 @@ def error(status: int, message: str, param: str | None = None) -> web.Response:
     body = {"error": {"message": message, "type": ERROR_TYPES.get(status, "APIError"), "param": param,
                       "code": status}}
     return web.json_response(body, status=status)
+
+
+class HTTPError(Exception):
+    """Raised by a handler to answer with a JSON error (400 unless another status is given)."""
+
+    def __init__(self, message: str, status: int = 400, param: str | None = None):
+        super().__init__(message)
+        self.status, self.param = status, param
+
+    def response(self) -> web.Response:
+        return error(self.status, str(self), self.param)
+
+
+def json_errors(max_body: int) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Middleware: every failure becomes a JSON error, and nothing a client sends stops the server."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except HTTPError as err:
+            return err.response()
+        except web.HTTPRequestEntityTooLarge:
+            return error(413, f"the request body is larger than {max_body} bytes")
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return error(exc.status, exc.reason)
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception as exc:  # a bug must not take the server down
+            return error(500, f"internal error: {type(exc).__name__}: {exc}")
+
+    return middleware
+
+
+async def start_app(app: web.Application, host: str, port: int) -> web.AppRunner:
+    """Serve ``app`` in the running loop; a client that disconnects cancels its handler."""
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, backlog=2048).start()
+    return runner
+
+
+def run_app(app: web.Application, host: str, port: int, name: str, banner: Callable[[], list[str]]) -> None:
+    """Serve until SIGTERM or SIGINT, printing ``banner()`` lines once up and a line when stopped."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        runner = await start_app(app, host, port)
+        for line in banner():
+            print(f"{name}: {line}", flush=True)
+        await stop.wait()
+        await runner.cleanup()
+        print(f"{name}: stopped", flush=True)
+
+    asyncio.run(main())

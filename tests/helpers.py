@@ -47,3 +47,12 @@ def burst(url: str, bodies: list[dict], headers: dict[str, str] | None = None) -
             return await asyncio.gather(*(send(s, url, b, headers) for b in bodies))
 
     return asyncio.run(go())
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie awaiting its reaper has already stopped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False

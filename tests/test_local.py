@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from tests.conftest import free_port_block
+from tests.helpers import running
 
 
 def kit(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
@@ -48,16 +49,8 @@ def test_deploy_status_destroy(local_env):
     pids = [p["pid"] for p in st["processes"]]
     out = kit("destroy", "-e", "local", env=env)
     assert out.returncode == 0 and out.stdout.count("stopped") == 4
-    assert all(not os.path.exists(f"/proc/{pid}") or _zombie(pid) for pid in pids)
+    assert not [pid for pid in pids if running(pid)]
     assert "nothing deployed" in kit("status", "-e", "local", env=env).stdout
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 def test_deploying_twice_is_safe_and_reshaping_changes_only_what_must(local_env):

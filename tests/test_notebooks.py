@@ -14,6 +14,7 @@ import papermill
 import pytest
 
 from kit import report
+from tests.helpers import running
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = report.notebooks()
@@ -73,7 +74,7 @@ def test_the_walkthrough_leaves_nothing_running(walkthrough):
     executed = json.loads((out / "executed" / "02-deploy.ipynb").read_text())
     pids = {int(m) for m in re.findall(r"pid (\d+)", json.dumps(executed))}
     pids |= {int(m) for m in re.findall(r'"pid": (\d+)', json.dumps(executed))}
-    assert all(not Path(f"/proc/{pid}").exists() for pid in pids)
+    assert pids and not [pid for pid in pids if running(pid)]
 
 
 def _chromium() -> str | None:

@@ -9,18 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kit.config import describe, dotted
-from kit.http import error
-
-
-class BadRequest(Exception):
-    """Raised while reading a request; becomes a 400 (or the given status) JSON error."""
-
-    def __init__(self, message: str, status: int = 400, param: str | None = None):
-        super().__init__(message)
-        self.status, self.param = status, param
-
-    def response(self) -> web.Response:
-        return error(self.status, str(self), self.param)
+from kit.http import HTTPError
 
 
 class _Tolerant(BaseModel):
@@ -81,16 +70,16 @@ class ChatRequest(_Common):
 
 
 async def read_json(request: web.Request, model: type[BaseModel]) -> Any:
-    """Parse and validate a JSON body into ``model``; raise BadRequest for anything malformed."""
+    """Parse and validate a JSON body into ``model``; raise HTTPError for anything malformed."""
     raw = await request.read()
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
-        raise BadRequest("the request body is not valid JSON") from None
+        raise HTTPError("the request body is not valid JSON") from None
     if not isinstance(data, dict):
-        raise BadRequest("the request body must be a JSON object")
+        raise HTTPError("the request body must be a JSON object")
     try:
         return model.model_validate(data)
     except ValidationError as err:
         first = err.errors()[0]["loc"]
-        raise BadRequest("; ".join(describe(err)), param=dotted(first) or None) from None
+        raise HTTPError("; ".join(describe(err)), param=dotted(first) or None) from None

@@ -6,20 +6,19 @@ import asyncio
 import contextlib
 import json
 import random
-import signal
 import time
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from kit.http import error
+from kit.http import HTTPError, error, json_errors, run_app, start_app
 from kit.sim import tokenizer
 from kit.sim.config import SimConfig
 from kit.sim.engine import DONE, Engine, EngineFull, Sequence
 from kit.sim.metrics import SimMetrics
-from kit.sim.protocol import BadRequest, ChatRequest, CompletionRequest, read_json
+from kit.sim.protocol import ChatRequest, CompletionRequest, read_json
 
 MAX_BODY = 64 * 1024 * 1024
 VERSION = "0.11.0-kit-sim"
@@ -36,25 +35,6 @@ def _usage(seq: Sequence) -> dict:
             "prompt_tokens_details": {"cached_tokens": seq.cached_tokens}}
 
 
-@web.middleware
-async def _json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
-    """Every failure becomes an OpenAI-style JSON error; nothing a client sends stops the server."""
-    try:
-        return await handler(request)
-    except BadRequest as err:
-        return err.response()
-    except web.HTTPRequestEntityTooLarge:
-        return error(413, f"the request body is larger than {MAX_BODY} bytes")
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return error(exc.status, exc.reason)
-    except (asyncio.CancelledError, ConnectionResetError):
-        raise
-    except Exception as exc:  # a bug must not take the server down
-        return error(500, f"internal error: {type(exc).__name__}: {exc}")
-
-
 class SimServer:
     """One simulated vLLM server: engine, metrics, fault injection and the OpenAI routes."""
 
@@ -65,7 +45,7 @@ class SimServer:
         self.engine.observer = self.metrics
         self.rng = random.Random(cfg.seed)
         self.started = int(time.time())
-        self.app = web.Application(client_max_size=MAX_BODY, middlewares=[_json_errors])
+        self.app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors(MAX_BODY)])
         self.app.add_routes([
             web.get("/health", self.health),
             web.get("/ping", self.health),
@@ -109,15 +89,15 @@ class SimServer:
 
     def _check_model(self, name: str | None) -> None:
         if name is not None and name != self.cfg.model:
-            raise BadRequest(f"The model `{name}` does not exist.", status=404, param="model")
+            raise HTTPError(f"The model `{name}` does not exist.", status=404, param="model")
 
     async def _body(self, request: web.Request) -> dict:
         try:
             data = json.loads(await request.read())
         except (ValueError, UnicodeDecodeError):
-            raise BadRequest("the request body is not valid JSON") from None
+            raise HTTPError("the request body is not valid JSON") from None
         if not isinstance(data, dict):
-            raise BadRequest("the request body must be a JSON object")
+            raise HTTPError("the request body must be a JSON object")
         self._check_model(data.get("model") if isinstance(data.get("model"), str) else None)
         return data
 
@@ -130,14 +110,14 @@ class SimServer:
                                                  add_generation_prompt=data.get("add_generation_prompt", True))
             ids = tokenizer.encode(text, allow_special=True)
         else:
-            raise BadRequest("give either 'prompt' (a string) or 'messages' (a list of messages)")
+            raise HTTPError("give either 'prompt' (a string) or 'messages' (a list of messages)")
         return web.json_response({"count": len(ids), "max_model_len": self.cfg.max_model_len, "tokens": ids})
 
     async def detokenize(self, request: web.Request) -> web.Response:
         data = await self._body(request)
         ids = data.get("tokens")
         if not isinstance(ids, list) or not all(isinstance(t, int) and tokenizer.valid_id(t) for t in ids):
-            raise BadRequest("'tokens' must be a list of token ids from this model's vocabulary", param="tokens")
+            raise HTTPError("'tokens' must be a list of token ids from this model's vocabulary", param="tokens")
         return web.json_response({"prompt": tokenizer.decode(ids)})
 
     # ---------------------------------------------------------------- generation
@@ -149,7 +129,7 @@ class SimServer:
         else:
             bad = [t for t in req.prompt if not tokenizer.valid_id(t)]
             if bad:
-                raise BadRequest(f"token id {bad[0]} is out of vocabulary", param="prompt")
+                raise HTTPError(f"token id {bad[0]} is out of vocabulary", param="prompt")
             ids = list(req.prompt)
         return await self._generate(request, req, ids, req.max_tokens or 16, chat=False)
 
@@ -173,7 +153,7 @@ class SimServer:
         try:
             seq = self.engine.submit(ids, max_tokens, None if req.ignore_eos else natural_length(ids))
         except EngineFull as err:
-            raise BadRequest(str(err)) from None
+            raise HTTPError(str(err)) from None
         try:
             if req.stream:
                 return await self._stream(request, req, seq, chat, drop)
@@ -253,26 +233,11 @@ def _drop(request: web.Request) -> None:
 
 async def start(cfg: SimConfig, host: str = "127.0.0.1", port: int = 8001) -> web.AppRunner:
     """Start a simulator in the running loop; ``await runner.cleanup()`` stops it."""
-    server = SimServer(cfg)
-    runner = web.AppRunner(server.app, handler_cancellation=True, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port, backlog=2048).start()
-    return runner
+    return await start_app(SimServer(cfg).app, host, port)
 
 
 def serve(cfg: SimConfig, host: str, port: int) -> None:
-    """Run a simulator until interrupted (the ``kit sim`` command)."""
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        runner = await start(cfg, host, port)
-        print(f"kit sim: serving {cfg.model} on http://{host}:{port} "
-              f"({cfg.num_gpu_blocks} KV blocks of {cfg.block_size} tokens, max {cfg.max_num_seqs} seqs, "
-              f"time scale {cfg.time_scale})", flush=True)
-        await stop.wait()
-        await runner.cleanup()
-        print("kit sim: stopped", flush=True)
-
-    asyncio.run(main())
+    """Run a simulator until SIGTERM or SIGINT (the ``kit sim`` command)."""
+    banner = [f"serving {cfg.model} on http://{host}:{port} ({cfg.num_gpu_blocks} KV blocks of {cfg.block_size} "
+              f"tokens, max {cfg.max_num_seqs} seqs, time scale {cfg.time_scale})"]
+    run_app(SimServer(cfg).app, host, port, "kit sim", lambda: banner)

@@ -6,6 +6,7 @@ embedded, offline) and ``OUT/results.json``, and leaves nothing running.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -21,6 +22,13 @@ def run_demo(out: str = "out") -> int:
         html = report.run_walkthrough(out_dir, {"environment": "local"})
     finally:
         session("local").destroy(say=lambda m: print(f"cleanup: {m}"))  # in case a notebook stopped early
+    results = out_dir / "results.json"
+    if results.exists():
+        print("\nWhat the routing experiment measured (same workload, caches reset per profile):")
+        rows = json.loads(results.read_text())["table"]
+        print(report.table({"profile": r["profile"], "prefix-cache hit rate": f"{100 * r['hit_rate']:.1f}%",
+                            "TTFT p50": f"{1000 * r['ttft_p50_s']:.0f} ms",
+                            "TTFT p90": f"{1000 * r['ttft_p90_s']:.0f} ms", "errors": r["errors"]} for r in rows))
     print(f"\nkit demo: done in {time.monotonic() - start:.0f} s")
     print(f"  executed notebooks: {out_dir / 'executed'}")
     print(f"  results:            {out_dir / 'results.json'}")

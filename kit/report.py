@@ -53,7 +53,8 @@ def run_walkthrough(out_dir: str | Path, parameters: dict[str, Any], only: list[
         tqdm.write(f"running {nb.name} → {target}")
         try:
             papermill.execute_notebook(str(nb), str(target), parameters=params, kernel_name="python3", cwd=str(out),
-                                       progress_bar=False, execution_timeout=timeout)
+                                       progress_bar=False, execution_timeout=timeout,
+                                       kernel_manager_class="kit.report.QuietKernelManager")
         except papermill.PapermillExecutionError as err:
             raise KitError(f"{nb.name} failed in cell {err.exec_count}: {err.ename}: {err.evalue} "
                            f"(executed notebook: {target})") from None
@@ -82,3 +83,16 @@ def build_report(executed: list[Path], target: Path) -> Path:
     body, _ = exporter.from_notebook_node(merged)
     target.write_text(body)
     return target
+
+
+try:
+    from jupyter_client.manager import AsyncKernelManager
+
+    class QuietKernelManager(AsyncKernelManager):
+        """Kernels talk over local sockets (IPC), not TCP: nothing listens on the network, and ipykernel
+        has no reason to warn about unencrypted TCP in every headless run."""
+
+        transport = "ipc"  # type: ignore[assignment]
+
+except ImportError:  # without the notebooks extra there is nothing to run
+    QuietKernelManager = None  # type: ignore[assignment,misc]

@@ -54,6 +54,8 @@ class SimServer:
             web.get("/metrics", self.prometheus),
             web.post("/v1/completions", self.completions),
             web.post("/v1/chat/completions", self.chat),
+            web.post("/v1/completions/render", self.render_completion),
+            web.post("/v1/chat/completions/render", self.render_chat),
             web.post("/tokenize", self.tokenize),
             web.post("/detokenize", self.detokenize),
             web.post("/reset_prefix_cache", self.reset_prefix_cache),
@@ -121,7 +123,7 @@ class SimServer:
         return web.json_response({"prompt": tokenizer.decode(ids)})
 
     # ---------------------------------------------------------------- generation
-    async def completions(self, request: web.Request) -> web.StreamResponse:
+    async def _completion_input(self, request: web.Request) -> tuple[CompletionRequest, list[int], int]:
         req: CompletionRequest = await read_json(request, CompletionRequest)
         self._check_model(req.model)
         if isinstance(req.prompt, str):
@@ -131,16 +133,37 @@ class SimServer:
             if bad:
                 raise HTTPError(f"token id {bad[0]} is out of vocabulary", param="prompt")
             ids = list(req.prompt)
-        return await self._generate(request, req, ids, req.max_tokens or 16, chat=False)
+        return req, ids, req.max_tokens or 16
 
-    async def chat(self, request: web.Request) -> web.StreamResponse:
+    async def _chat_input(self, request: web.Request) -> tuple[ChatRequest, list[int], int]:
         req: ChatRequest = await read_json(request, ChatRequest)
         self._check_model(req.model)
         text = tokenizer.apply_chat_template([m.model_dump() for m in req.messages],
                                              add_generation_prompt=req.add_generation_prompt)
         ids = tokenizer.encode(text, allow_special=True)
-        limit = req.max_completion_tokens or req.max_tokens or max(1, self.cfg.max_model_len - len(ids))
+        return req, ids, req.max_completion_tokens or req.max_tokens or max(1, self.cfg.max_model_len - len(ids))
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        req, ids, limit = await self._completion_input(request)
+        return await self._generate(request, req, ids, limit, chat=False)
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        req, ids, limit = await self._chat_input(request)
         return await self._generate(request, req, ids, limit, chat=True)
+
+    def _rendered(self, req: CompletionRequest | ChatRequest, ids: list[int], limit: int, chat: bool) -> dict:
+        """vLLM's render answer (a GenerateRequest): what the engine would be given, without running it."""
+        params = {"max_tokens": limit, "temperature": 1.0 if req.temperature is None else req.temperature,
+                  "top_p": 1.0 if req.top_p is None else req.top_p, "ignore_eos": req.ignore_eos, "seed": req.seed}
+        return {"request_id": self._head(chat)["id"], "token_ids": ids, "features": None, "sampling_params": params}
+
+    async def render_completion(self, request: web.Request) -> web.Response:
+        req, ids, limit = await self._completion_input(request)
+        return web.json_response([self._rendered(req, ids, limit, chat=False)])
+
+    async def render_chat(self, request: web.Request) -> web.Response:
+        req, ids, limit = await self._chat_input(request)
+        return web.json_response(self._rendered(req, ids, limit, chat=True))
 
     async def _generate(self, request: web.Request, req: CompletionRequest | ChatRequest, ids: list[int],
                         max_tokens: int, chat: bool) -> web.StreamResponse:

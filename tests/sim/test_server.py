@@ -181,6 +181,20 @@ def test_tokenize_and_detokenize_round_trip(sim_factory):
     assert chat["count"] > tok["count"]  # the chat template adds its markers
 
 
+def test_render_endpoints_return_what_the_engine_would_get(sim_factory):
+    sim = sim_factory()
+    status, [rendered], _ = post(sim.url, "/v1/completions/render", {"prompt": "Hello tokenizer", "max_tokens": 5})
+    _, tok, _ = post(sim.url, "/tokenize", {"prompt": "Hello tokenizer"})
+    assert status == 200 and rendered["token_ids"] == tok["tokens"]
+    assert rendered["sampling_params"]["max_tokens"] == 5 and rendered["request_id"].startswith("cmpl-")
+    messages = [{"role": "user", "content": "Hi"}]
+    status, chat, _ = post(sim.url, "/v1/chat/completions/render", {"messages": messages})
+    _, chat_tok, _ = post(sim.url, "/tokenize", {"messages": messages})
+    assert status == 200 and chat["token_ids"] == chat_tok["tokens"] and chat["features"] is None
+    assert post(sim.url, "/v1/chat/completions/render", {"messages": []})[0] == 400
+    assert metrics(sim.url).requests_ok == 0  # nothing was generated
+
+
 def test_injected_failures(sim_factory):
     failing = sim_factory("--fail-rate", "1", "--fail-status", "503")
     status, payload, _ = post(failing.url, "/v1/completions", {"prompt": "hi"})

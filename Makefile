@@ -22,7 +22,7 @@ test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 quick: venv
-	$(PY) -m pytest -m "not slow" -x -q
+	$(PY) -m pytest -m "not slow and not cluster" -x -q
 
 lint: venv
 	$(PY) -m ruff check kit tests bench

@@ -262,7 +262,10 @@ def readiness(obj: dict[str, Any]) -> tuple[bool, str]:
 
 def wait(cluster: Cluster, objs: list[dict[str, Any]], timeout: float = 900, poll: float = 2.0,
          say: Say = print) -> None:
-    """Until every object is ready; raise NotReadyError naming each that is not, and why."""
+    """Until every object is ready; raise NotReadyError naming each that is not, and why.
+
+    Polls quickly at first (0.2 s) and backs off to ``poll`` seconds."""
+    interval = 0.2
     deadline = time.monotonic() + timeout
     pending = [o for o in objs if o["kind"] in ("Deployment", "Gateway", "InferencePool", "HTTPRoute")]
     reported: set[str] = set()
@@ -282,7 +285,8 @@ def wait(cluster: Cluster, objs: list[dict[str, Any]], timeout: float = 900, pol
             return
         if time.monotonic() >= deadline:
             raise NotReadyError([f"{_ref(o)}: {why}" for o, why in waiting])
-        time.sleep(poll)
+        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+        interval = min(poll, interval * 1.5)
 
 
 # ------------------------------------------------------------------------------ verbs

@@ -216,6 +216,7 @@ def test_metrics_of_each_pod_through_the_api_proxy_and_the_gateway_address(fake,
     assert kc.gateway_address(env(), client) == "http://203.0.113.7"
 
 
+@pytest.mark.slow
 def test_validate_against_the_clusters_own_crds(fake):
     fake.install_crds(SCHEMAS, only=("inference.networking.k8s.io",))
     res = subprocess.run([sys.executable, "-m", "kit", "validate", "-e", "istio", "--schemas", "cluster",
@@ -226,6 +227,7 @@ def test_validate_against_the_clusters_own_crds(fake):
     assert "note: InferencePool" not in res.stdout
 
 
+@pytest.mark.slow
 def test_the_cli_deploys_reports_and_destroys(fake):
     prepared(fake)
     base = [sys.executable, "-m", "kit"]

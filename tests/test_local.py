@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import free_port_block
 from tests.helpers import running
 
+pytestmark = pytest.mark.slow  # every test here starts and stops several processes
 
 def kit(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "kit", *args], capture_output=True, text=True, timeout=timeout,

@@ -74,6 +74,7 @@ def test_the_unbroken_render_is_clean(base):
     assert broken(base, lambda o: None) == []
 
 
+@pytest.mark.slow
 def test_validate_cli_lists_every_problem_and_exits_1(tmp_path):
     import subprocess
     import sys

@@ -88,11 +88,13 @@ class ProfileHandler(Plugin, Protocol):
 
 
 class PluginBase:
-    """Type and instance name; a plugin's name defaults to its type."""
+    """Type and instance name; a plugin's name defaults to its type. Plugins without parameters
+    need nothing more; others set ``Params`` and read their values in ``__init__``."""
 
     type = ""
+    Params: Any = None  # a pydantic model of the parameters; None means the plugin takes none
 
-    def __init__(self, name: str | None = None):
+    def __init__(self, name: str | None = None, params: Any = None):
         self.name = name or self.type
 
     def __repr__(self) -> str:

@@ -66,7 +66,7 @@ def create(plugin_type: str, name: str, raw: dict[str, Any] | None, path: str, w
     raw = raw or {}
     if not isinstance(raw, dict):
         raise ConfigError("EndpointPickerConfig", [f"{path}.parameters: must be a mapping"])
-    model: type[Params] = cls.Params
+    model: type[Params] = cls.Params or Params
     known = {f.alias or n for n, f in model.model_fields.items()} | set(model.model_fields)
     for key in raw:
         if key not in known:

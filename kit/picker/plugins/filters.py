@@ -42,12 +42,8 @@ ROLE = "llm-d.ai/role"
 
 
 class _RoleFilter(PluginBase):
-    Params = Params
     roles: frozenset[str] = frozenset()
     allow_unlabelled = True
-
-    def __init__(self, name: str | None = None, params: Params | None = None):
-        super().__init__(name)
 
     def filter(self, state: CycleState, req: InferenceRequest, eps: list[Endpoint]) -> list[Endpoint]:
         return [ep for ep in eps
@@ -76,7 +72,7 @@ class ByLabelFilter(PluginBase):
     Params = ByLabelParams
 
     def __init__(self, name: str | None = None, params: ByLabelParams | None = None):
-        super().__init__(name)
+        super().__init__(name, params)
         if params is None:
             raise ValueError("by-label needs parameters")
         self.p = params
@@ -96,7 +92,7 @@ class LabelSelectorFilter(PluginBase):
     Params = LabelSelectorParams
 
     def __init__(self, name: str | None = None, params: LabelSelectorParams | None = None):
-        super().__init__(name)
+        super().__init__(name, params)
         self.match = params.match_labels if params else {}
 
     def filter(self, state: CycleState, req: InferenceRequest, eps: list[Endpoint]) -> list[Endpoint]:

@@ -44,7 +44,7 @@ class _Picker(PluginBase):
     Params = PickerParams
 
     def __init__(self, name: str | None = None, params: PickerParams | None = None, rng: random.Random | None = None):
-        super().__init__(name)
+        super().__init__(name, params)
         self.n = (params or PickerParams()).max_num_of_endpoints
         self.rng = rng or random.Random()
 

@@ -8,15 +8,9 @@ profile and no handler, as upstream's loader does::
 from __future__ import annotations
 
 from kit.picker.framework import PluginBase
-from kit.picker.registry import Params
 
 
 class SingleProfileHandler(PluginBase):
     type = "single-profile-handler"
-    Params = Params
-
-    def __init__(self, name: str | None = None, params: Params | None = None):
-        super().__init__(name)
-
     def profiles_to_run(self, names: list[str]) -> list[str]:
         return names[:1]

@@ -36,7 +36,7 @@ class ActiveRequestScorer(PluginBase):
     Params = ActiveRequestParams
 
     def __init__(self, name: str | None = None, params: ActiveRequestParams | None = None):
-        super().__init__(name)
+        super().__init__(name, params)
         self.p = params or ActiveRequestParams()
 
     def score(self, state: CycleState, req: InferenceRequest, eps: list[Endpoint]) -> dict[Endpoint, float]:

@@ -11,15 +11,9 @@ Example::
 from __future__ import annotations
 
 from kit.picker.framework import CycleState, Endpoint, InferenceRequest, PluginBase
-from kit.picker.registry import Params
 
 
 class KVCacheUtilizationScorer(PluginBase):
     type = "kv-cache-utilization-scorer"
-    Params = Params
-
-    def __init__(self, name: str | None = None, params: Params | None = None):
-        super().__init__(name)
-
     def score(self, state: CycleState, req: InferenceRequest, eps: list[Endpoint]) -> dict[Endpoint, float]:
         return {ep: 1.0 - ep.metrics.kv_usage for ep in eps}

@@ -30,7 +30,7 @@ class LoadAwareScorer(PluginBase):
     Params = LoadAwareParams
 
     def __init__(self, name: str | None = None, params: LoadAwareParams | None = None):
-        super().__init__(name)
+        super().__init__(name, params)
         self.threshold = (params or LoadAwareParams()).threshold
 
     def score(self, state: CycleState, req: InferenceRequest, eps: list[Endpoint]) -> dict[Endpoint, float]:

@@ -127,7 +127,7 @@ class PrefixCacheScorer(PluginBase):
     Params = PrefixParams
 
     def __init__(self, name: str | None = None, params: PrefixParams | None = None):
-        super().__init__(name)
+        super().__init__(name, params)
         self.p = params or PrefixParams()
         self.index = PrefixIndex()
 

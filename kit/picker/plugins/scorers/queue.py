@@ -17,15 +17,9 @@ Example::
 from __future__ import annotations
 
 from kit.picker.framework import CycleState, Endpoint, InferenceRequest, PluginBase, min_max
-from kit.picker.registry import Params
 
 
 class QueueScorer(PluginBase):
     type = "queue-scorer"
-    Params = Params
-
-    def __init__(self, name: str | None = None, params: Params | None = None):
-        super().__init__(name)
-
     def score(self, state: CycleState, req: InferenceRequest, eps: list[Endpoint]) -> dict[Endpoint, float]:
         return min_max({ep: ep.metrics.waiting for ep in eps})

@@ -16,7 +16,6 @@ import base64
 import binascii
 
 from kit.picker.framework import CycleState, Endpoint, InferenceRequest, PluginBase
-from kit.picker.registry import Params
 
 HEADER = "x-session-token"
 
@@ -27,11 +26,6 @@ def token_for(ep: Endpoint) -> str:
 
 class SessionAffinityScorer(PluginBase):
     type = "session-affinity-scorer"
-    Params = Params
-
-    def __init__(self, name: str | None = None, params: Params | None = None):
-        super().__init__(name)
-
     def score(self, state: CycleState, req: InferenceRequest, eps: list[Endpoint]) -> dict[Endpoint, float]:
         token = req.headers.get(HEADER, "")
         try:

@@ -130,6 +130,12 @@ def deploy(env: Environment, *, replicas: int | None = None, scheduler_config: s
     return status(env)
 
 
+def gateway_url(env: Environment) -> str | None:
+    """The recorded gateway URL (state file only: no process or health checks)."""
+    gw = _load(env)["gateway"]
+    return gw.url if gw else None
+
+
 def status(env: Environment) -> dict[str, Any]:
     """Every recorded process with pid, url, role, whether it runs and whether it answers."""
     state = _load(env)

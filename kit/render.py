@@ -9,7 +9,6 @@ reports and removes exactly what it created.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,7 +170,3 @@ def write(rendered: Rendered, out_dir: str | Path) -> list[Path]:
 def summary(rendered: Rendered) -> list[str]:
     """One line per object: kind/name (release)."""
     return [f"{o['kind']}/{o['metadata']['name']} ({o['metadata']['labels'][RELEASE]})" for o in rendered.objects]
-
-
-def digest(obj: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]

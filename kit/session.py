@@ -19,6 +19,7 @@ from kit.environments import Environment, available, load_environment
 from kit.errors import ConfigError, UnknownChoiceError
 from kit.processes import port_in_use
 from kit.vllm_metrics import EndpointMetrics, parse_vllm_metrics
+from kit.workloads import endpoint_urls, scrape
 
 Say = Callable[[str], None]
 
@@ -95,8 +96,8 @@ class Session:
     def gateway(self) -> Iterator[str]:
         """The gateway's URL while the ``with`` block runs (a port-forward on a cluster if needed)."""
         if self.is_local:
-            st = self.status()
-            yield st["gateway"] or f"http://{self.env.local.host}:{self.env.local.gateway_port}"  # type: ignore[union-attr]
+            yield (local.gateway_url(self.env)
+                   or f"http://{self.env.local.host}:{self.env.local.gateway_port}")  # type: ignore[union-attr]
             return
         from kit import cluster
 
@@ -106,15 +107,8 @@ class Session:
     def metrics(self) -> dict[str, EndpointMetrics]:
         """Every model server's metrics, keyed by endpoint (local) or pod (cluster) name."""
         if self.is_local:
-            out = {}
-            gw = self.status()["gateway"]
-            for e in _get_json(gw + "/endpoints") if gw else []:
-                try:
-                    with urllib.request.urlopen(e["url"] + "/metrics", timeout=5) as r:
-                        out[e["name"]] = parse_vllm_metrics(r.read().decode())
-                except OSError:
-                    continue
-            return out
+            gw = local.gateway_url(self.env)
+            return scrape(endpoint_urls(gw)) if gw else {}
         from kit import cluster
 
         return {name: parse_vllm_metrics(text) for name, text in cluster.pod_metrics(self.env, self.cluster).items()}
@@ -134,7 +128,7 @@ class Session:
         if not self.is_local:
             return None
         try:
-            return _get_json(f"{self.status()['gateway']}/decisions/{request_id}")
+            return _get_json(f"{local.gateway_url(self.env)}/decisions/{request_id}")
         except OSError:
             return None
 

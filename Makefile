@@ -19,6 +19,7 @@ demo: venv
 
 test: venv
 	$(PY) -m ruff check kit tests bench
+	$(PY) -c "from importlinter.cli import lint_imports_command; lint_imports_command()"
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 quick: venv
@@ -26,6 +27,7 @@ quick: venv
 
 lint: venv
 	$(PY) -m ruff check kit tests bench
+	$(PY) -c "from importlinter.cli import lint_imports_command; lint_imports_command()"
 
 bench: venv
 	$(PY) bench/sim_bench.py --out build/bench-sim.json

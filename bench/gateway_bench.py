@@ -24,7 +24,7 @@ from pathlib import Path
 import aiohttp
 
 from kit.picker.bench import bench_picker
-from kit.processes import free_port, spawn, stop
+from kit.targets.processes import free_port, spawn, stop
 
 LOG_DIR = Path(tempfile.mkdtemp(prefix="kit-gw-bench-"))
 FAST = ["--step-overhead-ms", "0", "--prefill-us-per-token", "0", "--decode-us-per-seq", "0",

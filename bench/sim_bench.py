@@ -27,11 +27,11 @@ from pathlib import Path
 import aiohttp
 import psutil
 
-from kit.client import make_body, send
-from kit.processes import free_port, spawn, stop
+from kit.experiments.client import make_body, send
 from kit.sim import tokenizer
 from kit.sim.config import SimConfig
 from kit.sim.engine import replay
+from kit.targets.processes import free_port, spawn, stop
 from kit.vllm_metrics import parse_vllm_metrics
 
 PROMPT_TOKENS, OUTPUT_TOKENS = 512, 64

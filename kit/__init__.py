@@ -1,32 +1,77 @@
 """kit: learn, deploy and study intelligent inference scheduling for vLLM.
 
-The verbs notebooks call; each works on the local stack and on a cluster.
+The names a notebook uses; each imports only when first used, so ``import kit`` is free and server
+processes (``kit sim``, ``kit gateway``) load nothing they do not run.
 """
 
-import importlib
-from typing import Any
+from __future__ import annotations
 
-from kit.client import describe_result, models, request
-from kit.environments import load_environment
-from kit.errors import ApplyError, ConfigError, KitError, MissingDependencyError, NotReadyError, UnknownChoiceError
-from kit.session import Session, check_profiles, plan, session, status_rows
-from kit.workloads import Load, SharedPrefix, run_workload
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-_LAZY = {"plots": "kit.plots", "report": "kit.report", "compare_profiles": "kit.experiments",
-         "Comparison": "kit.experiments"}
+# public name → (module, attribute); attribute None means the module itself
+_NAMES: dict[str, tuple[str, str | None]] = {
+    "session": ("kit.notebook", "session"),
+    "Session": ("kit.notebook", "Session"),
+    "check_profiles": ("kit.notebook", "check_profiles"),
+    "Selection": ("kit.ui", "Selection"),
+    "load_environment": ("kit.manifests.environments", "load_environment"),
+    "request": ("kit.experiments.client", "request"),
+    "models": ("kit.experiments.client", "models"),
+    "describe_result": ("kit.experiments.client", "describe_result"),
+    "SharedPrefix": ("kit.experiments.workloads", "SharedPrefix"),
+    "Load": ("kit.experiments.workloads", "Load"),
+    "run_workload": ("kit.experiments.loadgen", "run_workload"),
+    "Comparison": ("kit.experiments.results", "Comparison"),
+    "table": ("kit.experiments.results", "table"),
+    "plots": ("kit.experiments.plots", None),
+    "report": ("kit.experiments.report", None),
+    "KitError": ("kit.errors", "KitError"),
+    "ConfigError": ("kit.errors", "ConfigError"),
+    "UnknownChoiceError": ("kit.errors", "UnknownChoiceError"),
+    "MissingDependencyError": ("kit.errors", "MissingDependencyError"),
+    "NotReadyError": ("kit.errors", "NotReadyError"),
+    "ApplyError": ("kit.errors", "ApplyError"),
+}
+
+if TYPE_CHECKING:  # for editors and type checkers; at run time names load on first use
+    from kit.errors import (
+        ApplyError,
+        ConfigError,
+        KitError,
+        MissingDependencyError,
+        NotReadyError,
+        UnknownChoiceError,
+    )
+    from kit.experiments import plots, report
+    from kit.experiments.client import describe_result, models, request
+    from kit.experiments.loadgen import run_workload
+    from kit.experiments.results import Comparison, table
+    from kit.experiments.workloads import Load, SharedPrefix
+    from kit.manifests.environments import load_environment
+    from kit.notebook import Session, check_profiles, session
+    from kit.ui import Selection
 
 
 def __getattr__(name: str) -> Any:
-    """Import plotting, reporting and experiments only when used (servers never need them)."""
-    if name in _LAZY:
-        mod = importlib.import_module(_LAZY[name])
-        return mod if mod.__name__.endswith(name) else getattr(mod, name)
-    raise AttributeError(f"module 'kit' has no attribute {name!r}")
+    if name not in _NAMES:
+        raise AttributeError(f"module 'kit' has no attribute {name!r}")
+    module, attr = _NAMES[name]
+    value = importlib.import_module(module)
+    if attr is not None:
+        value = getattr(value, attr)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
-__all__ = [
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_NAMES])
+
+
+__all__ = [  # the same names as _NAMES
     "ApplyError", "Comparison", "ConfigError", "KitError", "Load", "MissingDependencyError", "NotReadyError",
-    "Session", "SharedPrefix", "UnknownChoiceError", "check_profiles", "compare_profiles", "describe_result",
-    "load_environment", "models", "plan", "plots", "report", "request", "run_workload", "session", "status_rows",
+    "Selection", "Session", "SharedPrefix", "UnknownChoiceError", "check_profiles", "describe_result",
+    "load_environment", "models", "plots", "report", "request", "run_workload", "session", "table",
 ]

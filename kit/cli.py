@@ -7,6 +7,7 @@ import sys
 import types
 import typing
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from pydantic import BaseModel
 
@@ -36,7 +37,8 @@ def model_from_args(model: type[BaseModel], args: argparse.Namespace, source: st
 
 
 def _sim(args: argparse.Namespace) -> int:
-    from kit.sim import SimConfig, serve
+    from kit.sim.config import SimConfig
+    from kit.sim.server import serve
 
     cfg = model_from_args(SimConfig, args, "kit sim")
     serve(cfg, args.host, args.port)
@@ -44,7 +46,7 @@ def _sim(args: argparse.Namespace) -> int:
 
 
 def _request(args: argparse.Namespace) -> int:
-    from kit.client import request
+    from kit.experiments.client import request
 
     res = request(args.url, args.prompt, chat=args.chat, stream=args.stream, model=args.model,
                   max_tokens=args.max_tokens)
@@ -55,7 +57,8 @@ def _request(args: argparse.Namespace) -> int:
     if res.endpoint:
         print(f"served by:   {res.endpoint}")
     itl = f", inter-token {1000 * sum(res.itls) / len(res.itls):.1f} ms mean" if res.itls else ""
-    print(f"timings:     first token {1000 * (res.ttft or 0):.1f} ms, total {1000 * res.e2e:.1f} ms{itl}")
+    first = "first token" if args.stream else "whole answer (not streamed)"
+    print(f"timings:     {first} {1000 * (res.ttft or 0):.1f} ms, total {1000 * res.e2e:.1f} ms{itl}")
     print(f"tokens:      {res.prompt_tokens} prompt ({res.cached_tokens} from prefix cache), "
           f"{res.completion_tokens} generated, finish reason {res.finish_reason}")
     return 0
@@ -73,35 +76,39 @@ def _objectives(pairs: list[str]) -> dict[str, int]:
 
 
 def _gateway(args: argparse.Namespace) -> int:
-    from kit import gateway
+    from kit.gateway import Gateway, endpoints_from_urls, serve
     from kit.paths import default_scheduler_config
     from kit.picker import load_picker_file
 
     config = load_picker_file(args.config or default_scheduler_config())
-    endpoints = gateway.endpoints_from_urls(args.endpoints.split(","))
+    endpoints = endpoints_from_urls(args.endpoints.split(","))
     if not endpoints:
         raise KitError("--endpoints: give at least one model-server URL")
-    gw = gateway.Gateway(config, endpoints, args.model, objectives=_objectives(args.objective),
-                         refresh_interval=args.refresh_interval)
-    gateway.serve(gw, args.host, args.port)
+    gw = Gateway(config, endpoints, args.model, objectives=_objectives(args.objective),
+                 refresh_interval=args.refresh_interval)
+    serve(gw, args.host, args.port)
     return 0
 
 
 def _env(args: argparse.Namespace):
-    from kit.environments import load_environment, parse_set
+    from kit.manifests.environments import load_environment, parse_set
 
-    return load_environment(args.env, namespace=args.namespace, postfix=args.postfix,
-                            overrides=parse_set(getattr(args, "set", []) or []))
+    overrides = parse_set(getattr(args, "set", []) or [])
+    if getattr(args, "replicas", None):
+        overrides["replicas"] = args.replicas
+    if getattr(args, "port", None):
+        overrides.setdefault("local", {})["gateway_port"] = args.port
+    return load_environment(args.env, namespace=args.namespace, postfix=args.postfix, overrides=overrides)
 
 
-def _cluster(args: argparse.Namespace):
-    from kit.cluster import Cluster
+def _target(args: argparse.Namespace):
+    from kit.targets import target_for
 
-    return Cluster(kubeconfig=args.kubeconfig, context=args.context)
+    return target_for(_env(args), kubeconfig=getattr(args, "kubeconfig", None), context=getattr(args, "context", None))
 
 
 def _render(args: argparse.Namespace) -> int:
-    from kit.render import render, summary, to_yaml, write
+    from kit.manifests.render import render, summary, to_yaml, write
 
     rendered = render(_env(args), args.scheduler_config)
     if args.out:
@@ -114,30 +121,27 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from kit.render import render
-    from kit.validate import validate
+    from kit.manifests import checked_render
+    from kit.manifests.validate import CrdSchemas
 
     env = _env(args)
-    rendered = render(env, args.scheduler_config)
+    crds = None
     if args.schemas == "cluster":
-        from kit.validate import validate_objects
+        from kit.targets.cluster.client import Cluster
 
-        problems, notes = validate_objects(rendered.objects, _cluster(args).crd_schemas())
-    else:
-        problems, notes = validate(rendered, args.schemas)
+        crds = Cluster(kubeconfig=args.kubeconfig, context=args.context).crd_schemas()
+    elif args.schemas:
+        crds = CrdSchemas.from_dir(str(Path(args.schemas).resolve()))
+    rendered, notes = checked_render(env, args.scheduler_config, crds)
     for n in notes:
         print(f"note: {n}")
-    for p in problems:
-        print(f"problem: {p}")
-    if problems:
-        raise KitError(f"{len(problems)} problem(s) in the {len(rendered.objects)} objects rendered for {env.name}")
     print(f"kit validate: {len(rendered.objects)} objects for {env.name} are valid"
           + (f" ({len(notes)} not checked)" if notes else ""))
     return 0
 
 
 def _envs(args: argparse.Namespace) -> int:
-    from kit.environments import available
+    from kit.manifests.environments import available
 
     for name, desc in available().items():
         print(f"{name:14} {desc}")
@@ -145,81 +149,36 @@ def _envs(args: argparse.Namespace) -> int:
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    env = _env(args)
-    if args.replicas:
-        env = env.model_copy(update={"replicas": args.replicas})
-    if env.target == "local":
-        from kit import local
-
-        if args.dry_run:
-            for p in local.plan(env, port=args.port, scheduler_config=args.scheduler_config):
-                print(f"would start {p['role']} at {p['url']}: kit {' '.join(p['args'])}")
-            return 0
-        local.deploy(env, scheduler_config=args.scheduler_config, port=args.port)
-        return 0
-    from kit import cluster
-
-    cluster.deploy(env, _cluster(args), dry_run=args.dry_run, scheduler_config=args.scheduler_config,
-                   timeout=args.timeout)
+    kwargs = {"timeout": args.timeout} if args.timeout else {}
+    _target(args).deploy(args.scheduler_config, dry_run=args.dry_run, **kwargs)
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
     import json
 
-    env = _env(args)
-    if env.target == "local":
-        from kit import local
+    from kit.experiments.results import table
 
-        st = local.status(env)
-        if args.json:
-            print(json.dumps(st, indent=2))
-        elif not st["processes"]:
-            print(f"nothing deployed for {env.name}/{env.release_postfix}")
-        else:
-            print(f"{env.name}/{env.release_postfix}: gateway {st['gateway']}, "
-                  f"scheduler config {st['scheduler_config']}")
-            for p in st["processes"]:
-                state = "healthy" if p["healthy"] else ("running, not answering" if p["running"] else "not running")
-                print(f"  {p['role']:10} pid {p['pid']:<8} {p['url']:28} {state}")
-        return 0 if st["ready"] or not st["processes"] else 1
-    from kit import cluster
-
-    st = cluster.status(env, _cluster(args))
+    st = _target(args).status()
     if args.json:
-        print(json.dumps(st, indent=2))
-        return 0 if st["ready"] or not st["objects"] else 1
-    if not st["objects"]:
-        print(f"nothing of stack {env.release_postfix} in namespace {env.namespace}")
-        return 0
-    print(f"{'RELEASE':34} {'OBJECTS':>7}  READY")
-    for r in st["releases"]:
-        print(f"{r['release']:34} {r['objects']:>7}  {'yes' if r['ready'] else 'no'}")
-    print(f"\n{'KIND/NAME':64} READY  DETAIL")
-    for o in st["objects"]:
-        print(f"{o['kind'] + '/' + o['name']:64} {'yes' if o['ready'] else 'no ':5}  {o['detail']}")
-    for p in st["pods"]:
-        print(f"{'Pod/' + p['name']:64} {'yes' if p['ready'] else 'no ':5}  {p['phase']}")
-    return 0 if st["ready"] else 1
+        print(json.dumps(st.detail, indent=2))
+    else:
+        print(st.headline)
+        if st.rows:
+            print(table(st.rows))
+    return 0 if st.ready or not st.deployed else 1
 
 
 def _destroy(args: argparse.Namespace) -> int:
-    env = _env(args)
-    if env.target == "local":
-        from kit import local
-
-        local.destroy(env)
-        return 0
-    from kit import cluster
-
-    cluster.destroy(env, _cluster(args))
+    _target(args).destroy()
     return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
     import json
 
-    from kit.workloads import Load, SharedPrefix, run_workload
+    from kit.experiments.loadgen import run_workload
+    from kit.experiments.workloads import Load, SharedPrefix
 
     if args.workload != "shared-prefix":
         raise KitError(f"unknown workload {args.workload!r}; valid choices: shared-prefix")
@@ -231,14 +190,12 @@ def _bench(args: argparse.Namespace) -> int:
           f"{w.system_prompt_len} + question {w.question_len} → {w.output_len} tokens) against {args.url}",
           file=sys.stderr)
     summary = run_workload(args.url, w, load).summary()
-    text = json.dumps(summary, indent=2)
+    text = json.dumps(summary.to_dict(), indent=2)
     print(text)
     if args.out:
-        from pathlib import Path
-
         Path(args.out).write_text(text)
         print(f"kit bench: wrote {args.out}", file=sys.stderr)
-    return 0 if summary["ok"] else 1
+    return 0 if summary.ok else 1
 
 
 def _bench_picker(args: argparse.Namespace) -> int:
@@ -256,16 +213,19 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.out)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``kit`` parser. Flags generated from a settings model are added only to ``command``'s
+    subparser (all of them when None), so a server process imports only the models it runs."""
     p = argparse.ArgumentParser(prog="kit", description="Learn, deploy and study inference scheduling for vLLM.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    from kit.sim.config import SimConfig
 
     s = sub.add_parser("sim", help="run one simulated vLLM model server")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     s.add_argument("--port", type=int, default=8001, help="port to bind (default: 8001)")
-    add_model_flags(s, SimConfig)
+    if command in (None, "sim"):
+        from kit.sim.config import SimConfig
+
+        add_model_flags(s, SimConfig)
     s.set_defaults(func=_sim)
 
     r = sub.add_parser("request", help="send one request; print the reply, the serving endpoint and timings")
@@ -324,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--port", type=int, help="local: gateway port (simulators take the ports after it)")
     dp.add_argument("--dry-run", action="store_true",
                     help="check everything (server side on a cluster); change nothing")
-    dp.add_argument("--timeout", type=float, default=900, help="cluster: seconds to wait for readiness")
+    dp.add_argument("--timeout", type=float, help="seconds to wait for readiness (default: 900 on a cluster, "
+                                                  "30 per process locally)")
     cluster_flags(dp)
     dp.set_defaults(func=_deploy)
 
@@ -339,14 +300,15 @@ def build_parser() -> argparse.ArgumentParser:
     cluster_flags(ds)
     ds.set_defaults(func=_destroy)
 
-    from kit.workloads import Load, SharedPrefix
-
     b = sub.add_parser("bench", help="drive a workload through a gateway (or one server); print a JSON summary")
     b.add_argument("--url", default="http://127.0.0.1:8000", help="gateway or server URL")
     b.add_argument("--workload", default="shared-prefix", help="workload (shared-prefix)")
     b.add_argument("--out", help="also write the JSON summary here")
-    add_model_flags(b, SharedPrefix)
-    add_model_flags(b, Load)
+    if command in (None, "bench"):
+        from kit.experiments.workloads import Load, SharedPrefix
+
+        add_model_flags(b, SharedPrefix)
+        add_model_flags(b, Load)
     b.set_defaults(func=_bench)
 
     bp = sub.add_parser("bench-picker", help="time the endpoint picker alone (in process); print JSON")
@@ -363,7 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -10,8 +10,9 @@ import json
 import time
 from pathlib import Path
 
-from kit import report
-from kit.session import session
+from kit.experiments import report
+from kit.experiments.results import table
+from kit.notebook import session
 
 
 def run_demo(out: str = "out") -> int:
@@ -26,7 +27,7 @@ def run_demo(out: str = "out") -> int:
     if results.exists():
         print("\nWhat the routing experiment measured (same workload, caches reset per profile):")
         rows = json.loads(results.read_text())["table"]
-        print(report.table({"profile": r["profile"], "prefix-cache hit rate": f"{100 * r['hit_rate']:.1f}%",
+        print(table({"profile": r["profile"], "prefix-cache hit rate": f"{100 * r['hit_rate']:.1f}%",
                             "TTFT p50": f"{1000 * r['ttft_p50_s']:.0f} ms",
                             "TTFT p90": f"{1000 * r['ttft_p90_s']:.0f} ms", "errors": r["errors"]} for r in rows))
     print(f"\nkit demo: done in {time.monotonic() - start:.0f} s")

@@ -8,6 +8,10 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+# Headers the gateway and its clients share (the first is the Inference Extension's name).
+ENDPOINT_HEADER = "x-gateway-destination-endpoint"
+REQUEST_ID_HEADER = "x-request-id"
+OBJECTIVE_HEADER = "x-gateway-inference-objective"
 ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 405: "MethodNotAllowed", 413: "RequestEntityTooLarge",
                429: "RateLimitError", 500: "InternalServerError", 503: "ServiceUnavailableError"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from kit.environments import available
 from kit.errors import UnknownChoiceError
-from kit.session import profiles
+from kit.manifests.environments import available
+from kit.paths import scheduler_profiles
 
 
 class Selection:
@@ -21,8 +21,8 @@ class Selection:
         envs = available()
         if environment not in envs:
             raise UnknownChoiceError("environment", environment, envs)
-        if profile not in profiles():
-            raise UnknownChoiceError("scheduler profile", profile, profiles())
+        if profile not in scheduler_profiles():
+            raise UnknownChoiceError("scheduler profile", profile, scheduler_profiles())
         self.values: dict[str, Any] = {"environment": environment, "replicas": replicas, "profile": profile}
         self._widgets: dict[str, Any] = {}
 
@@ -35,7 +35,7 @@ class Selection:
                                       value=self.values["environment"], description="environment",
                                       layout=w.Layout(width="95%")),
             "replicas": w.IntSlider(value=self.values["replicas"], min=1, max=8, description="replicas"),
-            "profile": w.Dropdown(options=profiles(), value=self.values["profile"], description="scheduler"),
+            "profile": w.Dropdown(options=scheduler_profiles(), value=self.values["profile"], description="scheduler"),
         }
         return w.VBox(list(self._widgets.values()))
 

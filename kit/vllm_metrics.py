@@ -1,7 +1,7 @@
 """Parse a model server's Prometheus text (vLLM names) into one small dataclass.
 
 The same function feeds the endpoint picker's refresh, the plots and the tests, on the simulator
-and on real vLLM pods alike.
+and on real vLLM pods alike. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -88,3 +88,4 @@ def parse_vllm_metrics(text: str) -> EndpointMetrics:
             setattr(m, attr, totals[name])
     m.requests_ok = sum(v for k, v in m.finished.items() if k != "abort")
     return m
+

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kit.processes import Proc, free_port, spawn, stop
+from kit.targets.processes import Proc, free_port, spawn, stop
 
 # The upstream CRD schemas live in the project's shared folder beside the repository (as in CI).
 SCHEMAS = Path(os.environ.get("KIT_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "schemas"
@@ -54,7 +54,7 @@ def free_port_block(n: int) -> int:
     """A base port such that base..base+n-1 are all free right now."""
     import random
 
-    from kit.processes import port_in_use
+    from kit.targets.processes import port_in_use
 
     for _ in range(200):
         base = random.randint(20000, 60000)

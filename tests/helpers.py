@@ -9,7 +9,7 @@ import urllib.request
 
 import aiohttp
 
-from kit.client import RequestResult, send
+from kit.experiments.client import RequestResult, send
 from kit.vllm_metrics import EndpointMetrics, parse_vllm_metrics
 
 

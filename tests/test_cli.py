@@ -27,7 +27,7 @@ def test_unparsable_flag_is_a_usage_error():
 
 
 def test_request_to_nothing_fails_clearly():
-    from kit.processes import free_port
+    from kit.targets.processes import free_port
 
     res = kit("request", "--url", f"http://127.0.0.1:{free_port()}", "hi")
     assert res.returncode == 1 and "failed" in res.stderr

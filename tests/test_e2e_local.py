@@ -9,11 +9,12 @@ import time
 
 import pytest
 
-from kit import local
-from kit.environments import load_environment, parse_set
-from kit.workloads import Load, SharedPrefix, run_workload
+from kit.experiments.loadgen import run_workload
+from kit.experiments.workloads import Load, SharedPrefix
+from kit.manifests.environments import load_environment, parse_set
+from kit.targets.local import LocalTarget
 from tests.conftest import free_port_block
-from tests.helpers import get_json, post
+from tests.helpers import get_json
 
 # Sized so that caches and queues matter: 8 system prompts of 3,000 tokens are 24k tokens, but each
 # simulator holds 8k (512 blocks of 16), so only routing that keeps a group on one server keeps it cached.
@@ -24,18 +25,18 @@ WORKLOAD = SharedPrefix(groups=8, prompts_per_group=8, system_prompt_len=3000, q
 @pytest.fixture
 def stack(tmp_path, monkeypatch):
     monkeypatch.setenv("KIT_STATE_DIR", str(tmp_path / "state"))
-    env = load_environment("local", overrides=parse_set(["local.simulator.num_gpu_blocks=512"]))
     port = free_port_block(6)
+    env = load_environment("local", overrides=parse_set(
+        ["local.simulator.num_gpu_blocks=512", "replicas=4", f"local.gateway_port={port}"]))
+    target = LocalTarget(env)
 
     def deploy(profile: str) -> str:
-        st = local.deploy(env, replicas=4, port=port, scheduler_config=f"templates/scheduler/{profile}.yaml",
-                          say=lambda _m: None)
-        for p in st["processes"][1:]:
-            post(p["url"], "/reset_prefix_cache", {})
-        return st["gateway"]
+        st = target.deploy(f"templates/scheduler/{profile}.yaml", say=lambda _m: None)
+        target.reset_caches()
+        return st.detail["gateway"]
 
-    yield env, deploy
-    local.destroy(env, say=lambda _m: None)
+    yield target, deploy
+    target.destroy(say=lambda _m: None)
 
 
 @pytest.mark.slow
@@ -46,18 +47,18 @@ def test_the_default_profile_beats_random_on_hit_rate_and_ttft(stack):
     for profile in ("random", "default-plugins"):
         summaries[profile] = run_workload(deploy(profile), WORKLOAD, load, progress=False).summary()
     rnd, dflt = summaries["random"], summaries["default-plugins"]
-    assert rnd["errors"] == 0 and dflt["errors"] == 0
-    assert dflt["prefix_cache_hit_rate"] >= 0.6
-    assert dflt["prefix_cache_hit_rate"] >= rnd["prefix_cache_hit_rate"] + 0.25, (dflt, rnd)
-    assert dflt["ttft_p90_s"] < rnd["ttft_p90_s"], (dflt["ttft_p90_s"], rnd["ttft_p90_s"])
-    assert len(dflt["per_endpoint"]) == 4
+    assert rnd.errors == 0 and dflt.errors == 0
+    assert dflt.prefix_cache_hit_rate >= 0.6
+    assert dflt.prefix_cache_hit_rate >= rnd.prefix_cache_hit_rate + 0.25, (dflt, rnd)
+    assert dflt.ttft_p90_s < rnd.ttft_p90_s, (dflt.ttft_p90_s, rnd.ttft_p90_s)
+    assert len(dflt.per_endpoint) == 4
 
 
 @pytest.mark.slow
 def test_killing_a_simulator_mid_run_loses_no_request_that_had_not_started(stack):
-    env, deploy = stack
+    target, deploy = stack
     gateway = deploy("default-plugins")
-    victim = local.status(env)["processes"][2]
+    victim = target.status().detail["processes"][2]
     victim_name = victim["url"].split("//")[1]
     box: dict = {}
     thread = threading.Thread(target=lambda: box.update(run=run_workload(

@@ -13,7 +13,7 @@ from pathlib import Path
 import papermill
 import pytest
 
-from kit import report
+from kit.experiments import report
 from tests.helpers import running
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,7 +114,7 @@ def test_notebooks_run_alone_after_the_first(tmp_path):
             papermill.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(tmp_path / f"{name}.ipynb"),
                                        parameters=env, kernel_name="python3", cwd=str(tmp_path), progress_bar=False)
     finally:
-        from kit.session import session
+        from kit.notebook import session
 
         session("local", release_postfix="solo").destroy(say=lambda _m: None)
         del os.environ["KIT_STATE_DIR"]

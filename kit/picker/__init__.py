@@ -1,8 +1,12 @@
-"""The endpoint picker: upstream's scheduling plugins in Python, configured by EndpointPickerConfig YAML."""
+"""The endpoint picker: upstream's scheduling plugins in Python, configured by EndpointPickerConfig YAML.
+
+What callers (the gateway, the fleet simulator, benchmarks) use; plugins stay behind the registry.
+Pure scheduling logic: no network, no server, no plotting.
+"""
 
 from kit.picker.config import LoadedConfig, load_picker_config, load_picker_file
-from kit.picker.framework import Endpoint, InferenceRequest
+from kit.picker.framework import CycleState, Endpoint, InferenceRequest
 from kit.picker.scheduler import Decision, NoEndpoints, Scheduler
 
-__all__ = ["Decision", "Endpoint", "InferenceRequest", "LoadedConfig", "NoEndpoints", "Scheduler",
+__all__ = ["CycleState", "Decision", "Endpoint", "InferenceRequest", "LoadedConfig", "NoEndpoints", "Scheduler",
            "load_picker_config", "load_picker_file"]

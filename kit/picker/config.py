@@ -22,11 +22,9 @@ from pydantic import Field
 
 from kit.config import StrictModel, parse
 from kit.errors import ConfigError
-from kit.picker import registry
-from kit.picker.framework import Filter, Picker, ProfileHandler, Scorer
-from kit.picker.plugins.pickers import MaxScorePicker
-from kit.picker.plugins.profile import SingleProfileHandler
-from kit.picker.registry import Duration
+from kit.picker import registry as registries
+from kit.picker.framework import Duration, Filter, Picker, ProfileHandler, Scorer
+from kit.picker.registry import Registry
 from kit.picker.scheduler import Profile, SaturationDetector, Scheduler
 
 API_VERSION = "inference.networking.x-k8s.io/v1alpha1"
@@ -83,8 +81,9 @@ def _kind(plugin: object) -> str:
     return "other"
 
 
-def load_picker_config(text: str, source: str = SOURCE) -> LoadedConfig:
+def load_picker_config(text: str, source: str = SOURCE, registry: Registry | None = None) -> LoadedConfig:
     """Parse, default, validate and build; raise ConfigError naming the field for anything invalid."""
+    registry = registry or registries.default()
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -124,7 +123,7 @@ def load_picker_config(text: str, source: str = SOURCE) -> LoadedConfig:
     if not handlers:
         if len(profiles_spec) > 1:
             raise ConfigError(source, ["plugins: several schedulingProfiles need a profile handler plugin"])
-        handlers = [SingleProfileHandler()]
+        handlers = [registry.create("single-profile-handler")]
         plugins.setdefault(handlers[0].name, handlers[0])
     if len(handlers) > 1:
         raise ConfigError(source, ["plugins: only one profile handler may be configured"])
@@ -158,16 +157,17 @@ def load_picker_config(text: str, source: str = SOURCE) -> LoadedConfig:
         if len(pickers) > 1:
             errors.append(f"{where}.plugins: a profile has exactly one picker, found {len(pickers)}")
         if not pickers:
-            pickers = [plugins.get("max-score-picker") or MaxScorePicker()]
+            pickers = [plugins.get("max-score-picker") or registry.create("max-score-picker")]
             if _kind(pickers[0]) != "picker":
-                pickers = [MaxScorePicker()]
+                pickers = [registry.create("max-score-picker")]
         profiles.append(Profile(ps.name, filters, scorers, pickers[0]))
     if errors:
         raise ConfigError(source, errors)
 
     sat = spec.saturationDetector or SaturationSpec()
     scheduler = Scheduler(profiles, handlers[0], SaturationDetector(
-        sat.queueDepthThreshold, sat.kvCacheUtilThreshold, sat.metricsStalenessThreshold, sat.headroom))
+        sat.queueDepthThreshold, sat.kvCacheUtilThreshold, sat.metricsStalenessThreshold, sat.headroom),
+        plugins=list(plugins.values()))
     effective = {
         "apiVersion": API_VERSION, "kind": "EndpointPickerConfig",
         "plugins": [{"name": n, "type": p.type} for n, p in plugins.items()],

@@ -1,17 +1,23 @@
-"""The endpoint picker's contracts: endpoints, requests, and the four plugin kinds.
+"""The endpoint picker's contracts: endpoints, requests, plugin kinds, lifecycle hooks, parameter types.
 
 A scheduling profile runs its filters in order, then every scorer (each returns a score in [0, 1]
 per endpoint; anything outside is clamped), sums ``weight × score``, and lets exactly one picker
-choose. Plugins may also implement ``pre_request`` (called with the chosen endpoint right after the
-pick, before the request is proxied) and ``response_complete``.
+choose. Around the pick, as upstream's request-control plugins do, any configured plugin may also
+implement ``PreRequest`` (the chosen endpoint, before the request is proxied), ``ResponseHeaders``
+(headers to add to the answer) and ``ResponseComplete`` (the answer ended), and ``Gauges`` (values
+the gateway exports on its ``/metrics``). The scheduler calls them; callers never ask which plugin
+does what.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Annotated, Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 from kit.vllm_metrics import EndpointMetrics
 
@@ -85,6 +91,57 @@ class Picker(Plugin, Protocol):
 @runtime_checkable
 class ProfileHandler(Plugin, Protocol):
     def profiles_to_run(self, names: list[str]) -> list[str]: ...
+
+
+@runtime_checkable
+class PreRequest(Protocol):
+    """Told where a request goes, right after the pick and before it is proxied."""
+
+    def pre_request(self, state: CycleState, req: InferenceRequest, ep: Endpoint) -> None: ...
+
+
+@runtime_checkable
+class ResponseHeaders(Protocol):
+    """Adds headers to the answer the client receives from ``ep``."""
+
+    def response_headers(self, req: InferenceRequest, ep: Endpoint) -> dict[str, str]: ...
+
+
+@runtime_checkable
+class ResponseComplete(Protocol):
+    """Told when the answer from ``ep`` has ended (completed, failed or abandoned)."""
+
+    def response_complete(self, req: InferenceRequest, ep: Endpoint) -> None: ...
+
+
+@runtime_checkable
+class Gauges(Protocol):
+    """Values to export as gauges, by metric name (e.g. the prefix index's size)."""
+
+    def gauges(self) -> dict[str, float]: ...
+
+
+class Params(BaseModel):
+    """Base of plugin parameters: camelCase names as upstream spells them; unknown keys ignored
+    (the registry reports them as warnings)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a Go duration string (``"200ms"``, ``"1m30s"``) or a number of seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and value and _DURATION.sub("", value) == "":
+        return sum(float(n) * _UNIT[u] for n, u in _DURATION.findall(value))
+    raise ValueError(f"expected a duration such as '200ms' or '2m', got {value!r}")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
 class PluginBase:

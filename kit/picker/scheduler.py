@@ -7,7 +7,19 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from kit.picker.framework import CycleState, Endpoint, Filter, InferenceRequest, Picker, ProfileHandler, Scorer
+from kit.picker.framework import (
+    CycleState,
+    Endpoint,
+    Filter,
+    Gauges,
+    InferenceRequest,
+    Picker,
+    PreRequest,
+    ProfileHandler,
+    ResponseComplete,
+    ResponseHeaders,
+    Scorer,
+)
 
 
 class NoEndpoints(Exception):
@@ -64,14 +76,23 @@ class Decision:
 
 
 class Scheduler:
-    """Holds the configured profiles; ``schedule`` returns the decision, ``pre_request`` updates plugins."""
+    """Holds the configured profiles and plugins; ``schedule`` returns the decision, and the lifecycle
+    calls (``pre_request``, ``response_headers``, ``response_complete``) reach every configured plugin
+    that implements them, as upstream's request-control layer does."""
 
     def __init__(self, profiles: list[Profile], handler: ProfileHandler, saturation: SaturationDetector,
-                 history: int = 2000):
+                 history: int = 2000, plugins: list[object] | None = None):
         self.profiles = {p.name: p for p in profiles}
         self.handler = handler
         self.saturation = saturation
         self.recent: deque[Decision] = deque(maxlen=history)
+        if plugins is None:  # every plugin the profiles use
+            plugins = [handler, *(pl for p in profiles for pl in (*p.filters, *(s for s, _ in p.scorers), p.picker))]
+        self.plugins = list({id(p): p for p in plugins}.values())
+        self._pre = [p for p in self.plugins if isinstance(p, PreRequest)]
+        self._headers = [p for p in self.plugins if isinstance(p, ResponseHeaders)]
+        self._complete = [p for p in self.plugins if isinstance(p, ResponseComplete)]
+        self._gauges = [p for p in self.plugins if isinstance(p, Gauges)]
 
     def schedule(self, req: InferenceRequest, endpoints: list[Endpoint],
                  exclude: frozenset[str] = frozenset()) -> tuple[Decision, CycleState]:
@@ -111,10 +132,28 @@ class Scheduler:
 
     def pre_request(self, state: CycleState, req: InferenceRequest, ep: Endpoint) -> None:
         """Tell plugins where the request is going (the prefix index learns here)."""
-        for scorer, _ in state["profile"].scorers:
-            hook = getattr(scorer, "pre_request", None)
-            if hook:
-                hook(state, req, ep)
+        for p in self._pre:
+            p.pre_request(state, req, ep)
+
+    def response_headers(self, req: InferenceRequest, ep: Endpoint) -> dict[str, str]:
+        """Headers the plugins add to the answer (session affinity writes its token here)."""
+        out: dict[str, str] = {}
+        for p in self._headers:
+            out.update(p.response_headers(req, ep))
+        return out
+
+    def response_complete(self, req: InferenceRequest, ep: Endpoint) -> None:
+        """Tell plugins the answer from ``ep`` has ended."""
+        for p in self._complete:
+            p.response_complete(req, ep)
+
+    def gauges(self) -> dict[str, float]:
+        """Every plugin's gauges, summed by name."""
+        out: dict[str, float] = {}
+        for p in self._gauges:
+            for name, value in p.gauges().items():
+                out[name] = out.get(name, 0.0) + value
+        return out
 
     def record(self, decision: Decision) -> None:
         self.recent.append(decision)

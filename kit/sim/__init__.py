@@ -1,7 +1,6 @@
-"""A vLLM-compatible model-server simulator: OpenAI API, vLLM metrics, continuous batching, prefix cache."""
+"""A vLLM-compatible model-server simulator: OpenAI API, vLLM metrics, continuous batching, prefix cache.
 
-from kit.sim.config import SimConfig
-from kit.sim.engine import Engine
-from kit.sim.server import SimServer, serve, start
-
-__all__ = ["Engine", "SimConfig", "SimServer", "serve", "start"]
+Library first: ``config`` (settings), ``tokenizer``, ``kvcache``, ``engine`` (steppable by hand or on a
+virtual clock) and ``metrics`` need no server; ``server`` is the HTTP face (``kit sim``). Nothing here
+imports the picker or the gateway.
+"""

@@ -9,7 +9,10 @@ import pytest
 import yaml
 
 from kit.errors import ConfigError
-from kit.picker import load_picker_config, load_picker_file, registry
+from kit.picker import load_picker_config, load_picker_file
+from kit.picker.registry import default
+
+registry = default()
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAD = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"

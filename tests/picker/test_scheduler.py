@@ -5,7 +5,9 @@ import time
 import pytest
 
 from kit.picker import NoEndpoints, load_picker_config
-from kit.picker.framework import Endpoint, InferenceRequest
+from kit.picker.framework import Endpoint, InferenceRequest, PluginBase
+from kit.picker.plugins import BUILTINS
+from kit.picker.registry import Registry
 from kit.picker.scheduler import SaturationDetector
 from kit.vllm_metrics import EndpointMetrics
 
@@ -62,3 +64,48 @@ def test_unhealthy_and_excluded_endpoints_are_skipped():
 def test_saturation_detector(specs, expected):
     endpoints = [ep(f"e{i}", waiting=w, kv=kv, age=age) for i, (w, kv, age) in enumerate(specs)]
     assert SaturationDetector().saturation(endpoints) == pytest.approx(expected)
+
+
+class Recorder(PluginBase):
+    """A test plugin that implements every request-lifecycle hook and records the calls."""
+
+    type = "recorder"
+
+    def __init__(self, name=None, params=None):
+        super().__init__(name, params)
+        self.calls = []
+
+    def pre_request(self, state, req, ep):
+        self.calls.append(("pre", req.request_id, ep.name))
+
+    def response_headers(self, req, ep):
+        return {"x-recorded": ep.name}
+
+    def response_complete(self, req, ep):
+        self.calls.append(("done", req.request_id, ep.name))
+
+    def gauges(self):
+        return {"recorder_calls": float(len(self.calls))}
+
+
+def test_lifecycle_hooks_reach_every_configured_plugin_that_implements_them():
+    registry = Registry({**BUILTINS, "recorder": Recorder})
+    cfg = load_picker_config(HEAD + """
+plugins: [{type: recorder}, {type: queue-scorer}, {type: prefix-cache-scorer}, {type: session-affinity-scorer}]
+schedulingProfiles:
+- name: default
+  plugins: [{pluginRef: queue-scorer}, {pluginRef: prefix-cache-scorer}, {pluginRef: session-affinity-scorer}]
+""", registry=registry)
+    sched = cfg.scheduler
+    [recorder] = [p for p in sched.plugins if isinstance(p, Recorder)]  # configured, in no profile
+    a, b = ep("a:1"), ep("b:1")
+    req = InferenceRequest(model="m", prompt="p" * 200, request_id="r7")
+    _, state = sched.schedule(req, [a, b])
+    chosen = state["picked"][0]
+    sched.pre_request(state, req, chosen)
+    headers = sched.response_headers(req, chosen)
+    sched.response_complete(req, chosen)
+    assert recorder.calls == [("pre", "r7", chosen.name), ("done", "r7", chosen.name)]
+    assert headers["x-recorded"] == chosen.name and "x-session-token" in headers  # session affinity's token
+    assert sched.gauges()["recorder_calls"] == 2.0
+    assert sched.gauges()["inference_extension_prefix_indexer_size"] > 0  # the prefix index learned at pre_request

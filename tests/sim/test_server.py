@@ -9,8 +9,8 @@ import time
 import openai
 import pytest
 
-from kit.client import make_body
-from kit.processes import free_port, healthy, spawn, stop
+from kit.experiments.client import make_body
+from kit.targets.processes import free_port, healthy, spawn, stop
 from tests.helpers import burst, metrics, post
 
 LONG = "Our support policy covers refunds, repairs and replacements for every product we sell. " * 45

@@ -1,1 +1,33 @@
-"""Built-in plugins, registered by name in ``kit.picker.registry.register_all``."""
+"""The built-in plugins: the one readable list of what the kit implements, by upstream type name."""
+
+from kit.picker.plugins import filters, pickers, profile
+from kit.picker.plugins.scorers import (
+    active_request,
+    kv_cache,
+    load_aware,
+    prefix,
+    queue,
+    running,
+    session_affinity,
+)
+
+BUILTINS: dict[str, type] = {
+    "queue-scorer": queue.QueueScorer,
+    "kv-cache-utilization-scorer": kv_cache.KVCacheUtilizationScorer,
+    "running-requests-size-scorer": running.RunningRequestsScorer,
+    "load-aware-scorer": load_aware.LoadAwareScorer,
+    "active-request-scorer": active_request.ActiveRequestScorer,
+    "session-affinity-scorer": session_affinity.SessionAffinityScorer,
+    "prefix-cache-scorer": prefix.PrefixCacheScorer,
+    "max-score-picker": pickers.MaxScorePicker,
+    "random-picker": pickers.RandomPicker,
+    "weighted-random-picker": pickers.WeightedRandomPicker,
+    "round-robin-picker": pickers.RoundRobinPicker,  # kit-only baseline: what a plain Service does
+    "decode-filter": filters.DecodeFilter,
+    "prefill-filter": filters.PrefillFilter,
+    "by-label": filters.ByLabelFilter,
+    "label-selector-filter": filters.LabelSelectorFilter,
+    # Legacy alias: upstream renamed by-label-selector to label-selector-filter; both names load.
+    "by-label-selector": filters.LabelSelectorFilter,
+    "single-profile-handler": profile.SingleProfileHandler,
+}

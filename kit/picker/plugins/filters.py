@@ -35,8 +35,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from kit.picker.framework import CycleState, Endpoint, InferenceRequest, PluginBase
-from kit.picker.registry import Params
+from kit.picker.framework import CycleState, Endpoint, InferenceRequest, Params, PluginBase
 
 ROLE = "llm-d.ai/role"
 

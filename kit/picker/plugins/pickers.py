@@ -32,8 +32,7 @@ import random
 
 from pydantic import Field
 
-from kit.picker.framework import CycleState, Endpoint, PluginBase
-from kit.picker.registry import Params
+from kit.picker.framework import CycleState, Endpoint, Params, PluginBase
 
 
 class PickerParams(Params):

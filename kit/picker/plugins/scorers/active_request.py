@@ -21,8 +21,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from kit.picker.framework import CycleState, Endpoint, InferenceRequest, PluginBase
-from kit.picker.registry import Duration, Params
+from kit.picker.framework import CycleState, Duration, Endpoint, InferenceRequest, Params, PluginBase
 
 
 class ActiveRequestParams(Params):

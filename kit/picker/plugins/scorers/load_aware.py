@@ -17,8 +17,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from kit.picker.framework import CycleState, Endpoint, InferenceRequest, PluginBase
-from kit.picker.registry import Params
+from kit.picker.framework import CycleState, Endpoint, InferenceRequest, Params, PluginBase
 
 
 class LoadAwareParams(Params):

@@ -33,8 +33,7 @@ from collections import OrderedDict
 import xxhash
 from pydantic import Field, model_validator
 
-from kit.picker.framework import CycleState, Endpoint, InferenceRequest, PluginBase
-from kit.picker.registry import Params
+from kit.picker.framework import CycleState, Endpoint, InferenceRequest, Params, PluginBase
 
 CHARS_PER_TOKEN = 4
 
@@ -165,3 +164,6 @@ class PrefixCacheScorer(PluginBase):
             hashes = self.hashes(req, [ep])
         if hashes:
             self.index.add(ep.name, hashes, self._tuned([ep])[1])
+
+    def gauges(self) -> dict[str, float]:
+        return {"inference_extension_prefix_indexer_size": float(self.index.size)}

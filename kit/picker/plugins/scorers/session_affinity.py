@@ -1,8 +1,8 @@
 """``session-affinity-scorer`` (llm-d): send a session back to the endpoint that served it before.
 
 Reads header ``x-session-token`` (base64 of the endpoint's name); that endpoint scores 1.0, every
-other 0. The gateway writes the header on each response, so a client that echoes it sticks.
-No parameters.
+other 0. The plugin writes the header on each response (a ``ResponseHeaders`` hook), so a client that
+echoes it sticks. No parameters.
 
 Example::
 
@@ -33,3 +33,6 @@ class SessionAffinityScorer(PluginBase):
         except (binascii.Error, UnicodeDecodeError):
             wanted = ""
         return {ep: 1.0 if ep.name == wanted else 0.0 for ep in eps}
+
+    def response_headers(self, req: InferenceRequest, ep: Endpoint) -> dict[str, str]:
+        return {HEADER: token_for(ep)}

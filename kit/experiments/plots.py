@@ -1,0 +1,146 @@
+"""Plotly figures of routing and cache behaviour. Interactive in JupyterLab, and still there in exported HTML.
+
+Call ``setup()`` once per notebook: it makes plotly store each figure both as its JupyterLab mimetype
+and as HTML with plotly.js embedded (renderer ``plotly_mimetype+notebook``), so nbconvert's HTML keeps
+every figure and works offline. ``PLOTLY_RENDERER`` overrides the choice.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from typing import Any
+
+import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.subplots import make_subplots
+
+from kit.experiments.results import Comparison
+
+PALETTE = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#EECA3B", "#B279A2", "#FF9DA6")
+
+
+def setup() -> str:
+    pio.renderers.default = os.environ.get("PLOTLY_RENDERER", "plotly_mimetype+notebook")
+    pio.templates.default = "plotly_white"
+    return pio.renderers.default
+
+
+def _short(name: str) -> str:
+    return name.rsplit(":", 1)[-1] if name.count(":") == 1 else name
+
+
+def requests_heatmap(cmp: Comparison) -> go.Figure:
+    """Requests per endpoint per prefix group, one panel per profile: prefix-aware routing is a diagonal."""
+    eps = cmp.endpoints()
+    groups = sorted({r.group for run in cmp.runs for r in run.requests if r.group is not None})
+    fig = make_subplots(rows=1, cols=len(cmp.runs), subplot_titles=[r.profile for r in cmp.runs],
+                        shared_yaxes=True, horizontal_spacing=0.03)
+    top = 1
+    for i, run in enumerate(cmp.runs, start=1):
+        counts = defaultdict(int)
+        for r in run.requests:
+            if r.ok and r.endpoint:
+                counts[(r.group, r.endpoint)] += 1
+        z = [[counts[(g, e)] for e in eps] for g in groups]
+        top = max([top, *(v for row in z for v in row)])
+        fig.add_trace(go.Heatmap(z=z, x=[_short(e) for e in eps], y=[f"group {g}" for g in groups],
+                                 coloraxis="coloraxis", hovertemplate="%{y} → port %{x}: %{z} requests<extra></extra>"),
+                      row=1, col=i)
+    fig.update_layout(title="Requests per prefix group and endpoint", coloraxis={"colorscale": "Blues", "cmin": 0,
+                                                                                 "cmax": top},
+                      height=380, margin={"t": 80})
+    fig.update_xaxes(title_text="endpoint (port)")
+    return fig
+
+
+def hit_rate_over_time(cmp: Comparison) -> go.Figure:
+    """Cumulative prefix-cache hit rate of each endpoint during each profile's run."""
+    eps = cmp.endpoints()
+    color = {e: PALETTE[i % len(PALETTE)] for i, e in enumerate(eps)}
+    fig = make_subplots(rows=1, cols=len(cmp.runs), subplot_titles=[r.profile for r in cmp.runs], shared_yaxes=True,
+                        horizontal_spacing=0.03)
+    for i, run in enumerate(cmp.runs, start=1):
+        first: dict[str, tuple[float, float]] = {}
+        series: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
+        for s in run.samples:
+            e = s.endpoint
+            h0, q0 = first.setdefault(e, (s.prefix_hits, s.prefix_queries))
+            dq = s.prefix_queries - q0
+            if dq > 0:
+                series[e][0].append(s.t)
+                series[e][1].append((s.prefix_hits - h0) / dq)
+        for e, (t, v) in sorted(series.items()):
+            fig.add_trace(go.Scatter(x=t, y=v, mode="lines", name=_short(e), legendgroup=e, showlegend=i == 1,
+                                     line={"color": color[e]}), row=1, col=i)
+    fig.update_yaxes(range=[0, 1], tickformat=".0%")
+    fig.update_xaxes(title_text="seconds into the run")
+    fig.update_layout(title="Prefix-cache hit rate per endpoint over time (cumulative, from the servers' counters)",
+                      height=380, legend_title_text="endpoint", margin={"t": 80})
+    return fig
+
+
+def ttft_distributions(cmp: Comparison) -> go.Figure:
+    """Time to first token per profile (box: quartiles; points: every request)."""
+    fig = go.Figure()
+    for i, run in enumerate(cmp.runs):
+        ttfts = [1000 * r.ttft for r in run.requests if r.ok and r.ttft is not None]
+        fig.add_trace(go.Box(y=ttfts, name=run.profile, boxpoints="all", jitter=0.4, pointpos=0,
+                             marker={"size": 3, "color": PALETTE[i % len(PALETTE)]}, boxmean=True))
+    fig.update_layout(title="Time to first token by scheduler profile", yaxis_title="TTFT (ms)", showlegend=False,
+                      height=420)
+    return fig
+
+
+def queue_and_kv(cmp: Comparison, profile: str) -> go.Figure:
+    """Waiting queue and KV-cache usage of each endpoint over one profile's run."""
+    run = cmp.run(profile)
+    eps = sorted({s.endpoint for s in run.samples})
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=["requests waiting (vllm:num_requests_waiting)",
+                                        "KV-cache usage (vllm:kv_cache_usage_perc)"])
+    for i, e in enumerate(eps):
+        rows = [s for s in run.samples if s.endpoint == e]
+        c = PALETTE[i % len(PALETTE)]
+        t = [s.t for s in rows]
+        fig.add_trace(go.Scatter(x=t, y=[s.waiting for s in rows], name=_short(e), legendgroup=e,
+                                 line={"color": c}), row=1, col=1)
+        fig.add_trace(go.Scatter(x=t, y=[s.kv_usage for s in rows], name=_short(e), legendgroup=e,
+                                 showlegend=False, line={"color": c}), row=2, col=1)
+    fig.update_yaxes(tickformat=".0%", range=[0, 1], row=2, col=1)
+    fig.update_xaxes(title_text="seconds into the run", row=2, col=1)
+    fig.update_layout(title=f"Queue depth and KV usage over time ({profile})", height=520,
+                      legend_title_text="endpoint")
+    return fig
+
+
+def decision_breakdown(decision: dict[str, Any]) -> go.Figure:
+    """Why the picker chose this endpoint: each scorer's weighted contribution to every endpoint's total."""
+    cands = [c for c in decision["candidates"] if not c["filtered_by"]]
+    names = [_short(c["endpoint"]) + (" ← picked" if c["endpoint"] in decision["picked"] else "") for c in cands]
+    fig = go.Figure()
+    for i, (scorer, weight) in enumerate(decision["weights"].items()):
+        vals = [weight * c["scores"].get(scorer, 0.0) for c in cands]
+        raw = [c["scores"].get(scorer, 0.0) for c in cands]
+        fig.add_trace(go.Bar(y=names, x=vals, name=f"{scorer} ×{weight:g}", orientation="h",
+                             marker={"color": PALETTE[i % len(PALETTE)]}, customdata=raw,
+                             hovertemplate="score %{customdata:.2f} × weight = %{x:.2f}<extra>" + scorer + "</extra>"))
+    fig.update_layout(barmode="stack", title=f"Why request {decision['request_id'][:12]} went where it went "
+                      f"(profile {decision['profile']})", xaxis_title="weighted score", height=120 + 60 * len(cands),
+                      legend={"orientation": "h", "y": -0.25})
+    return fig
+
+
+def summary_table(cmp: Comparison) -> go.Figure:
+    runs = [(r.profile, r.summary) for r in cmp.runs]
+    cols = ["profile", "hit rate", "TTFT p50 (ms)", "TTFT p90 (ms)", "E2E p90 (s)", "req/s", "errors"]
+    cells = [[p for p, _ in runs], [f"{100 * s.prefix_cache_hit_rate:.1f}%" for _, s in runs],
+             [f"{1000 * (s.ttft_p50_s or 0):.1f}" for _, s in runs],
+             [f"{1000 * (s.ttft_p90_s or 0):.1f}" for _, s in runs],
+             [f"{s.e2e_p90_s or 0:.2f}" for _, s in runs], [f"{s.requests_per_s or 0:.1f}" for _, s in runs],
+             [s.errors for _, s in runs]]
+    fig = go.Figure(go.Table(header={"values": cols, "fill_color": "#4C78A8", "font": {"color": "white"}},
+                             cells={"values": cells}))
+    fig.update_layout(title=f"Scheduler profiles compared ({cmp.scale})", height=120 + 30 * len(runs),
+                      margin={"t": 50, "b": 10})
+    return fig

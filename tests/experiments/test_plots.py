@@ -1,0 +1,69 @@
+"""Figures from a known comparison, and the results file they can be redrawn from."""
+
+import pytest
+
+from kit.experiments import plots
+from kit.experiments.results import Comparison, MetricSample, ProfileRun, RequestResult, summarize
+
+
+def run(profile, assign):
+    requests = [RequestResult(200, endpoint=e, ttft=t, e2e=0.2, prompt_tokens=10, request_id=f"{profile}{i}", group=g)
+                for i, (g, e, t) in enumerate(assign)]
+    samples = [MetricSample(t, e, waiting=t, running=1, kv_usage=0.1 * t, prefix_hits=10 * t, prefix_queries=20 * t)
+               for t in (0, 1, 2) for e in ("h:1", "h:2")]
+    decision = {"request_id": "abc", "profile": "default", "picked": ["h:1"],
+                "weights": {"queue-scorer": 2.0, "prefix-cache-scorer": 3.0},
+                "candidates": [{"endpoint": "h:1", "scores": {"queue-scorer": 1.0, "prefix-cache-scorer": 1.0},
+                                "total": 5.0, "filtered_by": None},
+                               {"endpoint": "h:2", "scores": {"queue-scorer": 0.5, "prefix-cache-scorer": 0.0},
+                                "total": 1.0, "filtered_by": None}]}
+    summary = summarize(requests, 1.0, {"h:1": (5, 10), "h:2": (5, 10)})
+    return ProfileRun(profile, summary, requests, samples, decision)
+
+
+@pytest.fixture
+def cmp():
+    c = Comparison({}, {}, "local")
+    c.runs = [run("random", [(0, "h:1", 0.1), (0, "h:2", 0.2), (1, "h:1", 0.3)]),
+              run("default", [(0, "h:1", 0.05), (0, "h:1", 0.06), (1, "h:2", 0.07)])]
+    return c
+
+
+def test_heatmap_counts_requests_per_group_and_endpoint(cmp):
+    fig = plots.requests_heatmap(cmp)
+    assert [[list(row) for row in t.z] for t in fig.data] == [[[1, 1], [1, 0]], [[2, 0], [0, 1]]]
+    assert list(fig.data[0].x) == ["1", "2"]
+
+
+def test_hit_rate_series_are_cumulative_from_the_counters(cmp):
+    fig = plots.hit_rate_over_time(cmp)
+    assert len(fig.data) == 4 and list(fig.data[0].y) == [0.5, 0.5]
+
+
+def test_ttft_boxes_one_per_profile_in_ms(cmp):
+    fig = plots.ttft_distributions(cmp)
+    assert [t.name for t in fig.data] == ["random", "default"]
+    assert list(fig.data[1].y) == pytest.approx([50, 60, 70])
+
+
+def test_decision_breakdown_stacks_weighted_scores(cmp):
+    fig = plots.decision_breakdown(cmp.run("default").decision)
+    assert [list(t.x) for t in fig.data] == [[2.0, 1.0], [3.0, 0.0]]
+    assert fig.data[0].y[0].endswith("← picked")
+
+
+def test_queue_kv_and_table(cmp):
+    assert len(plots.queue_and_kv(cmp, "default").data) == 4
+    assert list(plots.summary_table(cmp).data[0].cells.values[1]) == ["50.0%", "50.0%"]
+
+
+def test_setup_keeps_figures_in_exported_html(monkeypatch):
+    monkeypatch.delenv("PLOTLY_RENDERER", raising=False)
+    assert plots.setup() == "plotly_mimetype+notebook"
+
+
+def test_a_comparison_survives_its_results_file(cmp, tmp_path):
+    again = Comparison.read(cmp.save(tmp_path / "results.json"))
+    assert again == cmp
+    assert [[list(row) for row in t.z] for t in plots.requests_heatmap(again).data] == [[[1, 1], [1, 0]],
+                                                                                         [[2, 0], [0, 1]]]

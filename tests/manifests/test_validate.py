@@ -1,0 +1,87 @@
+"""Validation catches what would break on a cluster: schema errors and broken links between objects."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from kit.manifests.environments import load_environment
+from kit.manifests.render import render
+from kit.manifests.validate import CrdSchemas, validate_objects
+from tests.conftest import SCHEMAS
+
+
+@pytest.fixture(scope="module")
+def base():
+    return render(load_environment("istio")).objects
+
+
+def find(objs, kind, suffix=""):
+    return next(o for o in objs if o["kind"] == kind and o["metadata"]["name"].endswith(suffix))
+
+
+def broken(base, change):
+    objs = copy.deepcopy(base)
+    change(objs)
+    problems, _ = validate_objects(objs, CrdSchemas.from_dir(str(SCHEMAS)))
+    return problems
+
+
+CASES = [
+    ("pool-port", lambda o: find(o, "InferencePool")["spec"]["targetPorts"].__setitem__(0, {"number": 9000}),
+     "target port 9000 is not a container port of Deployment/ms-inference-scheduling-llm-d-modelservice-decode"),
+    ("epp-port", lambda o: find(o, "InferencePool")["spec"]["endpointPickerRef"]["port"].__setitem__("number", 9100),
+     "endpointPickerRef port 9100 is not a port of Service/gaie-inference-scheduling-epp"),
+    ("epp-name", lambda o: find(o, "InferencePool")["spec"]["endpointPickerRef"].__setitem__("name", "elsewhere"),
+     "endpointPickerRef names Service elsewhere, which is not rendered"),
+    ("selector-none", lambda o: find(o, "InferencePool")["spec"]["selector"]["matchLabels"].__setitem__(
+        "llm-d.ai/guide", "other"), "matches no model-server pods"),
+    ("selector-too-wide", lambda o: find(o, "Deployment", "-epp")["spec"]["template"]["metadata"]["labels"].update(
+        {"llm-d.ai/guide": "inference-scheduling", "llm-d.ai/inference-serving": "true"}),
+     "selector also matches pods of Deployment/gaie-inference"),
+    ("route-gateway", lambda o: find(o, "HTTPRoute")["spec"]["parentRefs"][0].__setitem__("name", "other-gw"),
+     "parentRef Gateway other-gw is not rendered"),
+    ("route-pool", lambda o: find(o, "HTTPRoute")["spec"]["rules"][0]["backendRefs"][0].__setitem__("name", "p"),
+     "backendRef InferencePool p is not rendered"),
+    ("route-port", lambda o: find(o, "HTTPRoute")["spec"]["rules"][0]["backendRefs"][0].__setitem__("port", 80),
+     "backendRef port 80 is not a target port of the pool"),
+    ("secret-literal", lambda o: find(o, "Deployment", "-decode")["spec"]["template"]["spec"]["containers"][0][
+        "env"].append({"name": "HF_TOKEN", "value": "x"}), "env HF_TOKEN of container vllm has a literal value"),
+    ("secret-data", lambda o: find(o, "Secret").__setitem__("data", {"token": "c2VjcmV0"}), "carries secret data"),
+    ("hf-token-text", lambda o: find(o, "ConfigMap", "-epp")["data"].__setitem__(
+        "note", "hf_" + "a" * 34), "looks like a Hugging Face token"),
+    ("builtin-unknown-field", lambda o: find(o, "Deployment", "-decode")["spec"].__setitem__("replica", 3),
+     "Deployment/ms-inference-scheduling-llm-d-modelservice-decode: spec: Additional properties are not allowed"),
+    ("builtin-wrong-type", lambda o: find(o, "Service")["spec"]["ports"][0].__setitem__("port", "ninety"),
+     "Service/gaie-inference-scheduling-epp: spec.ports.0.port"),
+    ("crd-unknown-field", lambda o: find(o, "InferencePool")["spec"].__setitem__("targetPort", 8000),
+     "InferencePool/gaie-inference-scheduling: spec: Additional properties are not allowed ('targetPort'"),
+    ("crd-enum", lambda o: find(o, "InferencePool")["spec"]["endpointPickerRef"].__setitem__("failureMode", "Open"),
+     "spec.endpointPickerRef.failureMode: 'Open' is not one of"),
+    ("long-service-name", lambda o: find(o, "Service")["metadata"].__setitem__("name", "s" * 70),
+     "a Service name must be a DNS label of at most 63 characters"),
+]
+
+
+@pytest.mark.parametrize(("change", "needle"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_each_break_is_reported(base, change, needle):
+    problems = broken(base, change)
+    assert any(needle in p for p in problems), problems
+
+
+def test_the_unbroken_render_is_clean(base):
+    assert broken(base, lambda o: None) == []
+
+
+@pytest.mark.slow
+def test_validate_cli_lists_every_problem_and_exits_1(tmp_path):
+    import subprocess
+    import sys
+
+    ok = subprocess.run([sys.executable, "-m", "kit", "validate", "-e", "gke", "--schemas", str(SCHEMAS)],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "objects for gke are valid (2 not checked)" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "kit", "validate", "-e", "istio", "--set", "replicas=-1"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "replicas: Input should be greater than or equal to 1" in bad.stderr

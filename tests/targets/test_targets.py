@@ -1,0 +1,51 @@
+"""Both targets offer every verb of the Target protocol, and only the factory asks which one an environment uses."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+from kit.manifests.environments import load_environment
+from kit.targets import Target, target_for
+from kit.targets.cluster import ClusterTarget
+from kit.targets.local import LocalTarget
+
+ROOT = Path(__file__).resolve().parents[2]
+VERBS = [n for n, v in vars(Target).items() if callable(v) and not n.startswith("_")]
+
+
+def test_the_protocol_names_the_verbs_both_targets_share():
+    assert sorted(VERBS) == ["check", "decision", "deploy", "destroy", "gateway", "metrics", "plan", "reset_caches",
+                             "status"]
+
+
+@pytest.mark.parametrize("cls", [LocalTarget, ClusterTarget])
+@pytest.mark.parametrize("verb", VERBS)
+def test_each_target_implements_each_verb_with_the_protocols_parameters(cls, verb):
+    want = inspect.signature(getattr(Target, verb)).parameters
+    have = inspect.signature(getattr(cls, verb)).parameters
+    assert list(want) == list(have), f"{cls.__name__}.{verb}{tuple(have)} differs from Target.{verb}{tuple(want)}"
+    for name, p in want.items():
+        assert have[name].kind == p.kind, (cls.__name__, verb, name)
+
+
+def test_the_factory_picks_the_target_the_environment_names():
+    assert isinstance(target_for(load_environment("local")), LocalTarget)
+    assert isinstance(target_for(load_environment("istio")), ClusterTarget)  # connects only on first use
+
+
+def test_no_code_outside_the_factory_asks_whether_the_target_is_local():
+    asks = re.compile(r"""\.target\s*[!=]=|is_local|["']local["']\s*(==|!=|in)|target\s*==""")
+    allowed = {ROOT / "kit" / "targets" / "__init__.py",  # the factory
+               ROOT / "kit" / "manifests" / "environments.py"}  # the model that says what each target needs
+    offenders = []
+    for f in sorted((ROOT / "kit").rglob("*.py")):
+        if f in allowed:
+            continue
+        for i, line in enumerate(f.read_text().splitlines(), 1):
+            if asks.search(line):
+                offenders.append(f"{f.relative_to(ROOT)}:{i}: {line.strip()}")
+    assert offenders == []

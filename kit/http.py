@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -12,6 +13,10 @@ from aiohttp import web
 ENDPOINT_HEADER = "x-gateway-destination-endpoint"
 REQUEST_ID_HEADER = "x-request-id"
 OBJECTIVE_HEADER = "x-gateway-inference-objective"
+# A server started by the kit gets a random token in $KIT_INSTANCE and returns it on every response, so
+# the kit can tell its own process from another one answering on the same port.
+INSTANCE_ENV = "KIT_INSTANCE"
+INSTANCE_HEADER = "x-kit-instance"
 ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 405: "MethodNotAllowed", 413: "RequestEntityTooLarge",
                429: "RateLimitError", 500: "InternalServerError", 503: "ServiceUnavailableError"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -58,8 +63,15 @@ def json_errors(max_body: int) -> Callable[[web.Request, Handler], Awaitable[web
     return middleware
 
 
+async def _instance_header(_request: web.Request, response: web.StreamResponse) -> None:
+    response.headers[INSTANCE_HEADER] = os.environ[INSTANCE_ENV]
+
+
 async def start_app(app: web.Application, host: str, port: int) -> web.AppRunner:
-    """Serve ``app`` in the running loop; a client that disconnects cancels its handler."""
+    """Serve ``app`` in the running loop; a client that disconnects cancels its handler. With
+    ``$KIT_INSTANCE`` set, every response carries it in ``x-kit-instance``."""
+    if os.environ.get(INSTANCE_ENV) and _instance_header not in app.on_response_prepare:
+        app.on_response_prepare.append(_instance_header)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port, backlog=2048).start()

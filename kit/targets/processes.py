@@ -11,11 +11,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from kit.errors import KitError
+from kit.http import INSTANCE_ENV, INSTANCE_HEADER
 from kit.vllm_metrics import EndpointMetrics, parse_vllm_metrics
 
 
@@ -31,11 +33,11 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def healthy(url: str, timeout: float = 1.0) -> bool:
-    """Whether ``url``/health answers 200."""
+def healthy(url: str, timeout: float = 1.0, instance: str | None = None) -> bool:
+    """Whether ``url``/health answers 200 (from the process started with token ``instance``, if given)."""
     try:
         with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout) as r:
-            return r.status == 200
+            return r.status == 200 and (instance is None or r.headers.get(INSTANCE_HEADER) == instance)
     except (urllib.error.URLError, OSError, ValueError):
         return False
 
@@ -49,6 +51,7 @@ class Proc:
     log: str
     role: str = "sim"
     args: tuple[str, ...] = ()
+    instance: str | None = None  # the token the process returns in x-kit-instance
 
     def owned(self) -> bool:
         """Alive and still the process the kit started (its command line matches), not a reused pid."""
@@ -81,16 +84,18 @@ def _is_zombie(pid: int) -> bool:
 def spawn(args: list[str], url: str, log: Path, role: str, wait: float = 30.0) -> Proc:
     """Run ``python -m kit ARGS`` in its own session, logging to ``log``; wait until ``url`` is healthy."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    instance = uuid.uuid4().hex
     with open(log, "ab") as fh:
         p = subprocess.Popen([sys.executable, "-m", "kit", *args], stdout=fh, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, start_new_session=True)
-    proc = Proc(p.pid, url, str(log), role, tuple(args))
+                             stdin=subprocess.DEVNULL, start_new_session=True,
+                             env={**os.environ, INSTANCE_ENV: instance})
+    proc = Proc(p.pid, url, str(log), role, tuple(args), instance)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if p.poll() is not None:
             tail = log.read_text(errors="replace")[-2000:]
             raise KitError(f"{role} at {url} exited with code {p.returncode} while starting:\n{tail}")
-        if healthy(url, timeout=0.5):
+        if healthy(url, timeout=0.5, instance=instance):
             return proc
         time.sleep(0.05)
     stop(proc)

@@ -4,7 +4,7 @@ PY ?= .venv/bin/python
 OUT ?= out
 PYTEST_ARGS ?=
 
-.PHONY: demo test quick lint bench clean venv
+.PHONY: demo test quick lint bench bench-routers clean venv
 
 venv: build/.installed
 
@@ -32,6 +32,10 @@ lint: venv
 bench: venv
 	$(PY) bench/sim_bench.py --out build/bench-sim.json
 	$(PY) bench/gateway_bench.py --out build/bench-gateway.json
+
+bench-routers: venv
+	$(PY) -m pip install --quiet -e '.[routers]'
+	$(PY) bench/routers.py --out build/routers
 
 clean:
 	rm -rf build $(OUT) .pytest_cache .ruff_cache

@@ -4,7 +4,7 @@ PY ?= .venv/bin/python
 OUT ?= out
 PYTEST_ARGS ?=
 
-.PHONY: demo test quick lint bench bench-routers clean venv
+.PHONY: demo test quick lint lab bench bench-routers clean venv
 
 venv: build/.installed
 
@@ -21,6 +21,12 @@ test: venv
 	$(PY) -m ruff check kit tests bench
 	$(PY) -c "from importlinter.cli import lint_imports_command; lint_imports_command()"
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# JupyterLab on the walkthrough, on loopback, with the kit's settings (jupyter/overrides.json: no news pop-up).
+LAB_PORT ?= 8888
+lab: venv
+	$(PY) -m jupyter lab --no-browser --ip 127.0.0.1 --port $(LAB_PORT) --LabApp.app_settings_dir=jupyter \
+		$(if $(filter 0,$(shell id -u)),--allow-root) --ServerApp.root_dir=notebooks
 
 quick: venv
 	$(PY) -m pytest -m "not slow and not cluster" -x -q

@@ -57,8 +57,8 @@ def _request(args: argparse.Namespace) -> int:
     if res.endpoint:
         print(f"served by:   {res.endpoint}")
     itl = f", inter-token {1000 * sum(res.itls) / len(res.itls):.1f} ms mean" if res.itls else ""
-    first = "first token" if args.stream else "whole answer (not streamed)"
-    print(f"timings:     {first} {1000 * (res.ttft or 0):.1f} ms, total {1000 * res.e2e:.1f} ms{itl}")
+    first = f"first token {1000 * res.ttft:.1f} ms, " if res.ttft is not None else "not streamed: "
+    print(f"timings:     {first}total {1000 * res.e2e:.1f} ms{itl}")
     print(f"tokens:      {res.prompt_tokens} prompt ({res.cached_tokens} from prefix cache), "
           f"{res.completion_tokens} generated, finish reason {res.finish_reason}")
     return 0

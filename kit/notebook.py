@@ -100,14 +100,19 @@ def check_profiles(text: str) -> tuple[str, ...]:
 
 
 def session(environment: str = "local", namespace: str | None = None, release_postfix: str | None = None,
-            model: str | None = None, replicas: int | None = None, kubeconfig: str | None = None,
-            context: str | None = None) -> Session:
-    """Validate notebook parameters and open a session; errors name the parameter and the valid choices."""
+            model: str | None = None, replicas: int | None = None, gateway_port: int = 0,
+            kubeconfig: str | None = None, context: str | None = None) -> Session:
+    """Validate notebook parameters and open a session; errors name the parameter and the valid choices.
+
+    ``gateway_port`` (local environments only; 0 keeps the environment's, 8000) moves the gateway, and the
+    simulators take the ports after it."""
     if not isinstance(environment, str) or environment not in available():
         raise UnknownChoiceError("environment", str(environment), available())
     problems = []
     if replicas is not None and (not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 1):
         problems.append(f"replicas: expected a whole number of at least 1, got {replicas!r}")
+    if not isinstance(gateway_port, int) or isinstance(gateway_port, bool) or not 0 <= gateway_port <= 65535:
+        problems.append(f"gateway_port: expected 0 (the environment's) or a port number, got {gateway_port!r}")
     for name, value in (("namespace", namespace), ("release_postfix", release_postfix), ("model", model)):
         if value is not None and not isinstance(value, str):
             problems.append(f"{name}: expected text, got {value!r}")
@@ -120,4 +125,9 @@ def session(environment: str = "local", namespace: str | None = None, release_po
         overrides["replicas"] = replicas
     env = load_environment(environment, namespace=namespace or None, postfix=release_postfix or None,
                            overrides=overrides)
+    if gateway_port:
+        if env.local is None:
+            raise ConfigError("notebook parameters", [f"gateway_port: {environment} is a cluster environment; the "
+                                                      "gateway port applies to the local environment only"])
+        env = env.model_copy(update={"local": env.local.model_copy(update={"gateway_port": gateway_port})})
     return Session(env, target_for(env, kubeconfig=kubeconfig, context=context))

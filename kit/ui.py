@@ -1,46 +1,101 @@
 """ipywidgets pickers for JupyterLab that default to the notebook's parameters.
 
 Headless runs never display them, and an untouched picker gives exactly the parameters, so a
-papermill run and a click-through run the same thing. Widgets only set values; the notebook's next
-cell reads them with ``resolve()`` and does the work.
+papermill run and a click-through run the same thing. The pickers survive "Run All" and re-runs:
+picks are remembered for the life of the kernel, and running the cell again keeps them (and says so).
+A **Deploy** button under the pickers deploys what they show, so changing a choice never needs
+"run all below".
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from kit.errors import UnknownChoiceError
 from kit.manifests.environments import available
 from kit.paths import scheduler_profiles
 
+if TYPE_CHECKING:
+    from kit.notebook import Session
+    from kit.targets import Status
+
+WIDE = {"description_width": "initial"}
+
 
 class Selection:
-    """Environment (gateway + hardware), replicas and scheduler profile."""
+    """Environment (gateway + hardware), replicas and scheduler profile, plus the fixed notebook parameters
+    (namespace, release postfix, model, gateway port) needed to open a session on the choice."""
 
-    def __init__(self, environment: str, replicas: int, profile: str = "default-plugins"):
+    remembered: ClassVar[dict[str, dict[str, Any]]] = {}  # picks by key, for the kernel's lifetime
+
+    def __init__(self, environment: str, replicas: int, profile: str = "default-plugins", *,
+                 namespace: str | None = None, release_postfix: str | None = None, model: str | None = None,
+                 gateway_port: int = 0, key: str = "deploy"):
         envs = available()
         if environment not in envs:
             raise UnknownChoiceError("environment", environment, envs)
         if profile not in scheduler_profiles():
             raise UnknownChoiceError("scheduler profile", profile, scheduler_profiles())
-        self.values: dict[str, Any] = {"environment": environment, "replicas": replicas, "profile": profile}
+        self.key = key
+        self.fixed = {"namespace": namespace or None, "release_postfix": release_postfix or None,
+                      "model": model or None, "gateway_port": gateway_port}
+        params = {"environment": environment, "replicas": replicas, "profile": profile}
+        before = self.remembered.get(key)
+        self.kept = bool(before) and before != params
+        self.values: dict[str, Any] = dict(before) if self.kept else params
+        if self.kept:
+            print(f"keeping your earlier picks {self.values} (the parameters say {params}); change them above")
         self._widgets: dict[str, Any] = {}
 
     def widget(self):
+        """The pickers and a Deploy button (which deploys what they show and prints what it did)."""
         import ipywidgets as w  # only when someone is there to click
 
         envs = available()
         self._widgets = {
             "environment": w.Dropdown(options=[(f"{k}: {v}", k) for k, v in envs.items()],
                                       value=self.values["environment"], description="environment",
-                                      layout=w.Layout(width="95%")),
-            "replicas": w.IntSlider(value=self.values["replicas"], min=1, max=8, description="replicas"),
-            "profile": w.Dropdown(options=scheduler_profiles(), value=self.values["profile"], description="scheduler"),
+                                      style=WIDE, layout=w.Layout(width="95%")),
+            "replicas": w.IntSlider(value=self.values["replicas"], min=1, max=8, description="replicas", style=WIDE),
+            "profile": w.Dropdown(options=scheduler_profiles(), value=self.values["profile"],
+                                  description="scheduler profile", style=WIDE, layout=w.Layout(width="60%")),
         }
-        return w.VBox(list(self._widgets.values()))
+        for wid in self._widgets.values():
+            wid.observe(lambda _change: self.resolve(), names="value")
+        button = w.Button(description="Deploy", button_style="primary", icon="rocket",
+                          tooltip="deploy what the pickers show (replaces what this postfix runs)")
+        out = w.Output()
+
+        def click(_b: Any) -> None:
+            with out:
+                out.clear_output()
+                self.deploy()
+
+        button.on_click(click)
+        return w.VBox([*self._widgets.values(), button, out])
 
     def resolve(self) -> dict[str, Any]:
-        """The widgets' values if they were shown, else the parameters."""
+        """The widgets' values if they were shown, else the picks; remembered for the next run of the cell."""
         if self._widgets:
             self.values = {k: wid.value for k, wid in self._widgets.items()}
+        self.remembered[self.key] = dict(self.values)
         return dict(self.values)
+
+    @property
+    def profile(self) -> str:
+        return self.resolve()["profile"]
+
+    def session(self) -> Session:
+        """A session on the current picks."""
+        from kit.notebook import session
+
+        v = self.resolve()
+        return session(v["environment"], replicas=v["replicas"], **self.fixed)
+
+    def deploy(self, say: Any = print) -> Status:
+        """Deploy the current picks (idempotent) and print what runs."""
+        s = self.session()
+        st = s.deploy(scheduler_config=self.profile, say=say)
+        say(f"deployed {s.env.name} with {s.env.replicas} model servers and profile {self.profile}: "
+            f"{'ready' if st.ready else 'not ready'}")
+        return st

@@ -81,8 +81,7 @@ async def send(session: aiohttp.ClientSession, url: str, body: dict,
                 data = await resp.json()
                 choice = data["choices"][0]
                 res.text = choice["message"]["content"] if chat else choice["text"]
-                res.finish_reason = choice.get("finish_reason")
-                res.ttft = time.perf_counter() - start
+                res.finish_reason = choice.get("finish_reason")  # arrived whole: no first-token time
                 _take_usage(res, data.get("usage"))
     except (TimeoutError, aiohttp.ClientError, ValueError, KeyError) as exc:
         res.error = f"{type(exc).__name__}: {exc}"
@@ -137,10 +136,12 @@ def models(url: str, timeout: float = 10.0) -> list[str]:
 
 
 def describe_result(label: str, r: RequestResult) -> dict:
-    """One table row for a request: what came back, who served it, how fast."""
+    """One table row for a request: what came back, who served it, how fast. Time to first token exists only
+    for a streamed answer; a non-streamed one arrives whole, so only its total time is shown."""
     itl = f"{1000 * sum(r.itls) / len(r.itls):.1f}" if r.itls else "-"
     return {"request": label, "ok": r.ok, "served by": r.endpoint or "-",
-            "TTFT ms": f"{1000 * (r.ttft or 0):.1f}", "ITL ms": itl,
+            "first token ms": f"{1000 * r.ttft:.1f}" if r.ttft is not None else "- (not streamed)",
+            "total ms": f"{1000 * r.e2e:.1f}", "ITL ms": itl,
             "tokens (cached/prompt → out)": f"{r.cached_tokens}/{r.prompt_tokens} → {r.completion_tokens}",
             "reply": (r.text.strip()[:40] + "…") if len(r.text.strip()) > 40 else r.text.strip()}
 

@@ -1,8 +1,10 @@
 """Plotly figures of routing and cache behaviour. Interactive in JupyterLab, and still there in exported HTML.
 
-Call ``setup()`` once per notebook: it makes plotly store each figure both as its JupyterLab mimetype
-and as HTML with plotly.js embedded (renderer ``plotly_mimetype+notebook``), so nbconvert's HTML keeps
-every figure and works offline. ``PLOTLY_RENDERER`` overrides the choice.
+Call ``setup()`` once per notebook: figures are stored as plotly's JupyterLab mimetype only (the figure's
+JSON, drawn by the plotly extension JupyterLab ships with), so a saved notebook stays small. HTML is
+made at export time: the kit's report and its ``kit_html`` nbconvert exporter (in JupyterLab: File →
+Save and Export Notebook As → Kit_html) draw each figure and embed plotly.js once, so the page works
+offline. ``PLOTLY_RENDERER`` overrides the choice.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ PALETTE = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#EECA3B", "#B
 
 
 def setup() -> str:
-    pio.renderers.default = os.environ.get("PLOTLY_RENDERER", "plotly_mimetype+notebook")
+    pio.renderers.default = os.environ.get("PLOTLY_RENDERER", "plotly_mimetype")
     pio.templates.default = "plotly_white"
     return pio.renderers.default
 

@@ -1,7 +1,13 @@
-"""Run the walkthrough notebooks with papermill and build one HTML report from them."""
+"""Run the walkthrough notebooks with papermill and build one HTML report from them.
+
+Notebooks store figures as plotly JSON only (small files). ``OfflineHTMLExporter`` turns them into
+drawn figures with plotly.js embedded once per page, so every exported page works offline; it is
+also registered as the nbconvert exporter ``kit_html`` (``jupyter nbconvert --to kit_html NB``).
+"""
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any
@@ -51,7 +57,6 @@ def run_walkthrough(out_dir: str | Path, parameters: dict[str, Any], only: list[
 def build_report(executed: list[Path], target: Path) -> Path:
     """One HTML page holding every executed notebook, figures included (plotly.js embedded: offline)."""
     import nbformat
-    from nbconvert import HTMLExporter
 
     merged = nbformat.v4.new_notebook()
     merged.metadata = nbformat.read(str(executed[0]), as_version=4).metadata if executed else {}
@@ -63,13 +68,47 @@ def build_report(executed: list[Path], target: Path) -> Path:
             if "injected-parameters" not in cell.get("metadata", {}).get("tags", []):
                 cell["id"] = f"nb{i}-{cell.get('id', len(merged.cells))}"
                 merged.cells.append(cell)
-    exporter = HTMLExporter()
+    exporter = OfflineHTMLExporter()
     exporter.exclude_input_prompt = True
     exporter.exclude_output_prompt = True
     body, _ = exporter.from_notebook_node(merged)
     target.write_text(body)
     return target
 
+
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+
+
+def draw_figures(nb: Any) -> int:
+    """Give every plotly output an HTML rendering, plotly.js embedded in the first only; returns how many."""
+    import plotly.io as pio
+
+    drawn = 0
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if PLOTLY_MIME in data and "text/html" not in data:
+                data["text/html"] = pio.to_html(data[PLOTLY_MIME], include_plotlyjs=drawn == 0, full_html=False,
+                                                default_width="100%", validate=False)
+                drawn += 1
+    return drawn
+
+
+try:
+    from nbconvert import HTMLExporter
+
+    class OfflineHTMLExporter(HTMLExporter):
+        """HTML with every plotly figure drawn and plotly.js embedded once: opens offline."""
+
+        export_from_notebook = "Kit_html"
+
+        def from_notebook_node(self, nb: Any, resources: Any = None, **kw: Any) -> tuple[str, Any]:
+            nb = copy.deepcopy(nb)
+            draw_figures(nb)
+            return super().from_notebook_node(nb, resources, **kw)
+
+except ImportError:  # without the notebooks extra there is nothing to export
+    OfflineHTMLExporter = None  # type: ignore[assignment,misc]
 
 try:
     from jupyter_client.manager import AsyncKernelManager

@@ -57,9 +57,26 @@ def test_queue_kv_and_table(cmp):
     assert list(plots.summary_table(cmp).data[0].cells.values[1]) == ["50.0%", "50.0%"]
 
 
-def test_setup_keeps_figures_in_exported_html(monkeypatch):
+def test_setup_stores_figures_as_json_only(monkeypatch):
     monkeypatch.delenv("PLOTLY_RENDERER", raising=False)
-    assert plots.setup() == "plotly_mimetype+notebook"
+    assert plots.setup() == "plotly_mimetype"  # no plotly.js in saved notebooks
+
+
+def test_exported_html_draws_every_figure_with_plotly_js_once(cmp):
+    import nbformat
+
+    from kit.experiments.report import PLOTLY_MIME, OfflineHTMLExporter
+
+    nb = nbformat.v4.new_notebook()
+    for fig in (plots.requests_heatmap(cmp), plots.ttft_distributions(cmp)):
+        cell = nbformat.v4.new_code_cell("fig.show()")
+        cell.outputs = [nbformat.v4.new_output("display_data", data={PLOTLY_MIME: fig.to_plotly_json()})]
+        nb.cells.append(cell)
+    html, _ = OfflineHTMLExporter().from_notebook_node(nb)
+    assert html.count('class="plotly-graph-div"') == 2
+    assert html.count("Plotly.newPlot") >= 2
+    assert 4_000_000 < len(html) < 6_000_000  # plotly.js (4.8 MB) once, not once per figure
+    assert all("text/html" not in c.outputs[0]["data"] for c in nb.cells)  # the notebook itself is untouched
 
 
 def test_a_comparison_survives_its_results_file(cmp, tmp_path):

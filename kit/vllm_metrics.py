@@ -46,46 +46,70 @@ _COUNTERS = {"vllm:prefix_cache_queries_total": "prefix_queries", "vllm:prefix_c
 _LEGACY = {"vllm:gpu_cache_usage_perc": "vllm:kv_cache_usage_perc",
            "vllm:gpu_prefix_cache_queries_total": "vllm:prefix_cache_queries_total",
            "vllm:gpu_prefix_cache_hits_total": "vllm:prefix_cache_hits_total"}
+_CACHE_INFO, _SUCCESS = "vllm:cache_config_info", "vllm:request_success_total"
+# Read as upstream reads them: one series per metric (below); everything else is summed.
+_ONE_SERIES = {*_GAUGES, "vllm:gpu_cache_usage_perc", _CACHE_INFO}
+_WANTED = {*_GAUGES, *_COUNTERS, *_LEGACY, _CACHE_INFO, _SUCCESS}
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
+def _int_label(labels: dict[str, str], key: str) -> int | None:
+    try:
+        return int(labels.get(key, "")) or None
+    except ValueError:
+        return None
+
+
 def parse_vllm_metrics(text: str) -> EndpointMetrics:
-    """Sum each vLLM series over its labels (one model per server) into EndpointMetrics.
+    """Read a model server's metrics into EndpointMetrics.
+
+    The gauges the endpoint picker uses (queue, running, KV-cache usage) and ``vllm:cache_config_info``
+    are read as the upstream EPP reads them (GIE v1.4.0's metrics extractor): when a metric has
+    several series, as a data-parallel vLLM pod exposes one per engine, the one with the newest
+    timestamp counts, else the first. Counters are pod totals, so their series are summed (the
+    kit's hit-rate and token figures; upstream does not read them).
 
     A line scanner over the Prometheus text format that reads only the series the kit uses: it runs
     on every scrape of every endpoint (20 times a second each), so it must be cheap.
     """
     m = EndpointMetrics()
     totals: dict[str, float] = {}
+    newest: dict[str, tuple[float, float, str]] = {}  # name → (timestamp, value, labels)
     for line in text.splitlines():
         if not line.startswith("vllm:"):
             continue
         brace = line.find("{")
-        space = line.rfind(" ")
-        name = line[: brace if brace != -1 else line.find(" ")]
-        if name not in _GAUGES and name not in _COUNTERS and name not in _LEGACY and name not in (
-                "vllm:request_success_total", "vllm:cache_config_info"):
+        if brace != -1:
+            close = line.rfind("}")
+            name, labels, rest = line[:brace], line[brace + 1 : close], line[close + 1 :].split()
+        else:
+            name, _, tail = line.partition(" ")
+            labels, rest = "", tail.split()
+        if name not in _WANTED or not rest:
             continue
         try:
-            value = float(line[space + 1 :])
+            value = float(rest[0])
+            stamp = float(rest[1]) if len(rest) > 1 else 0.0
         except ValueError:
             continue
-        if name == "vllm:request_success_total":
-            labels = dict(_LABEL.findall(line[brace:space]))
-            reason = labels.get("finished_reason", "")
+        if name in _ONE_SERIES:
+            if name not in newest or stamp > newest[name][0]:
+                newest[name] = (stamp, value, labels)
+        elif name == _SUCCESS:
+            reason = dict(_LABEL.findall(labels)).get("finished_reason", "")
             m.finished[reason] = m.finished.get(reason, 0.0) + value
-        elif name == "vllm:cache_config_info":
-            labels = dict(_LABEL.findall(line[brace:space]))
-            m.block_size = int(labels.get("block_size", 0) or 0) or None
-            m.num_gpu_blocks = int(labels.get("num_gpu_blocks", 0) or 0) or None
         else:
             totals[name] = totals.get(name, 0.0) + value
+    for name, (_, value, _) in newest.items():
+        totals[name] = value
     for old, new in _LEGACY.items():
         if old in totals and new not in totals:
             totals[new] = totals[old]
     for name, attr in (*_GAUGES.items(), *_COUNTERS.items()):
         if name in totals:
             setattr(m, attr, totals[name])
+    if _CACHE_INFO in newest:
+        labels = dict(_LABEL.findall(newest[_CACHE_INFO][2]))
+        m.block_size, m.num_gpu_blocks = _int_label(labels, "block_size"), _int_label(labels, "num_gpu_blocks")
     m.requests_ok = sum(v for k, v in m.finished.items() if k != "abort")
     return m
-

@@ -3,10 +3,15 @@
 A scheduling profile runs its filters in order, then every scorer (each returns a score in [0, 1]
 per endpoint; anything outside is clamped), sums ``weight × score``, and lets exactly one picker
 choose. Around the pick, as upstream's request-control plugins do, any configured plugin may also
-implement ``PreRequest`` (the chosen endpoint, before the request is proxied), ``ResponseHeaders``
-(headers to add to the answer) and ``ResponseComplete`` (the answer ended), and ``Gauges`` (values
-the gateway exports on its ``/metrics``). The scheduler calls them; callers never ask which plugin
-does what.
+implement ``PrepareData`` (before the profile runs, over every candidate), ``Admitter`` (may refuse a
+request before scheduling), ``PreRequest`` (the chosen endpoint, before the request is proxied),
+``ResponseHeaders`` (headers to add to the answer) and ``ResponseComplete`` (the answer ended), and
+``Gauges`` (values the gateway exports on its ``/metrics``). The scheduler calls them; callers never
+ask which plugin does what.
+
+Time: plugins never read a system clock. Each plugin has ``clock`` (seconds, monotonic), which the
+loader sets to the clock given to ``load_picker_config`` (the gateway's ``time.monotonic``, or a
+fleet simulator's virtual clock); ``Endpoint.updated`` is on the same clock.
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Protocol, runtime_checkable
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationInfo
 
 from kit.vllm_metrics import EndpointMetrics
 
@@ -30,13 +36,13 @@ class Endpoint:
     url: str
     labels: dict[str, str] = field(default_factory=dict)
     metrics: EndpointMetrics = field(default_factory=EndpointMetrics)
-    updated: float = 0.0  # monotonic time of the last successful scrape; 0 = never
+    updated: float = 0.0  # time of the last successful scrape on the picker's clock; 0 = never
     healthy: bool = True
     in_flight: int = 0  # requests the gateway has sent and not yet seen finish
 
-    def age(self, now: float | None = None) -> float:
-        """Seconds since the metrics were refreshed (inf if never)."""
-        return float("inf") if not self.updated else (now or time.monotonic()) - self.updated
+    def age(self, now: float) -> float:
+        """Seconds from the last metrics refresh to ``now`` (inf if never refreshed)."""
+        return float("inf") if not self.updated else now - self.updated
 
     def __repr__(self) -> str:
         return f"Endpoint({self.name})"
@@ -44,13 +50,14 @@ class Endpoint:
 
 @dataclass
 class InferenceRequest:
-    """What the picker knows about a request: model, the text to hash, headers and priority."""
+    """What the picker knows about a request: model, the text to hash, headers, priority, cache salt."""
 
     model: str
     prompt: str
     headers: dict[str, str] = field(default_factory=dict)
     priority: int = 0
     request_id: str = ""
+    cache_salt: str = ""  # vLLM's ``cache_salt``: isolates prefix caches; part of the prefix hash seed
 
     @classmethod
     def from_body(cls, body: dict[str, Any], model: str, **kw: Any) -> InferenceRequest:
@@ -60,7 +67,9 @@ class InferenceRequest:
         else:
             p = body.get("prompt", "")
             text = p if isinstance(p, str) else json.dumps(p, separators=(",", ":"))
-        return cls(model=body.get("model") or model, prompt=text, **kw)
+        salt = body.get("cache_salt")
+        return cls(model=body.get("model") or model, prompt=text, cache_salt=salt if isinstance(salt, str) else "",
+                   **kw)
 
 
 class CycleState(dict):
@@ -91,6 +100,50 @@ class Picker(Plugin, Protocol):
 @runtime_checkable
 class ProfileHandler(Plugin, Protocol):
     def profiles_to_run(self, names: list[str]) -> list[str]: ...
+
+
+@runtime_checkable
+class SaturationDetector(Protocol):
+    """The pool's saturation in [0, ∞): at 1.0 or more, sheddable requests are refused."""
+
+    def saturation(self, eps: list[Endpoint]) -> float: ...
+
+
+@runtime_checkable
+class Admitter(Protocol):
+    """May refuse a request before it is scheduled: returns the reason, or None to admit."""
+
+    def admit(self, req: InferenceRequest, eps: list[Endpoint]) -> str | None: ...
+
+
+@runtime_checkable
+class PrepareData(Protocol):
+    """Computes per-request data over every candidate before the profile runs (upstream's
+    PrepareRequestData); writes it into the cycle state."""
+
+    def prepare_request_data(self, state: CycleState, req: InferenceRequest, eps: list[Endpoint]) -> None: ...
+
+
+@runtime_checkable
+class DataSource(Protocol):
+    """A data-layer source; ``produces`` names what its extractors receive."""
+
+    def produces(self) -> str: ...
+
+
+@runtime_checkable
+class Extractor(Protocol):
+    """A data-layer extractor; ``consumes`` names the kind of source it reads."""
+
+    def consumes(self) -> str: ...
+
+
+@runtime_checkable
+class Consumer(Protocol):
+    """Reads what a configured ``PrepareData`` producer computes; ``consume`` links it when the
+    producer is of the kind it reads and says whether it did."""
+
+    def consume(self, producer: object) -> bool: ...
 
 
 @runtime_checkable
@@ -128,28 +181,53 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
 
+def note(info: ValidationInfo, message: str) -> None:
+    """Report a parameter value that was accepted but changed; the registry makes it a warning."""
+    if isinstance(info.context, dict) and isinstance(info.context.get("notes"), list):
+        info.context["notes"].append((info.field_name, message))
+
+
+def positive_or(default: float) -> BeforeValidator:
+    """A number ≤ 0 becomes ``default`` (with a warning), as upstream's plugins fall back."""
+
+    def check(value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
+            note(info, f"{value} is not positive; the default {default} applies, as upstream falls back")
+            return default
+        return value
+
+    return BeforeValidator(check)
+
+
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def parse_duration(value: Any) -> float:
-    """Seconds from a Go duration string (``"200ms"``, ``"1m30s"``) or a number of seconds."""
+    """Seconds from a Go duration string (``"200ms"``, ``"1m30s"``, ``"-10s"``) or a number of seconds."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
-    if isinstance(value, str) and value and _DURATION.sub("", value) == "":
-        return sum(float(n) * _UNIT[u] for n, u in _DURATION.findall(value))
+    if isinstance(value, str):
+        sign, body = (-1.0, value[1:]) if value.startswith("-") else (1.0, value.removeprefix("+"))
+        if body and _DURATION.sub("", body) == "":
+            return sign * sum(float(n) * _UNIT[u] for n, u in _DURATION.findall(body))
     raise ValueError(f"expected a duration such as '200ms' or '2m', got {value!r}")
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
+Clock = Callable[[], float]
+
+
 class PluginBase:
     """Type and instance name; a plugin's name defaults to its type. Plugins without parameters
-    need nothing more; others set ``Params`` and read their values in ``__init__``."""
+    need nothing more; others set ``Params`` and read their values in ``__init__``. Time comes from
+    ``self.clock()``, which the loader sets (see the module docstring)."""
 
     type = ""
     Params: Any = None  # a pydantic model of the parameters; None means the plugin takes none
+    clock: Clock = time.monotonic
 
     def __init__(self, name: str | None = None, params: Any = None):
         self.name = name or self.type

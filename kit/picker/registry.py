@@ -2,8 +2,9 @@
 
 Each plugin class may set ``Params`` (a pydantic model). Parameters of the wrong type are errors
 naming the field; parameters a plugin does not know are accepted, as upstream accepts them, but
-reported as warnings naming the field (upstream silently drops them). The built-in plugins are listed
-once, in ``kit.picker.plugins``.
+reported as warnings naming the field (upstream silently drops them), and so are values a plugin
+replaced by its default (upstream falls back silently). A type the kit does not implement is an error
+that lists the implemented ones. The built-in plugins are listed once, in ``kit.picker.plugins``.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from kit.config import describe
-from kit.errors import ConfigError, UnknownChoiceError
-from kit.picker.framework import Params
+from kit.errors import ConfigError
+from kit.picker.framework import Clock, Params
 
 
 class Registry:
@@ -31,32 +32,45 @@ class Registry:
 
     def plugin_class(self, plugin_type: str) -> type:
         if plugin_type not in self._classes:
-            raise UnknownChoiceError("plugin type", plugin_type, self._classes)
+            raise KeyError(plugin_type)
         return self._classes[plugin_type]
 
+    def unknown(self, plugin_type: str) -> str:
+        """The message for a type the kit does not implement, listing those it does."""
+        return (f"unknown plugin type {plugin_type!r}: the kit's picker does not implement it; "
+                f"implemented: {', '.join(self.types())}")
+
     def create(self, plugin_type: str, name: str | None = None, raw: dict[str, Any] | None = None,
-               path: str = "plugins", warnings: list[str] | None = None) -> Any:
-        """An instance of ``plugin_type`` named ``name`` (default: the type); ``path`` (e.g. ``plugins[2]``)
-        prefixes every message; unknown parameters are appended to ``warnings``."""
-        try:
-            cls = self.plugin_class(plugin_type)
-        except UnknownChoiceError as err:
-            raise ConfigError("EndpointPickerConfig", [f"{path}.type: {err}"]) from None
+               path: str = "plugins", warnings: list[str] | None = None, clock: Clock | None = None) -> Any:
+        """An instance of ``plugin_type`` named ``name`` (default: the type) reading time from ``clock``;
+        ``path`` (e.g. ``plugins[2]``) prefixes every message; unknown or replaced parameters are
+        appended to ``warnings``."""
+        if plugin_type not in self._classes:
+            raise ConfigError("EndpointPickerConfig", [f"{path}.type: {self.unknown(plugin_type)}"])
+        cls = self._classes[plugin_type]
         raw = raw or {}
         if not isinstance(raw, dict):
             raise ConfigError("EndpointPickerConfig", [f"{path}.parameters: must be a mapping"])
         model: type[Params] = cls.Params or Params
-        known = {f.alias or n for n, f in model.model_fields.items()} | set(model.model_fields)
-        for key in raw:
-            if key not in known and warnings is not None:
-                warnings.append(f"{path}.parameters.{key}: unknown parameter of {plugin_type}, ignored "
-                                f"(known: {', '.join(sorted(known)) or 'none'})")
+        alias = {n: f.alias or n for n, f in model.model_fields.items()}
+        known = set(alias.values()) | set(alias)
+        notes: list[tuple[str, str]] = []
+        if warnings is not None:
+            for key in raw:
+                if key not in known:
+                    warnings.append(f"{path}.parameters.{key}: unknown parameter of {plugin_type}, ignored "
+                                    f"(known: {', '.join(sorted(set(alias.values()))) or 'none'})")
         try:
-            params = model.model_validate(raw)
+            params = model.model_validate(raw, context={"notes": notes})
         except ValidationError as err:
             raise ConfigError("EndpointPickerConfig",
                               [f"{path}.parameters.{line}" for line in describe(err)]) from None
-        return cls(name or plugin_type, params)
+        if warnings is not None:
+            warnings.extend(f"{path}.parameters.{alias.get(field, field)}: {msg}" for field, msg in notes)
+        plugin = cls(name or plugin_type, params)
+        if clock is not None:
+            plugin.clock = clock
+        return plugin
 
 
 _DEFAULT: Registry | None = None

@@ -1,4 +1,9 @@
-"""Run a scheduling cycle: filters → weighted scorers → picker, and explain the decision."""
+"""Run a scheduling cycle: prepare data → filters → weighted scorers → picker, and explain the decision.
+
+Admission (``Scheduler.admit``) runs before it, as upstream's request control does without flow
+control: a sheddable request (priority < 0) is refused while the saturation detector says the pool is
+saturated, and any configured admitter may refuse a request too.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +13,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kit.picker.framework import (
+    Admitter,
+    Clock,
     CycleState,
     Endpoint,
     Filter,
     Gauges,
     InferenceRequest,
     Picker,
+    PrepareData,
     PreRequest,
     ProfileHandler,
     ResponseComplete,
     ResponseHeaders,
+    SaturationDetector,
     Scorer,
 )
 
@@ -35,29 +44,6 @@ class Profile:
 
 
 @dataclass
-class SaturationDetector:
-    """Upstream's utilization detector: per endpoint max(waiting/queue, kv/kvThreshold); stale = 1.0."""
-
-    queue_depth_threshold: int = 5
-    kv_cache_util_threshold: float = 0.8
-    metrics_staleness_threshold: float = 0.2
-    headroom: float = 0.0
-
-    def endpoint(self, ep: Endpoint, now: float) -> float:
-        if ep.age(now) > self.metrics_staleness_threshold:
-            return 1.0
-        m = ep.metrics
-        return max(m.waiting / self.queue_depth_threshold, m.kv_usage / self.kv_cache_util_threshold)
-
-    def saturation(self, eps: list[Endpoint], now: float | None = None) -> float:
-        """Mean endpoint saturation; an empty pool counts as saturated (1.0)."""
-        if not eps:
-            return 1.0
-        now = now or time.monotonic()
-        return sum(self.endpoint(ep, now) for ep in eps) / len(eps) / (1.0 + self.headroom)
-
-
-@dataclass
 class Decision:
     """Why a request went where it went: every candidate's per-plugin scores and weighted total."""
 
@@ -67,7 +53,7 @@ class Decision:
     candidates: list[dict[str, Any]]
     weights: dict[str, float]
     duration_s: float
-    at: float = field(default_factory=time.time)
+    at: float = field(default_factory=time.time)  # wall-clock time, for display only
 
     def to_dict(self) -> dict[str, Any]:
         return {"request_id": self.request_id, "profile": self.profile, "picked": self.picked,
@@ -81,18 +67,32 @@ class Scheduler:
     that implements them, as upstream's request-control layer does."""
 
     def __init__(self, profiles: list[Profile], handler: ProfileHandler, saturation: SaturationDetector,
-                 history: int = 2000, plugins: list[object] | None = None):
+                 history: int = 2000, plugins: list[object] | None = None, clock: Clock = time.monotonic):
         self.profiles = {p.name: p for p in profiles}
         self.handler = handler
         self.saturation = saturation
+        self.clock = clock  # the plugins' clock; ``Endpoint.updated`` is on it too
         self.recent: deque[Decision] = deque(maxlen=history)
         if plugins is None:  # every plugin the profiles use
             plugins = [handler, *(pl for p in profiles for pl in (*p.filters, *(s for s, _ in p.scorers), p.picker))]
         self.plugins = list({id(p): p for p in plugins}.values())
+        self._prepare = [p for p in self.plugins if isinstance(p, PrepareData)]
+        self._admitters = [p for p in self.plugins if isinstance(p, Admitter)]
         self._pre = [p for p in self.plugins if isinstance(p, PreRequest)]
         self._headers = [p for p in self.plugins if isinstance(p, ResponseHeaders)]
         self._complete = [p for p in self.plugins if isinstance(p, ResponseComplete)]
         self._gauges = [p for p in self.plugins if isinstance(p, Gauges)]
+
+    def admit(self, req: InferenceRequest, endpoints: list[Endpoint]) -> str | None:
+        """Why ``req`` is refused (the gateway answers 429), or None to admit it."""
+        eps = [ep for ep in endpoints if ep.healthy]
+        if req.priority < 0 and self.saturation.saturation(eps) >= 1.0:
+            return "the pool is saturated and this request is sheddable"
+        for admitter in self._admitters:
+            reason = admitter.admit(req, eps)
+            if reason:
+                return reason
+        return None
 
     def schedule(self, req: InferenceRequest, endpoints: list[Endpoint],
                  exclude: frozenset[str] = frozenset()) -> tuple[Decision, CycleState]:
@@ -101,6 +101,8 @@ class Scheduler:
         eps = [ep for ep in endpoints if ep.healthy and ep.name not in exclude]
         if not eps:
             raise NoEndpoints("no healthy endpoint is available")
+        for producer in self._prepare:
+            producer.prepare_request_data(state, req, eps)
         name = self.handler.profiles_to_run(list(self.profiles))[0]
         profile = self.profiles[name]
         rows = {ep: {"endpoint": ep.name, "scores": {}, "total": 0.0, "filtered_by": None} for ep in eps}

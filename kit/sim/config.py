@@ -1,20 +1,43 @@
 """Simulator settings: engine limits, the latency model, time scale and fault injection.
 
 Defaults model ``Qwen/Qwen3-0.6B`` served by vLLM on one 80 GB H100; docs/simulator.md gives the
-derivation of every number. ``kit sim`` builds its command-line flags from this model, so the
-field descriptions are the ``--help`` text.
+derivation of every number. The latency model's coefficients come from step times measured on an H100
+and an H200 (``--hardware``); any of them can be set on its own. ``kit sim`` builds its command-line
+flags from this model, so the field descriptions are the ``--help`` text.
 """
 
 from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
 
 from pydantic import Field, model_validator
 
 from kit.config import StrictModel
 
 
+class Hardware(StrEnum):
+    H100 = "h100"
+    H200 = "h200"
+
+
+# Minimax fits (largest relative error) to the step times measured on each card for a
+# Qwen3-0.6B-shaped model, 2026-11-27: docs/simulator.md, docs/benchmarks.md (bench/calibration.py).
+HARDWARE: dict[str, dict[str, float]] = {
+    Hardware.H100: {"step_overhead_ms": 2.44, "prefill_us_per_token": 3.13, "prefill_ns_per_token_pair": 0.307,
+                    "decode_us_per_seq": 4.05, "decode_ns_per_context_token": 39.3,
+                    "decode_ns_per_longest_context_token": 336.0},
+    Hardware.H200: {"step_overhead_ms": 2.28, "prefill_us_per_token": 3.11, "prefill_ns_per_token_pair": 0.268,
+                    "decode_us_per_seq": 7.57, "decode_ns_per_context_token": 25.8,
+                    "decode_ns_per_longest_context_token": 389.0},
+}
+_H100 = HARDWARE[Hardware.H100]
+
+
 class SimConfig(StrictModel):
     model: str = Field("Qwen/Qwen3-0.6B", description="model name served (404 for any other)")
-    max_model_len: int = Field(40960, ge=16, description="longest prompt + output in tokens")
+    max_model_len: int = Field(
+        40960, ge=16, description="longest prompt + output in tokens; one such sequence must fit the KV cache")
     block_size: int = Field(16, ge=1, le=256, description="tokens per KV-cache block")
     num_gpu_blocks: int = Field(40000, ge=1, description="KV-cache blocks (40,000 × 16 ≈ 640k tokens)")
     max_num_seqs: int = Field(256, ge=1, description="most sequences in one engine step")
@@ -22,11 +45,24 @@ class SimConfig(StrictModel):
         8192, ge=1, description="token budget of one engine step (longer prefills are chunked)"
     )
     enable_prefix_caching: bool = Field(True, description="reuse cached blocks of earlier prompts")
-    step_overhead_ms: float = Field(2.5, ge=0, description="fixed cost of one engine step")
-    prefill_us_per_token: float = Field(3.0, ge=0, description="cost per uncached prompt token computed")
-    decode_us_per_seq: float = Field(15.0, ge=0, description="cost per sequence decoding in a step")
+    hardware: Hardware = Field(
+        Hardware.H100, description="GPU whose measured step times set the latency model's defaults: h100 or h200")
+    step_overhead_ms: float = Field(_H100["step_overhead_ms"], ge=0, description="fixed cost of one engine step")
+    prefill_us_per_token: float = Field(
+        _H100["prefill_us_per_token"], ge=0, description="cost per uncached prompt token computed")
+    prefill_ns_per_token_pair: float = Field(
+        _H100["prefill_ns_per_token_pair"], ge=0,
+        description="attention over the prompt while prefilling: cost per (token, earlier token) pair, "
+                    "N² for an N-token prompt")
+    decode_us_per_seq: float = Field(
+        _H100["decode_us_per_seq"], ge=0, description="cost per sequence decoding in a step")
     decode_ns_per_context_token: float = Field(
-        34.0, ge=0, description="cost per KV token read by decoding sequences (attention)"
+        _H100["decode_ns_per_context_token"], ge=0,
+        description="cost per KV token read by decoding sequences (attention, bandwidth-bound)"
+    )
+    decode_ns_per_longest_context_token: float = Field(
+        _H100["decode_ns_per_longest_context_token"], ge=0,
+        description="attention's floor in small batches: cost per token of the longest decoding context"
     )
     time_scale: float = Field(
         1.0, gt=0, description="wall-clock seconds per simulated second (10 runs ten times slower)"
@@ -39,17 +75,43 @@ class SimConfig(StrictModel):
     )
     seed: int = Field(0, description="seed of the fault-injection random generator")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _hardware_defaults(cls, data: Any) -> Any:
+        """Latency coefficients not given take the chosen hardware's measured values."""
+        if isinstance(data, dict) and str(data.get("hardware", Hardware.H100)) in HARDWARE:
+            return {**HARDWARE[str(data.get("hardware", Hardware.H100))], **data}
+        return data
+
     @model_validator(mode="after")
     def _fits(self) -> SimConfig:
-        if self.num_gpu_blocks * self.block_size < self.block_size * 2:
+        if self.num_gpu_blocks < 2:
             raise ValueError("num_gpu_blocks: the KV cache must hold at least two blocks")
+        capacity = self.num_gpu_blocks * self.block_size
+        if self.max_model_len > capacity:
+            # vLLM refuses to start when one sequence of max_model_len tokens cannot fit its KV cache.
+            raise ValueError(
+                f"max_model_len: one sequence of {self.max_model_len} tokens needs "
+                f"{-(-self.max_model_len // self.block_size)} KV blocks, but the cache holds {self.num_gpu_blocks} "
+                f"({capacity} tokens); set max_model_len to at most {capacity} or raise num_gpu_blocks, "
+                "as vLLM refuses to start in this case")
         return self
 
-    def step_seconds(self, prefill_tokens: int, decode_seqs: int, context_tokens: int) -> float:
-        """Simulated duration of one engine step (before time scaling)."""
+    def step_seconds(self, prefill_tokens: int, decode_seqs: int, context_tokens: int,
+                     prefill_pairs: int = 0, longest_context: int = 0) -> float:
+        """Simulated duration of one engine step (before time scaling).
+
+        ``prefill_pairs``: Σ over prefill chunks of n² + 2·n·s (n tokens computed after s earlier ones);
+        ``context_tokens``: Σ of the decoding sequences' contexts; ``longest_context``: the largest of them.
+        Attention while decoding is bandwidth-bound in large batches and latency-bound in small ones, so it
+        costs the larger of the two.
+        """
+        attention = max(context_tokens * self.decode_ns_per_context_token,
+                        longest_context * self.decode_ns_per_longest_context_token)
         return (
             self.step_overhead_ms * 1e-3
             + prefill_tokens * self.prefill_us_per_token * 1e-6
+            + prefill_pairs * self.prefill_ns_per_token_pair * 1e-9
             + decode_seqs * self.decode_us_per_seq * 1e-6
-            + context_tokens * self.decode_ns_per_context_token * 1e-9
+            + attention * 1e-9
         )

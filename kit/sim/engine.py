@@ -60,12 +60,14 @@ class Sequence:
 
 @dataclass
 class StepStats:
-    """What the last step did, for tests and the fidelity benchmark."""
+    """What the last step did, for tests and the fidelity benchmark (the latency model's inputs)."""
 
     prefill_tokens: int = 0
     decode_seqs: int = 0
     context_tokens: int = 0
     duration: float = 0.0
+    prefill_pairs: int = 0  # Σ n² + 2·n·s over prefill chunks: attention over the prompt
+    longest_context: int = 0  # the longest decoding context
 
 
 class Observer(Protocol):
@@ -77,7 +79,7 @@ class Observer(Protocol):
 
 
 class EngineFull(Exception):
-    """The request can never fit the KV cache or the model length."""
+    """The request can never fit the model length (SimConfig makes every such request fit the KV cache)."""
 
 
 class Engine:
@@ -107,11 +109,6 @@ class Engine:
                 f"This model's maximum context length is {cfg.max_model_len} tokens. However, you "
                 f"requested {len(prompt) + max_tokens} tokens ({len(prompt)} in the messages, "
                 f"{max_tokens} in the completion). Please reduce the length of the messages or completion."
-            )
-        if -(-(len(prompt) + max_tokens) // cfg.block_size) > cfg.num_gpu_blocks:
-            raise EngineFull(
-                f"the request needs {len(prompt) + max_tokens} tokens of KV cache but the simulator holds "
-                f"{cfg.num_gpu_blocks * cfg.block_size}"
             )
         natural = natural_len is not None and natural_len < max_tokens
         seq = Sequence(
@@ -210,9 +207,12 @@ class Engine:
             if n == 1 and seq.output_len > 0:  # decoding: one token, reads its whole context
                 st.decode_seqs += 1
                 st.context_tokens += seq.num_computed
-            else:
+                st.longest_context = max(st.longest_context, seq.num_computed)
+            else:  # prefilling n tokens after num_computed earlier ones (cached or computed)
                 st.prefill_tokens += n
-        st.duration = self.cfg.step_seconds(st.prefill_tokens, st.decode_seqs, st.context_tokens)
+                st.prefill_pairs += n * n + 2 * n * seq.num_computed
+        st.duration = self.cfg.step_seconds(st.prefill_tokens, st.decode_seqs, st.context_tokens,
+                                            st.prefill_pairs, st.longest_context)
         return st
 
     def complete(self, plan: list[tuple[Sequence, int]]) -> None:

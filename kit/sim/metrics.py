@@ -1,9 +1,13 @@
-"""Prometheus metrics under vLLM's names, so the endpoint picker and dashboards read the simulator
-exactly as they read vLLM. Gauges are read from the engine at scrape time."""
+"""Prometheus metrics under vLLM's names and labels, so the endpoint picker, dashboards and scrapers
+written for vLLM read the simulator exactly as they read vLLM (V1 engine, one engine per server).
+Every series carries vLLM's ``model_name`` and ``engine`` labels (engine "0"); ``cache_config_info``
+carries ``engine`` with the cache settings; ``lora_requests_info`` is what vLLM exposes with LoRA
+enabled and no adapter loaded. Gauges are read from the engine at scrape time."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -21,38 +25,48 @@ E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 4
 TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000)
 
 
+LABELS = ["model_name", "engine"]
+ENGINE = "0"
+MAX_LORAS = 1  # vLLM's default --max-loras
+
+
 class _EngineGauges(Collector):
-    def __init__(self, engine: Engine, model: str):
-        self.engine, self.model = engine, model
+    def __init__(self, engine: Engine, model: str, lora_updated: Callable[[], float]):
+        self.engine, self.model, self.lora_updated = engine, model, lora_updated
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        e, labels = self.engine, [self.model]
+        e, labels = self.engine, [self.model, ENGINE]
         for name, doc, value in (
             ("vllm:num_requests_running", "Number of requests in model execution batches.", len(e.running)),
             ("vllm:num_requests_waiting", "Number of requests waiting to be processed.", len(e.waiting)),
             ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", e.kv_usage),
         ):
-            g = GaugeMetricFamily(name, doc, labels=["model_name"])
+            g = GaugeMetricFamily(name, doc, labels=LABELS)
             g.add_metric(labels, value)
             yield g
-        pre = CounterMetricFamily("vllm:num_preemptions", "Cumulative number of preemptions.",
-                                  labels=["model_name"])
+        pre = CounterMetricFamily("vllm:num_preemptions", "Cumulative number of preemptions.", labels=LABELS)
         pre.add_metric(labels, e.preemptions)
         yield pre
         cfg = e.cfg
         info = GaugeMetricFamily("vllm:cache_config_info", "Information of the LLMEngine CacheConfig",
-                                 labels=["block_size", "num_gpu_blocks", "enable_prefix_caching"])
-        info.add_metric([str(cfg.block_size), str(cfg.num_gpu_blocks), str(cfg.enable_prefix_caching)], 1.0)
+                                 labels=["block_size", "num_gpu_blocks", "enable_prefix_caching", "engine"])
+        info.add_metric([str(cfg.block_size), str(cfg.num_gpu_blocks), str(cfg.enable_prefix_caching), ENGINE], 1.0)
         yield info
+        # As vLLM: the value is the Unix time of the latest engine step, no adapter running or waiting.
+        lora = GaugeMetricFamily("vllm:lora_requests_info", "Running stats on lora requests.",
+                                 labels=["max_lora", "waiting_lora_adapters", "running_lora_adapters"])
+        lora.add_metric([str(MAX_LORAS), "", ""], self.lora_updated())
+        yield lora
 
 
 class SimMetrics:
     """The simulator's registry, fed by the engine as its observer."""
 
     def __init__(self, engine: Engine, model: str):
+        self.stepped_at = time.time()  # wall-clock time of the latest engine event (lora_requests_info)
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_EngineGauges(engine, model))
-        r, lab = self.registry, ["model_name"]
+        self.registry.register(_EngineGauges(engine, model, lambda: self.stepped_at))
+        r, lab = self.registry, LABELS
 
         def counter(name: str, doc: str, labels: list[str] = lab) -> Counter:
             return Counter(name, doc, labels, registry=r)
@@ -66,7 +80,7 @@ class SimMetrics:
         self.prompt_tokens = counter("vllm:prompt_tokens", "Number of prefill tokens processed.")
         self.generation_tokens = counter("vllm:generation_tokens", "Number of generation tokens processed.")
         self.success = counter("vllm:request_success", "Count of successfully processed requests.",
-                               ["model_name", "finished_reason"])
+                               [*LABELS, "finished_reason"])
         self.ttft = histogram("vllm:time_to_first_token_seconds", "Time to first token.", TTFT_BUCKETS)
         self.itl = histogram("vllm:inter_token_latency_seconds", "Inter-token latency.", ITL_BUCKETS)
         self.e2e = histogram("vllm:e2e_request_latency_seconds", "End-to-end request latency.", E2E_BUCKETS)
@@ -76,35 +90,35 @@ class SimMetrics:
         self.gen_hist = histogram("vllm:request_generation_tokens", "Generated tokens per request.",
                                   TOKEN_BUCKETS)
         for c in (self.prefix_queries, self.prefix_hits, self.prompt_tokens, self.generation_tokens):
-            c.labels(model).inc(0)
+            c.labels(model, ENGINE).inc(0)
 
     def on_schedule(self, seq: Sequence) -> None:
         """A sequence got its KV blocks: count the prefix-cache lookup, in tokens."""
-        m = self.model
-        self.prefix_queries.labels(m).inc(seq.prompt_len)
-        self.prefix_hits.labels(m).inc(seq.cached_tokens)
+        m, self.stepped_at = (self.model, ENGINE), time.time()
+        self.prefix_queries.labels(*m).inc(seq.prompt_len)
+        self.prefix_hits.labels(*m).inc(seq.cached_tokens)
         if not seq.preemptions:
-            self.queue.labels(m).observe(seq.scheduled_at - seq.arrival)
+            self.queue.labels(*m).observe(seq.scheduled_at - seq.arrival)
 
     def on_token(self, seq: Sequence, gap: float | None) -> None:
         """One token reached the client; ``gap`` is the time since the previous one."""
-        m = self.model
-        self.generation_tokens.labels(m).inc()
+        m, self.stepped_at = (self.model, ENGINE), time.time()
+        self.generation_tokens.labels(*m).inc()
         if gap is None:
-            self.ttft.labels(m).observe(seq.first_token_at - seq.arrival)
+            self.ttft.labels(*m).observe(seq.first_token_at - seq.arrival)
         else:
-            self.itl.labels(m).observe(gap)
+            self.itl.labels(*m).observe(gap)
 
     def on_finish(self, seq: Sequence) -> None:
-        m = self.model
+        m, self.stepped_at = (self.model, ENGINE), time.time()
         if seq.finish_reason == "abort":
-            self.success.labels(m, "abort")  # create the series; aborts are not successes
+            self.success.labels(*m, "abort")  # create the series; aborts are not successes
             return
-        self.success.labels(m, seq.finish_reason).inc()
-        self.prompt_tokens.labels(m).inc(seq.prompt_len)
-        self.prompt_hist.labels(m).observe(seq.prompt_len)
-        self.gen_hist.labels(m).observe(seq.output_len)
-        self.e2e.labels(m).observe(seq.last_token_at - seq.arrival)
+        self.success.labels(*m, seq.finish_reason).inc()
+        self.prompt_tokens.labels(*m).inc(seq.prompt_len)
+        self.prompt_hist.labels(*m).observe(seq.prompt_len)
+        self.gen_hist.labels(*m).observe(seq.output_len)
+        self.e2e.labels(*m).observe(seq.last_token_at - seq.arrival)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

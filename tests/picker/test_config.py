@@ -30,7 +30,7 @@ def test_the_guide_default_profile():
     assert profile.picker.type == "max-score-picker"  # implicit
     assert cfg.scheduler.handler.type == "single-profile-handler"  # implicit
     assert cfg.warnings == []
-    sat = cfg.scheduler.saturation
+    sat = cfg.scheduler.saturation.p
     assert (sat.queue_depth_threshold, sat.kv_cache_util_threshold, sat.metrics_staleness_threshold) == (5, 0.8, 0.2)
 
 
@@ -58,9 +58,11 @@ BROKEN = [
     ("not-yaml", "plugins: [", "not valid YAML"),
     ("not-mapping", "- just a list", "expected a mapping"),
     ("unknown-top-level", "plugins: [{type: queue-scorer}]\nscheduling: []", "scheduling: Extra inputs"),
-    ("no-plugins", "plugins: []", "plugins: List should have at least 1 item"),
-    ("unknown-type", "plugins: [{type: queue-scorrer}]", "plugins[0].type: unknown plugin type 'queue-scorrer'; "
-                                                         "valid choices: active-request-scorer"),
+    ("unknown-type", "plugins: [{type: queue-scorrer}]", "plugins[0].type: unknown plugin type 'queue-scorrer': "
+                                                         "the kit's picker does not implement it; implemented: "
+                                                         "active-request-scorer, approx-prefix-cache-producer"),
+    ("unknown-gate", "featureGates: [flowControl, teleport]\nplugins: [{type: queue-scorer}]",
+     "featureGates[1]: unknown feature gate 'teleport'; known: dataLayer"),
     ("missing-type", "plugins: [{name: x}]", "plugins[0].type: Field required"),
     ("duplicate-name", "plugins: [{type: queue-scorer}, {type: queue-scorer}]", "plugins[1].name: duplicate"),
     ("bad-parameter-type", "plugins: [{type: load-aware-scorer, parameters: {threshold: lots}}]",
@@ -81,13 +83,31 @@ BROKEN = [
     ("two-pickers", "plugins: [{type: random-picker}, {type: max-score-picker}]\nschedulingProfiles:\n- name: p\n"
                     "  plugins: [{pluginRef: random-picker}, {pluginRef: max-score-picker}]", "exactly one picker"),
     ("two-profiles-no-handler", "plugins: [{type: queue-scorer}]\nschedulingProfiles:\n- {name: a}\n- {name: b}",
-     "several schedulingProfiles need a profile handler"),
+     "no profile handler configured; 2 scheduling profiles need one"),
+    ("single-handler-two-profiles", "plugins: [{type: single-profile-handler}]\nschedulingProfiles:\n- {name: a}\n"
+                                    "- {name: b}", "single-profile-handler cannot run 2 scheduling profiles"),
     ("duplicate-profile", "plugins: [{type: single-profile-handler}, {type: queue-scorer}]\nschedulingProfiles:\n"
                           "- {name: a}\n- {name: a}", "schedulingProfiles[1].name: duplicate profile name"),
-    ("handler-in-profile", "plugins: [{type: single-profile-handler}]\nschedulingProfiles:\n- name: a\n"
-                           "  plugins: [{pluginRef: single-profile-handler}]", "is a handler, not a filter"),
-    ("bad-saturation", "plugins: [{type: queue-scorer}]\nsaturationDetector: {kvCacheUtilThreshold: 2}",
-     "saturationDetector.kvCacheUtilThreshold: Input should be less than or equal to 1"),
+    ("saturation-both-forms", "plugins: [{type: utilization-detector}]\nsaturationDetector: "
+                              "{pluginRef: utilization-detector, queueDepthThreshold: 3}", "either pluginRef or"),
+    ("saturation-unknown-ref", "plugins: [{type: queue-scorer}]\nsaturationDetector: {pluginRef: sd}",
+     "saturationDetector.pluginRef: no plugin named 'sd'"),
+    ("saturation-not-a-detector", "plugins: [{type: queue-scorer}]\nsaturationDetector: {pluginRef: queue-scorer}",
+     "queue-scorer is not a saturation detector"),
+    ("bad-detector-parameter", "plugins: [{type: utilization-detector, parameters: {kvCacheUtilThreshold: 2}}]",
+     "plugins[0].parameters.kvCacheUtilThreshold: Input should be less than or equal to 1"),
+    ("data-and-dataLayer", "plugins: [{type: queue-scorer}]\ndata: {}\ndataLayer: {}", "give the data layer once"),
+    ("data-gate-without-sources", "featureGates: [dataLayer]\nplugins: [{type: queue-scorer}]",
+     "the dataLayer gate needs the data layer's sources"),
+    ("bad-source", "plugins: [{type: queue-scorer}]\ndataLayer:\n  sources: [{pluginRef: queue-scorer}]",
+     "dataLayer.sources[0].pluginRef: 'queue-scorer' is not a configured data source"),
+    ("bad-extractor", "plugins: [{type: metrics-data-source}, {type: queue-scorer}]\ndata:\n  sources:\n"
+                      "  - pluginRef: metrics-data-source\n    extractors: [{pluginRef: queue-scorer}]",
+     "data.sources[0].extractors[0].pluginRef: 'queue-scorer' is not a configured extractor"),
+    ("mismatched-extractor", "plugins: [{type: endpoint-notification-source}, {type: core-metrics-extractor}]\n"
+                             "dataLayer:\n  sources:\n  - pluginRef: endpoint-notification-source\n"
+                             "    extractors: [{pluginRef: core-metrics-extractor}]",
+     "core-metrics-extractor reads prometheus metrics, but endpoint-notification-source produces endpoint"),
 ]
 
 
@@ -99,10 +119,107 @@ def test_invalid_configs_name_the_field(body, needle):
 
 
 def test_wrong_api_version_and_kind():
-    with pytest.raises(ConfigError, match="apiVersion"):
+    with pytest.raises(ConfigError, match=re.escape("apiVersion: Input should be 'llm-d.ai/v1alpha1' or "
+                                                    "'inference.networking.x-k8s.io/v1alpha1'")):
         load_picker_config("apiVersion: v1\nkind: EndpointPickerConfig\nplugins: [{type: queue-scorer}]")
     with pytest.raises(ConfigError, match="kind"):
         load_picker_config("apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: Pod\nplugins: []")
+
+
+@pytest.mark.parametrize("api_version", ["llm-d.ai/v1alpha1", "inference.networking.x-k8s.io/v1alpha1"])
+def test_both_api_versions_load(api_version):
+    text = f"apiVersion: {api_version}\nkind: EndpointPickerConfig\nplugins: [{{type: queue-scorer}}]"
+    cfg = load_picker_config(text)
+    assert cfg.effective["apiVersion"] == api_version
+
+
+@pytest.mark.parametrize("text", ["", "  \n", "# only a comment\n"], ids=["empty", "blank", "comment"])
+def test_an_empty_config_is_upstream_builtin_default(text):
+    """#9 item 4: GIE v1.4.0 loads its default config when given none."""
+    cfg = load_picker_config(text)
+    [profile] = cfg.scheduler.profiles.values()
+    assert profile.name == "default"
+    assert {s.type: w for s, w in profile.scorers} == {
+        "queue-scorer": 2.0, "kv-cache-utilization-scorer": 2.0, "prefix-cache-scorer": 3.0}
+    assert profile.picker.type == "max-score-picker" and cfg.scheduler.handler.type == "single-profile-handler"
+
+
+def test_a_profile_without_a_picker_gets_the_first_configured_picker():
+    """#9 item 4: upstream reuses a configured picker rather than adding max-score-picker."""
+    cfg = load("""
+        plugins: [{type: queue-scorer}, {type: random-picker}, {type: weighted-random-picker}]
+        schedulingProfiles:
+        - name: p
+          plugins: [{pluginRef: queue-scorer}]
+        """)
+    assert cfg.scheduler.profiles["p"].picker.type == "random-picker"
+    assert "max-score-picker" not in [p["type"] for p in cfg.effective["plugins"]]
+
+
+def test_without_any_picker_a_max_score_picker_is_added():
+    cfg = load("plugins: [{type: queue-scorer}]\nschedulingProfiles:\n- name: p\n"
+               "  plugins: [{pluginRef: queue-scorer}]")
+    assert cfg.scheduler.profiles["p"].picker.type == "max-score-picker"
+
+
+def test_an_empty_plugin_list_loads_like_upstream():
+    cfg = load("plugins: []\n")
+    [profile] = cfg.scheduler.profiles.values()
+    assert (profile.filters, profile.scorers, profile.picker.type) == ([], [], "max-score-picker")
+
+
+def test_a_non_scheduling_plugin_in_a_profile_is_ignored_with_a_warning():
+    cfg = load("""
+        plugins: [{type: single-profile-handler}, {type: metrics-data-source}, {type: queue-scorer}]
+        schedulingProfiles:
+        - name: a
+          plugins: [{pluginRef: single-profile-handler}, {pluginRef: metrics-data-source}, {pluginRef: queue-scorer}]
+        """)
+    assert [s.type for s, _ in cfg.scheduler.profiles["a"].scorers] == ["queue-scorer"]
+    assert sum("ignored in the profile, as upstream does" in w for w in cfg.warnings) == 2
+
+
+@pytest.mark.parametrize(("section", "expected", "warned"), [
+    ("{queueDepthThreshold: 20, kvCacheUtilThreshold: 0.9, metricsStalenessThreshold: 500ms}", (20, 0.9, 0.5), 0),
+    ("{}", (5, 0.8, 0.2), 0),
+    ("{queueDepthThreshold: -5, kvCacheUtilThreshold: 1.5, metricsStalenessThreshold: -10s}", (5, 0.8, 0.2), 3),
+    ("{kvCacheUtilThreshold: 1.0}", (5, 0.8, 0.2), 1),
+], ids=["valid", "empty", "invalid-values-fall-back", "kv-must-be-below-one"])
+def test_upstream_legacy_saturation_thresholds(section, expected, warned):
+    """Ported from GIE v1.4.0 configloader_test.go TestBuildSaturationConfig."""
+    cfg = load(f"plugins: [{{type: queue-scorer}}]\nsaturationDetector: {section}\n")
+    p = cfg.scheduler.saturation.p
+    assert (p.queue_depth_threshold, p.kv_cache_util_threshold, p.metrics_staleness_threshold) == expected
+    assert sum(w.startswith("saturationDetector.") for w in cfg.warnings) == warned
+
+
+def test_saturation_detector_by_plugin_ref():
+    cfg = load("""
+        plugins:
+        - {type: utilization-detector, name: sd, parameters: {queueDepthThreshold: 9, headroom: 0.5}}
+        - {type: queue-scorer}
+        saturationDetector: {pluginRef: sd}
+        """)
+    assert cfg.scheduler.saturation.name == "sd" and cfg.scheduler.saturation.p.queue_depth_threshold == 9
+    assert load("plugins: [{type: queue-scorer}]\nsaturationDetector: {pluginRef: utilization-detector}\n"
+                ).scheduler.saturation.type == "utilization-detector"  # created with defaults, as upstream
+
+
+def test_todays_data_layer_section_loads():
+    cfg = load("""
+        plugins:
+        - {type: metrics-data-source, parameters: {scheme: https, path: /stats}}
+        - {type: core-metrics-extractor}
+        - {type: endpoint-notification-source}
+        - {type: queue-scorer}
+        dataLayer:
+          sources:
+          - pluginRef: metrics-data-source
+            extractors: [{pluginRef: core-metrics-extractor}]
+          - pluginRef: endpoint-notification-source
+        """)
+    assert cfg.effective["dataLayer"]["sources"][0]["pluginRef"] == "metrics-data-source"
+    assert [w.split(":")[0] for w in cfg.warnings] == ["plugins[0].parameters.scheme", "plugins[0].parameters.path"]
 
 
 def test_unknown_parameters_are_accepted_like_upstream_but_warned():
@@ -112,10 +229,10 @@ def test_unknown_parameters_are_accepted_like_upstream_but_warned():
     assert "blockSizeTokens" in w  # the message lists what is known
 
 
-def test_ignored_sections_and_gates_are_warned():
-    cfg = load("featureGates: [flowControl, teleport]\nflowControl: {maxBytes: 1}\nplugins: [{type: queue-scorer}]\n")
-    assert any("featureGates[1]" in w for w in cfg.warnings)
-    assert any(w.startswith("flowControl:") for w in cfg.warnings)
+def test_ignored_sections_are_warned():
+    cfg = load("featureGates: [flowControl]\nflowControl: {maxBytes: 1}\nparser: {pluginRef: openai-parser}\n"
+               "plugins: [{type: queue-scorer}]\n")
+    assert [w.split(":")[0] for w in cfg.warnings] == ["flowControl", "parser"]
 
 
 def test_missing_file_is_a_clear_error(tmp_path):
@@ -139,7 +256,7 @@ def test_every_documented_example_loads(plugin_type, example):
 
 
 def test_every_plugin_type_has_a_documented_example():
-    documented = {yaml.safe_load(ex)["plugins"][0]["type"] for _, ex in _examples()}
+    documented = {p["type"] for _, ex in _examples() for p in yaml.safe_load(ex)["plugins"]}
     canonical = {registry.plugin_class(t).type for t in registry.types()}
     assert canonical <= documented
 

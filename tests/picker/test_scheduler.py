@@ -1,6 +1,8 @@
-"""One scheduling cycle: filters, weighted totals, explanation, saturation."""
+"""One scheduling cycle: filters, weighted totals, explanation, lifecycle hooks, the clock."""
 
+import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -8,7 +10,6 @@ from kit.picker import NoEndpoints, load_picker_config
 from kit.picker.framework import Endpoint, InferenceRequest, PluginBase
 from kit.picker.plugins import BUILTINS
 from kit.picker.registry import Registry
-from kit.picker.scheduler import SaturationDetector
 from kit.vllm_metrics import EndpointMetrics
 
 HEAD = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
@@ -54,18 +55,6 @@ def test_unhealthy_and_excluded_endpoints_are_skipped():
         cfg.scheduler.schedule(InferenceRequest(model="m", prompt=""), [a, b], exclude=frozenset({"a:1"}))
 
 
-@pytest.mark.parametrize(("specs", "expected"), [
-    ([(0, 0.4, 0.0)], 0.5),
-    ([(10, 0.0, 0.0), (0, 0.0, 0.0)], 1.0),
-    ([(1, 0.8, 0.0)], 1.0),
-    ([(0, 0.0, 1.0)], 1.0),
-    ([], 1.0),
-], ids=["kv-bound", "mean-of-two", "kv-at-threshold", "stale", "empty-pool"])
-def test_saturation_detector(specs, expected):
-    endpoints = [ep(f"e{i}", waiting=w, kv=kv, age=age) for i, (w, kv, age) in enumerate(specs)]
-    assert SaturationDetector().saturation(endpoints) == pytest.approx(expected)
-
-
 class Recorder(PluginBase):
     """A test plugin that implements every request-lifecycle hook and records the calls."""
 
@@ -109,3 +98,27 @@ schedulingProfiles:
     assert headers["x-recorded"] == chosen.name and "x-session-token" in headers  # session affinity's token
     assert sched.gauges()["recorder_calls"] == 2.0
     assert sched.gauges()["inference_extension_prefix_indexer_size"] > 0  # the prefix index learned at pre_request
+
+
+PLUGINS = Path(__file__).resolve().parents[2] / "kit/picker/plugins"
+
+
+def test_no_plugin_reads_a_system_clock():
+    """Time-dependent logic reads ``self.clock``, so a fleet simulator can run the picker on virtual time."""
+    pattern = re.compile(r"\bimport time\b|\btime\.(monotonic|time|perf_counter)|datetime\.now|\bfrom time import")
+    offenders = [f.name for f in PLUGINS.rglob("*.py") if pattern.search(f.read_text())]
+    assert offenders == []
+
+
+def test_the_loader_gives_every_plugin_and_the_detector_the_clock():
+    def clock():
+        return 42.0
+
+    cfg = load_picker_config(HEAD + """
+plugins: [{type: queue-scorer}, {type: utilization-detector, name: filter}, {type: probabilistic-admitter}]
+""", clock=clock)
+    sched = cfg.scheduler
+    assert cfg.clock is clock and sched.clock is clock and sched.saturation.clock is clock
+    assert all(p.clock is clock for p in sched.plugins)
+    fresh = Endpoint(name="a:1", url="", updated=41.9)
+    assert sched.saturation.saturation([fresh]) == 0.0  # 0.1 s old on the virtual clock: fresh

@@ -52,7 +52,8 @@ def test_a_repeated_long_prompt_hits_the_prefix_cache_and_starts_sooner(sim_fact
 
 @pytest.mark.slow
 def test_concurrency_beyond_max_num_seqs_queues_and_delays_first_tokens(sim_factory):
-    sim = sim_factory("--max-num-seqs", "4", "--step-overhead-ms", "10", "--num-gpu-blocks", "1000")
+    sim = sim_factory("--max-num-seqs", "4", "--step-overhead-ms", "10", "--num-gpu-blocks", "1000",
+                      "--max-model-len", "16000")
     bodies = [make_body(f"user {i}: " + LONG[:2000], chat=False, stream=True, max_tokens=30,
                         ignore_eos=True) for i in range(12)]
     with Sampler(sim.url) as sampler:

@@ -91,9 +91,10 @@ def test_bad_inputs_fail_clearly_and_start_nothing(local_env, tmp_path):
     res = kit("deploy", "-e", "local", "--set", "nonsense", env=env)
     assert res.returncode == 1 and "expected KEY=VALUE" in res.stderr
     bad = tmp_path / "bad.yaml"
-    bad.write_text("apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\nplugins: []\n")
+    bad.write_text("apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
+                   "plugins: [{type: queue-scorrer}]\n")
     res = kit("deploy", "-e", "local", "--port", str(port), "--scheduler-config", str(bad), env=env)
-    assert res.returncode == 1 and "plugins: List should have at least 1 item" in res.stderr
+    assert res.returncode == 1 and "unknown plugin type 'queue-scorrer'" in res.stderr
     assert "nothing deployed" in kit("status", "-e", "local", env=env).stdout
 
 

@@ -1,10 +1,11 @@
 """The built-in plugins: the one readable list of what the kit implements, by upstream type name."""
 
-from kit.picker.plugins import filters, pickers, profile
+from kit.picker.plugins import admission, approx_prefix, datalayer, filters, pickers, profile
 from kit.picker.plugins.scorers import (
     active_request,
     kv_cache,
     load_aware,
+    no_hit_lru,
     prefix,
     queue,
     running,
@@ -19,6 +20,8 @@ BUILTINS: dict[str, type] = {
     "active-request-scorer": active_request.ActiveRequestScorer,
     "session-affinity-scorer": session_affinity.SessionAffinityScorer,
     "prefix-cache-scorer": prefix.PrefixCacheScorer,
+    "approx-prefix-cache-producer": approx_prefix.ApproxPrefixCacheProducer,
+    "no-hit-lru-scorer": no_hit_lru.NoHitLRUScorer,
     "max-score-picker": pickers.MaxScorePicker,
     "random-picker": pickers.RandomPicker,
     "weighted-random-picker": pickers.WeightedRandomPicker,
@@ -30,4 +33,10 @@ BUILTINS: dict[str, type] = {
     # Legacy alias: upstream renamed by-label-selector to label-selector-filter; both names load.
     "by-label-selector": filters.LabelSelectorFilter,
     "single-profile-handler": profile.SingleProfileHandler,
+    "utilization-detector": admission.UtilizationDetector,
+    "probabilistic-admitter": admission.ProbabilisticAdmitter,
+    # Data layer: in the kit, the gateway datastore's scraping (see their module docstring).
+    "metrics-data-source": datalayer.MetricsDataSource,
+    "core-metrics-extractor": datalayer.CoreMetricsExtractor,
+    "endpoint-notification-source": datalayer.EndpointNotificationSource,
 }

@@ -1,4 +1,5 @@
-"""Pickers: choose among scored endpoints. Each takes ``maxNumOfEndpoints`` (default 1).
+"""Pickers: choose among scored endpoints. Each takes ``maxNumOfEndpoints`` (default 1; ≤ 0 means the
+default, as upstream). Behaviour follows GIE v1.4.0.
 
 ``max-score-picker`` shuffles the candidates, then stable-sorts by score, so ties break randomly::
 
@@ -10,8 +11,11 @@
     plugins:
     - type: random-picker
 
-``weighted-random-picker`` samples in proportion to score (A-Res: key u^(1/score), largest keys win;
-falls back to random when every score is 0)::
+``weighted-random-picker`` samples in proportion to score (A-Res: key u^(1/score), largest keys win).
+An endpoint scoring 0 gets key 0: it is never chosen over a positive one, but stays selectable, so
+with ``maxNumOfEndpoints`` above the number of positive scores the zero-score endpoints fill the
+remaining places (in candidate order). When every score is 0 it picks uniformly, like
+``random-picker``::
 
     plugins:
     - type: weighted-random-picker
@@ -29,14 +33,15 @@ from __future__ import annotations
 
 import itertools
 import random
+from typing import Annotated
 
 from pydantic import Field
 
-from kit.picker.framework import CycleState, Endpoint, Params, PluginBase
+from kit.picker.framework import CycleState, Endpoint, Params, PluginBase, positive_or
 
 
 class PickerParams(Params):
-    max_num_of_endpoints: int = Field(1, alias="maxNumOfEndpoints", gt=0)
+    max_num_of_endpoints: Annotated[int, positive_or(1)] = Field(1, alias="maxNumOfEndpoints")
 
 
 class _Picker(PluginBase):
@@ -69,11 +74,10 @@ class WeightedRandomPicker(_Picker):
     type = "weighted-random-picker"
 
     def pick(self, state: CycleState, scored: list[tuple[Endpoint, float]]) -> list[Endpoint]:
-        positive = [(ep, s) for ep, s in scored if s > 0]
-        if not positive:
+        if not any(s > 0 for _, s in scored):
             return [ep for ep, _ in self.rng.sample(scored, min(self.n, len(scored)))]
-        keyed = sorted(((self.rng.random() ** (1.0 / s), ep) for ep, s in positive), key=lambda k: k[0],
-                       reverse=True)
+        keyed = [((self.rng.random() or 1e-10) ** (1.0 / s) if s > 0 else 0.0, ep) for ep, s in scored]
+        keyed.sort(key=lambda k: k[0], reverse=True)  # stable: zero keys keep candidate order
         return [ep for _, ep in keyed[: self.n]]
 
 

@@ -22,7 +22,7 @@ from kit.picker.plugins.pickers import (
     WeightedRandomPicker,
 )
 
-A, B, C = (Endpoint(name=n, url=f"http://{n}") for n in ("a:1", "b:1", "c:1"))
+A, B, C, D, E = (Endpoint(name=n, url=f"http://{n}") for n in ("a:1", "b:1", "c:1", "d:1", "e:1"))
 
 
 def counts(picker, scored, n=3000):
@@ -36,9 +36,20 @@ def test_max_score_picks_the_highest_and_breaks_ties_randomly():
     assert set(tie) == {"a:1", "b:1"} and min(tie.values()) > 1200
 
 
-def test_max_score_returns_the_top_n():
-    picker = MaxScorePicker(params=PickerParams(maxNumOfEndpoints=2), rng=random.Random(0))
-    assert picker.pick(CycleState(), [(A, 0.2), (B, 0.9), (C, 0.5)]) == [B, C]
+@pytest.mark.parametrize(("n", "scored", "expected"), [
+    (1, [(A, 10), (B, 25), (C, 15)], [{"b:1"}]),
+    (2, [(A, 50), (B, 50), (C, 30)], [{"a:1", "b:1"}, {"a:1", "b:1"}]),
+    (2, [(A, 20), (B, 25), (C, 30)], [{"c:1"}, {"b:1"}]),
+    (4, [(A, 20), (B, 25), (C, 30)], [{"c:1"}, {"b:1"}, {"a:1"}]),
+    (3, [(A, 30), (B, 25), (C, 30)], [{"a:1", "c:1"}, {"a:1", "c:1"}, {"b:1"}]),
+], ids=["single-max", "tie", "more-than-needed", "fewer-than-needed", "exactly-needed"])
+def test_upstream_max_score_cases(n, scored, expected):
+    """Ported from GIE v1.4.0 picker_test.go TestPickMaxScorePicker (ties: any order among equals)."""
+    for seed in range(5):
+        got = MaxScorePicker(params=PickerParams(maxNumOfEndpoints=n), rng=random.Random(seed)).pick(
+            CycleState(), scored)
+        assert len(got) == len(expected)
+        assert all(ep.name in allowed for ep, allowed in zip(got, expected, strict=True))
 
 
 def test_random_picker_is_uniform_and_ignores_scores():
@@ -46,11 +57,36 @@ def test_random_picker_is_uniform_and_ignores_scores():
     assert all(800 < got[n] < 1200 for n in ("a:1", "b:1", "c:1"))
 
 
-def test_weighted_random_follows_scores_and_falls_back_to_random():
-    got = counts(WeightedRandomPicker(rng=random.Random(3)), [(A, 0.75), (B, 0.25), (C, 0.0)], 4000)
-    assert got["c:1"] == 0 and 2700 < got["a:1"] < 3300
+@pytest.mark.parametrize("scored", [
+    [(A, 10), (B, 90)],
+    [(A, 100), (B, 100), (C, 100)],
+    [(A, 30), (B, 0)],
+    [(A, 100), (B, 90), (C, 50), (D, 30), (E, 20)],
+], ids=["high-weight-dominance", "equal-weights", "zero-weight-excluded", "multi-tier"])
+def test_upstream_weighted_random_follows_scores(scored):
+    """Ported from GIE v1.4.0 picker_test.go TestPickWeightedRandomPicker: each endpoint is picked in
+    proportion to its score, within 5 points, over 10,000 picks."""
+    got = counts(WeightedRandomPicker(rng=random.Random(3)), scored, 10_000)
+    total = sum(s for _, s in scored)
+    for ep, s in scored:
+        assert abs(got[ep.name] / 10_000 - s / total) <= 0.05
+
+
+def test_weighted_random_keeps_zero_score_endpoints_selectable():
+    """GIE v1.4.0: zero scores get key 0, so they fill places the positive ones cannot."""
+    picker = WeightedRandomPicker(params=PickerParams(maxNumOfEndpoints=2), rng=random.Random(4))
+    for _ in range(50):
+        got = picker.pick(CycleState(), [(A, 0.0), (B, 0.7), (C, 0.0)])
+        assert got == [B, A]  # the positive endpoint first, then the first zero-score one
+
+
+def test_weighted_random_with_every_score_zero_is_uniform():
     zero = counts(WeightedRandomPicker(rng=random.Random(4)), [(A, 0.0), (B, 0.0)])
-    assert set(zero) == {"a:1", "b:1"}
+    assert set(zero) == {"a:1", "b:1"} and min(zero.values()) > 1200
+
+
+def test_max_num_of_endpoints_below_one_means_the_default():
+    assert PickerParams(maxNumOfEndpoints=0).max_num_of_endpoints == 1
 
 
 def test_round_robin_cycles_in_name_order():

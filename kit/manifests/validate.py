@@ -2,8 +2,9 @@
 
 * Built-in kinds are checked against the Kubernetes OpenAPI schemas (``kubernetes-validate``, strict:
   unknown fields are errors).
-* Custom resources are checked against the ``openAPIV3Schema`` of their CRD, read from a folder of
-  CRD YAML files (``--schemas DIR``) or from the cluster. Unknown fields are errors here too, except
+* Custom resources are checked against the ``openAPIV3Schema`` of their CRD: by default the pinned
+  upstream CRDs shipped in ``kit/manifests/schemas/`` (its README names each one), else a folder of
+  CRD YAML files (``--schemas DIR``) or the cluster's own. Unknown fields are errors here too, except
   where the CRD preserves unknown fields.
 * Cross-object rules: the pool selects the model-server pods and nothing else; its target port is a
   container port of those pods; the EPP Service name and port match the pool's endpoint-picker
@@ -28,6 +29,7 @@ from kubernetes_validate.utils import SchemaNotFoundError
 from kit.manifests.render import RELEASE, Rendered
 
 K8S_VERSION = "1.34.0"
+SHIPPED_SCHEMAS = Path(__file__).resolve().parent / "schemas"
 _SECRETISH = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY)", re.I)
 _HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -78,6 +80,17 @@ class CrdSchemas:
             for doc in yaml.safe_load_all(f.read_text()):
                 if isinstance(doc, dict):
                     out.add_crd(doc)
+        return out
+
+    @classmethod
+    def shipped(cls) -> CrdSchemas:
+        """The pinned upstream CRDs the kit ships (``kit/manifests/schemas/``)."""
+        return cls.from_dir(str(SHIPPED_SCHEMAS))
+
+    def with_fallback(self, other: CrdSchemas) -> CrdSchemas:
+        """These schemas, and ``other``'s for the kinds these do not define (a new object; neither changes)."""
+        out = CrdSchemas()
+        out.schemas = {**other.schemas, **self.schemas}
         return out
 
     def get(self, obj: dict[str, Any]) -> dict[str, Any] | None:
@@ -197,5 +210,6 @@ def validate_objects(objs: list[dict[str, Any]], crds: CrdSchemas | None = None)
 
 
 def validate(rendered: Rendered, schemas: str | Path | None = None) -> tuple[list[str], list[str]]:
-    crds = CrdSchemas.from_dir(str(Path(schemas).resolve())) if schemas else None
+    """Validate against the CRDs in folder ``schemas``, or the shipped ones."""
+    crds = CrdSchemas.from_dir(str(Path(schemas).resolve())) if schemas else CrdSchemas.shipped()
     return validate_objects(rendered.objects, crds)

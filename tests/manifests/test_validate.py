@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 
+from kit.manifests import checked_render
 from kit.manifests.environments import load_environment
 from kit.manifests.render import render
-from kit.manifests.validate import CrdSchemas, validate_objects
+from kit.manifests.validate import CrdSchemas, validate, validate_objects
 from tests.conftest import SCHEMAS
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -74,14 +78,42 @@ def test_the_unbroken_render_is_clean(base):
     assert broken(base, lambda o: None) == []
 
 
+def test_custom_resources_are_checked_offline_against_the_shipped_crds_by_default():
+    rendered, notes = checked_render(load_environment("istio"))
+    kinds = {o["kind"] for o in rendered.objects}
+    assert {"Gateway", "HTTPRoute", "InferencePool", "DestinationRule", "PodMonitor", "ServiceMonitor"} <= kinds
+    assert notes == []  # every custom resource had a schema
+    problems, _ = validate(rendered)
+    assert problems == []
+    _, without = validate_objects(rendered.objects, CrdSchemas())
+    assert any("InferencePool/gaie-inference-scheduling: no schema" in n for n in without)
+
+
+def test_the_shipped_crds_are_package_data_with_their_provenance():
+    import tomllib
+
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["kit.manifests"]
+    files = sorted(p for p in SCHEMAS.iterdir())
+    assert len([f for f in files if f.suffix == ".yaml"]) == 9
+    readme = (SCHEMAS / "README.md").read_text()
+    for f in files:
+        assert any(f.relative_to(SCHEMAS.parent).match(glob) for glob in data), f"{f.name} is not package data"
+        if f.suffix == ".yaml":
+            assert f"`{f.name}`" in readme, f"{f.name} has no provenance line in schemas/README.md"
+
+
 @pytest.mark.slow
 def test_validate_cli_lists_every_problem_and_exits_1(tmp_path):
     import subprocess
     import sys
 
-    ok = subprocess.run([sys.executable, "-m", "kit", "validate", "-e", "gke", "--schemas", str(SCHEMAS)],
+    ok = subprocess.run([sys.executable, "-m", "kit", "validate", "-e", "gke"],
                         capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0 and "objects for gke are valid (2 not checked)" in ok.stdout
+    assert ok.stdout.count("note:") == 2 and "HealthCheckPolicy" in ok.stdout and "GCPBackendPolicy" in ok.stdout
+    empty = subprocess.run([sys.executable, "-m", "kit", "validate", "-e", "gke", "--schemas", str(tmp_path)],
+                           capture_output=True, text=True, timeout=120)
+    assert empty.returncode == 0 and "note: InferencePool/gaie-inference-scheduling: no schema" in empty.stdout
     bad = subprocess.run([sys.executable, "-m", "kit", "validate", "-e", "istio", "--set", "replicas=-1"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "replicas: Input should be greater than or equal to 1" in bad.stderr

@@ -4,7 +4,9 @@
   and monitoring CRDs the render uses), the GatewayClass, the HF token secret; each problem says how
   to fix it.
 * ``collisions``: objects that exist but belong to another stack or to nobody the kit knows.
-* ``deploy``: render and validate against the cluster's own CRDs, check the above, then server-side
+* ``crd_schemas``: what custom resources are validated against: the cluster's own CRDs, and the kit's
+  pinned ones for kinds the cluster does not define yet.
+* ``deploy``: render and validate against those, check the above, then server-side
   apply in order with field manager ``kit`` (or a server-side dry run), and ``wait`` until ready the
   way ``kubectl rollout status`` and the Gateway API conditions judge it. A failure reports what was
   and was not applied.
@@ -22,6 +24,7 @@ from kit.errors import ApplyError, KitError, NotReadyError
 from kit.manifests import checked_render
 from kit.manifests.environments import Environment
 from kit.manifests.render import HF_SECRET, MANAGED_BY, STACK, Rendered, render
+from kit.manifests.validate import CrdSchemas
 from kit.targets import Say
 from kit.targets.cluster.client import Cluster, ref
 
@@ -37,6 +40,11 @@ CRD_HINTS = {
     "networking.gke.io": "enable the GKE Gateway controller on the cluster",
     "resource.k8s.io": "use Kubernetes 1.34+ with Dynamic Resource Allocation and the vendor's DRA driver",
 }
+
+
+def crd_schemas(cluster: Cluster) -> CrdSchemas:
+    """The cluster's own CRDs, with the kit's pinned ones for the kinds the cluster does not define."""
+    return cluster.crd_schemas().with_fallback(CrdSchemas.shipped())
 
 
 def prerequisites(env: Environment, cluster: Cluster, rendered: Rendered | None = None) -> list[str]:
@@ -174,7 +182,7 @@ def deploy(env: Environment, cluster: Cluster, scheduler_config: str | None = No
            timeout: float = 900, say: Say = print) -> list[str]:
     """Apply the stack (or check it server-side with ``dry_run``) and wait until it is ready; returns what
     was applied. Nothing is applied unless the manifests are valid and every prerequisite is met."""
-    rendered, _ = checked_render(env, scheduler_config, cluster.crd_schemas())
+    rendered, _ = checked_render(env, scheduler_config, crd_schemas(cluster))
     problems = prerequisites(env, cluster, rendered) + collisions(env, cluster, rendered)
     if problems:
         raise NotReadyError(problems, "nothing was applied")

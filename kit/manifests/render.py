@@ -2,8 +2,10 @@
 
 Templates live in ``templates/releases/*.yaml.j2``; this module computes names, labels and the
 values the templates need, renders, parses, and orders the objects for apply. Every object carries
-labels naming the stack (release postfix) and release, which is how the cluster target finds,
-reports and removes exactly what it created.
+labels naming the stack (release postfix), its namespace and its release, which is how the cluster
+target finds, reports and removes exactly what it created. Names stay within Kubernetes' limits: a
+name that must be cut ends in a short hash of what it was cut from, and cluster-scoped names always
+carry a hash of the namespace and postfix, so no two stacks share one.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ EPP_PORT = 9002
 HF_SECRET = "vllm-k8s-hf-token"
 MANAGED_BY = "app.kubernetes.io/managed-by"
 STACK = "kit.llm-d.ai/stack"
+NAMESPACE = "kit.llm-d.ai/namespace"
 RELEASE = "kit.llm-d.ai/release"
 RELEASES = ("infra", "gaie", "ms", "route")
 KIND_ORDER = ("Namespace", "ServiceAccount", "Secret", "ConfigMap", "ClusterRole", "ClusterRoleBinding", "Role",
@@ -40,17 +43,30 @@ def release_name(release: str, postfix: str) -> str:
     return f"{release}-{postfix}" if release != "route" else f"llm-d-{postfix}"
 
 
+def fit(stem: str, suffix: str, limit: int, key: tuple[str, ...], always: bool = False) -> str:
+    """``stem + suffix`` in at most ``limit`` characters. A stem that is cut (every stem, with ``always``)
+    ends in 8 hex digits of a hash of ``key``, so names that differ only past the cut stay distinct."""
+    if not always and len(stem) + len(suffix) <= limit:
+        return stem + suffix
+    digest = hashlib.sha256("\0".join(key).encode()).hexdigest()[:8]
+    return f"{stem[: limit - len(suffix) - len(digest) - 1].rstrip('-')}-{digest}{suffix}"
+
+
 def names(env: Environment) -> dict[str, str]:
+    """Object names: the guide's, except where a name must be unique across namespaces or fit a limit."""
     rn, ns = env.release_postfix, env.namespace
     ms = f"ms-{rn}-llm-d-modelservice"
     return {
-        "gateway": f"infra-{rn}-inference-gateway",
+        # Istio names the gateway's Service <gateway>-istio, which must be a DNS label (63 characters).
+        "gateway": fit(f"infra-{rn}", "-inference-gateway", 57, (rn,)),
         "pool": f"gaie-{rn}",
         "epp": f"gaie-{rn}-epp",
-        "epp_cluster_role": f"{('gaie-' + rn)[:40]}-{ns[:40]}-epp",
+        # Cluster-scoped: "gaie-<rn>-<ns>" alone is ambiguous ("a-b" + "c" = "a" + "b-c") and was cut at
+        # 40 characters upstream, so it always carries a hash of (namespace, postfix).
+        "epp_cluster_role": fit(f"gaie-{rn}-{ns}", "-epp", 63, (ns, rn), always=True),
         "metrics_secret": f"gaie-{rn}-metrics-reader-secret",
         "ms": ms,
-        "decode": f"{ms[:55]}-decode",
+        "decode": fit(ms, "-decode", 62, (rn,)),  # upstream cuts the stem at 55 characters
         "route": f"llm-d-{rn}",
     }
 
@@ -117,7 +133,7 @@ def render(env: Environment, scheduler_config: str | None = None) -> Rendered:
 
     def labels(release: str) -> dict[str, str]:
         name = release_name(release, rn)
-        return {MANAGED_BY: "kit", "app.kubernetes.io/instance": name, STACK: rn, RELEASE: name}
+        return {MANAGED_BY: "kit", "app.kubernetes.io/instance": name, STACK: rn, NAMESPACE: ns, RELEASE: name}
 
     pod_labels = {"llm-d.ai/inference-serving": "true", "llm-d.ai/guide": "inference-scheduling",
                   "llm-d.ai/accelerator-variant": VARIANT[hw.backend], "llm-d.ai/accelerator-vendor": hw.vendor,

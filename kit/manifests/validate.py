@@ -9,7 +9,7 @@
 * Cross-object rules: the pool selects the model-server pods and nothing else; its target port is a
   container port of those pods; the EPP Service name and port match the pool's endpoint-picker
   reference and select the EPP pods; the HTTPRoute routes to this pool through this Gateway; Service
-  names fit DNS labels; and no secret value appears anywhere.
+  names fit DNS labels and label values fit Kubernetes' rules; and no secret value appears anywhere.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ SHIPPED_SCHEMAS = Path(__file__).resolve().parent / "schemas"
 _SECRETISH = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY)", re.I)
 _HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
 def _ref(obj: dict[str, Any]) -> str:
@@ -178,6 +179,13 @@ def _cross_object(objs: list[dict[str, Any]]) -> list[str]:
     for name in services:
         if len(name) > 63 or not _DNS_LABEL.match(name):
             problems.append(f"Service/{name}: a Service name must be a DNS label of at most 63 characters")
+    for o in objs:
+        templates = [t["metadata"] for _, t in _pods([o])]
+        for md in (o["metadata"], *templates):
+            for key, value in (md.get("labels") or {}).items():
+                if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
+                    problems.append(f"{_ref(o)}: label {key}={value!r} is not a valid label value (at most 63 "
+                                    "letters, digits, '-', '_' or '.', starting and ending with a letter or digit)")
     problems += _secret_values(objs)
     return problems
 

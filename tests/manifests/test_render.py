@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import yaml
 
 from kit.errors import ConfigError, KitError
 from kit.manifests.environments import available, load_environment, parse_set
-from kit.manifests.render import render, write
+from kit.manifests.render import names, render, write
 from kit.manifests.validate import validate
 from kit.picker import load_picker_config
 from tests.conftest import SCHEMAS
@@ -51,13 +52,38 @@ def test_names_follow_the_postfix_and_namespace():
     expected = {("Gateway", "infra-blue-inference-gateway"), ("ConfigMap", "infra-blue-inference-gateway"),
                 ("InferencePool", "gaie-blue"), ("Deployment", "gaie-blue-epp"), ("Service", "gaie-blue-epp"),
                 ("ConfigMap", "gaie-blue-epp"), ("ServiceAccount", "gaie-blue-epp"), ("Role", "gaie-blue-epp-sa"),
-                ("Role", "gaie-blue-epp-non-sa"), ("ClusterRole", "gaie-blue-team-a-epp"),
+                ("Role", "gaie-blue-epp-non-sa"), ("ClusterRole", "gaie-blue-team-a-2da04098-epp"),
                 ("DestinationRule", "gaie-blue-epp"), ("ServiceMonitor", "gaie-blue-epp-monitor"),
                 ("Secret", "gaie-blue-metrics-reader-secret"),
                 ("Deployment", "ms-blue-llm-d-modelservice-decode"), ("ServiceAccount", "ms-blue-llm-d-modelservice"),
                 ("PodMonitor", "ms-blue-llm-d-modelservice-decode-podmonitor"), ("HTTPRoute", "llm-d-blue")}
     assert expected <= set(o)
     assert all(obj["metadata"].get("namespace", "team-a") == "team-a" for obj in o.values())
+    assert all(obj["metadata"]["labels"]["kit.llm-d.ai/namespace"] == "team-a" for obj in o.values())
+
+
+@pytest.mark.parametrize(("a", "b"), [
+    (("team-a", "blue"), ("team-b", "blue")),
+    (("c", "a-b"), ("b-c", "a")),  # the same text once namespace and postfix are joined
+    (("team-" + "x" * 45 + "-a", "p"), ("team-" + "x" * 45 + "-b", "p")),  # alike for 50 characters
+    (("n", "r" * 49 + "-a"), ("n", "r" * 49 + "-b")),
+], ids=["namespaces", "joined-alike", "long-namespaces", "long-postfixes"])
+def test_two_stacks_never_share_a_cluster_scoped_or_cut_name(a, b):
+    na, nb = (names(load_environment("istio", namespace=ns, postfix=rn)) for ns, rn in (a, b))
+    assert na["epp_cluster_role"] != nb["epp_cluster_role"]
+    if a[0] == b[0]:  # one namespace: every namespaced name differs too
+        assert not {v for k, v in na.items() if k != "epp_cluster_role"} & set(nb.values())
+    for n in (na, nb):
+        assert len(n["epp_cluster_role"]) <= 63 and len(n["decode"]) <= 62 and len(n["gateway"] + "-istio") <= 63
+
+
+def test_names_keep_the_guides_form_until_they_must_be_cut():
+    n = names(load_environment("istio", postfix="r" * 33))
+    assert n["gateway"] == f"infra-{'r' * 33}-inference-gateway"
+    assert n["decode"] == f"ms-{'r' * 33}-llm-d-modelservice-decode"
+    cut = names(load_environment("istio", postfix="r" * 34))
+    assert cut["gateway"].startswith("infra-rrrr") and cut["gateway"].endswith("-inference-gateway")
+    assert len(cut["gateway"]) == 57 and re.search(r"-[0-9a-f]{8}-inference-gateway$", cut["gateway"])
 
 
 def test_pool_selector_ports_and_epp_reference():

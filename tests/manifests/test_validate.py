@@ -65,6 +65,9 @@ CASES = [
      "spec.endpointPickerRef.failureMode: 'Open' is not one of"),
     ("long-service-name", lambda o: find(o, "Service")["metadata"].__setitem__("name", "s" * 70),
      "a Service name must be a DNS label of at most 63 characters"),
+    ("long-label-value", lambda o: find(o, "Gateway")["metadata"]["labels"].__setitem__("app.kubernetes.io/gateway",
+                                                                                      "g" * 64),
+     "Gateway/infra-inference-scheduling-inference-gateway: label app.kubernetes.io/gateway='gggg"),
 ]
 
 

@@ -23,10 +23,10 @@ from kubernetes.dynamic.exceptions import ApiException
 from kit.errors import ApplyError, KitError, NotReadyError
 from kit.manifests import checked_render
 from kit.manifests.environments import Environment
-from kit.manifests.render import HF_SECRET, MANAGED_BY, STACK, Rendered, render
+from kit.manifests.render import HF_SECRET, MANAGED_BY, NAMESPACE, STACK, Rendered, render
 from kit.manifests.validate import CrdSchemas
 from kit.targets import Say
-from kit.targets.cluster.client import Cluster, ref
+from kit.targets.cluster.client import CLUSTER_SCOPED, Cluster, ref
 
 CRD_HINTS = {
     "gateway.networking.k8s.io": "install the Gateway API CRDs (v1.5.1): kubectl apply -k "
@@ -92,17 +92,23 @@ def prerequisites(env: Environment, cluster: Cluster, rendered: Rendered | None 
 
 
 def collisions(env: Environment, cluster: Cluster, rendered: Rendered) -> list[str]:
-    """Objects that exist already but are not this stack's: the kit will not take them over."""
+    """Objects that exist already but are not this stack's: the kit will not take them over. A
+    cluster-scoped object is this stack's only if it also carries this namespace's label."""
     out = []
     for obj in rendered.objects:
         live = cluster.get(obj)
         if live is None:
             continue
         labels = (live.get("metadata") or {}).get("labels") or {}
+        owner_ns = labels.get(NAMESPACE)
         if labels.get(MANAGED_BY) != "kit":
             out.append(f"{ref(obj)} exists and was not created by the kit")
         elif labels.get(STACK) != env.release_postfix:
             out.append(f"{ref(obj)} exists and belongs to stack {labels.get(STACK)!r}; choose another --postfix")
+        elif obj["kind"] in CLUSTER_SCOPED and owner_ns != env.namespace:
+            where = f"namespace {owner_ns}" if owner_ns else "an unknown namespace"
+            out.append(f"{ref(obj)} exists and belongs to stack {env.release_postfix!r} in {where}; "
+                       "the kit will not take it over")
     return out
 
 

@@ -21,7 +21,7 @@ import yaml
 
 from kit import paths
 from kit.errors import ConfigError, KitError
-from kit.manifests.environments import Environment
+from kit.manifests.environments import Environment, merge
 from kit.picker import load_picker_config
 
 MODEL_PORT = 8000
@@ -31,6 +31,10 @@ MANAGED_BY = "app.kubernetes.io/managed-by"
 STACK = "kit.llm-d.ai/stack"
 NAMESPACE = "kit.llm-d.ai/namespace"
 RELEASE = "kit.llm-d.ai/release"
+WAIVERS = "kit.llm-d.ai/security-waivers"
+# Every container the kit renders: the Pod Security Standards' "restricted" profile, container by container.
+HARDENED: dict[str, Any] = {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
+                            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
 RELEASES = ("infra", "gaie", "ms", "route")
 KIND_ORDER = ("Namespace", "ServiceAccount", "Secret", "ConfigMap", "ClusterRole", "ClusterRoleBinding", "Role",
               "RoleBinding", "ResourceClaimTemplate", "AgentgatewayParameters", "Service", "Deployment", "Gateway",
@@ -115,6 +119,15 @@ def _resources(env: Environment) -> dict[str, Any]:
     return out
 
 
+def model_server_security(env: Environment) -> dict[str, Any]:
+    """The model-server container's securityContext: the hardened defaults less what the environment waives,
+    with the environment's own fields merged over them."""
+    assert env.hardware is not None and env.model_server is not None
+    base = {k: v for k, v in HARDENED.items()
+            if not (k == "runAsNonRoot" and "run-as-non-root" in env.model_server.security_waivers)}
+    return merge(base, env.hardware.security_context)
+
+
 def render(env: Environment, scheduler_config: str | None = None) -> Rendered:
     """All objects of the three releases and the HTTPRoute, in apply order."""
     if env.hardware is None or env.model_server is None or env.gateway is None:
@@ -154,6 +167,8 @@ def render(env: Environment, scheduler_config: str | None = None) -> Rendered:
         "epp_port": EPP_PORT, "plugins_config": plugins_config,
         "plugins_sha": hashlib.sha256(plugins_config.encode()).hexdigest()[:16], "hf_secret": HF_SECRET,
         "container_env": container_env, "resources": _resources(env), "istio_deployment_patch": istio_patch,
+        "epp_security": HARDENED, "ms_security": model_server_security(env),
+        "ms_annotations": {WAIVERS: ",".join(ms.security_waivers)} if ms.security_waivers else {},
     }
     j = _env()
     objects: list[dict[str, Any]] = []

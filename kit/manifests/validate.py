@@ -10,6 +10,13 @@
   container port of those pods; the EPP Service name and port match the pool's endpoint-picker
   reference and select the EPP pods; the HTTPRoute routes to this pool through this Gateway; Service
   names fit DNS labels and label values fit Kubernetes' rules; and no secret value appears anywhere.
+* Pod hardening, for every container of every pod template (the Pod Security Standards' "restricted"
+  profile, plus one rule of the kit's): not privileged; ``allowPrivilegeEscalation: false``;
+  capabilities dropped (``ALL``, nothing added but ``NET_BIND_SERVICE``); seccomp ``RuntimeDefault``
+  or ``Localhost``; ``runAsNonRoot: true``; and no service-account token mounted into a pod whose
+  service account no rendered (Cluster)RoleBinding names. A workload may waive ``run-as-non-root``,
+  ``capabilities`` or ``seccomp`` in its ``kit.llm-d.ai/security-waivers`` annotation (from the
+  environment's ``model_server.security_waivers``); a waived rule is a note, not a problem.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import kubernetes_validate
 import yaml
 from kubernetes_validate.utils import SchemaNotFoundError
 
-from kit.manifests.render import RELEASE, Rendered
+from kit.manifests.render import RELEASE, WAIVERS, Rendered
 
 K8S_VERSION = "1.34.0"
 SHIPPED_SCHEMAS = Path(__file__).resolve().parent / "schemas"
@@ -190,6 +197,59 @@ def _cross_object(objs: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
+WAIVABLE = ("run-as-non-root", "capabilities", "seccomp")
+
+
+def _container_rules(pod: dict[str, Any], sc: dict[str, Any]) -> dict[str, str]:
+    """rule → what is wrong, for one container's securityContext ``sc`` in pod spec ``pod``."""
+    pod_sc = pod.get("securityContext") or {}
+    caps = sc.get("capabilities") or {}
+    added = sorted(set(caps.get("add") or []) - {"NET_BIND_SERVICE"})
+    seccomp = (sc.get("seccompProfile") or pod_sc.get("seccompProfile") or {}).get("type")
+    wrong = {}
+    if sc.get("privileged"):
+        wrong["privileged"] = "runs privileged"
+    if sc.get("allowPrivilegeEscalation") is not False:
+        wrong["privilege-escalation"] = "allowPrivilegeEscalation is not false"
+    if "ALL" not in (caps.get("drop") or []) or added:
+        wrong["capabilities"] = f"adds capabilities {', '.join(added)}" if added else "does not drop ALL capabilities"
+    if seccomp not in ("RuntimeDefault", "Localhost"):
+        wrong["seccomp"] = f"seccomp profile is {seccomp or 'not set'} (RuntimeDefault or Localhost needed)"
+    if sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is not True:
+        wrong["run-as-non-root"] = "runAsNonRoot is not true"
+    elif sc.get("runAsUser", pod_sc.get("runAsUser")) == 0:
+        wrong["run-as-non-root"] = "runAsUser is 0 (root)"
+    return wrong
+
+
+def _pod_security(objs: list[dict[str, Any]], notes: list[str]) -> list[str]:
+    problems = []
+    bound = {(s.get("namespace"), s["name"]) for o in objs if o["kind"] in ("RoleBinding", "ClusterRoleBinding")
+             for s in o.get("subjects") or [] if s.get("kind") == "ServiceAccount"}
+    accounts = {(o["metadata"].get("namespace"), o["metadata"]["name"]): o for o in objs
+                if o["kind"] == "ServiceAccount"}
+    for w, t in _pods(objs):
+        ref, pod, ns = _ref(w), t["spec"], w["metadata"].get("namespace")
+        waived = [r for r in ((w["metadata"].get("annotations") or {}).get(WAIVERS) or "").split(",") if r]
+        problems += [f"{ref}: {WAIVERS} names {r!r}, which cannot be waived (only {', '.join(WAIVABLE)})"
+                     for r in waived if r not in WAIVABLE]
+        for c in [*pod.get("initContainers", []), *pod.get("containers", [])]:
+            for rule, what in _container_rules(pod, c.get("securityContext") or {}).items():
+                if rule in waived:
+                    notes.append(f"{ref}: container {c['name']}: rule {rule} waived by its {WAIVERS} annotation "
+                                 f"({what}); not checked")
+                else:
+                    hint = f" (rule {rule}, waivable)" if rule in WAIVABLE else ""
+                    problems.append(f"{ref}: container {c['name']}: {what}{hint}")
+        account = pod.get("serviceAccountName", "default")
+        automount = pod.get("automountServiceAccountToken",
+                            accounts.get((ns, account), {}).get("automountServiceAccountToken", True))
+        if automount and (ns, account) not in bound:
+            problems.append(f"{ref}: mounts the token of ServiceAccount {account}, which no rendered RoleBinding or "
+                            "ClusterRoleBinding names; set automountServiceAccountToken: false")
+    return problems
+
+
 def _secret_values(objs: list[dict[str, Any]]) -> list[str]:
     problems = []
     for o in objs:
@@ -214,6 +274,7 @@ def validate_objects(objs: list[dict[str, Any]], crds: CrdSchemas | None = None)
     for obj in objs:
         problems += _schema_problems(obj, crds, notes)
     problems += _cross_object(objs)
+    problems += _pod_security(objs, notes)
     return problems, notes
 
 

@@ -25,6 +25,10 @@ def find(objs, kind, suffix=""):
     return next(o for o in objs if o["kind"] == kind and o["metadata"]["name"].endswith(suffix))
 
 
+def pod(objs, suffix):
+    return find(objs, "Deployment", suffix)["spec"]["template"]["spec"]
+
+
 def broken(base, change):
     objs = copy.deepcopy(base)
     change(objs)
@@ -65,6 +69,31 @@ CASES = [
      "spec.endpointPickerRef.failureMode: 'Open' is not one of"),
     ("long-service-name", lambda o: find(o, "Service")["metadata"].__setitem__("name", "s" * 70),
      "a Service name must be a DNS label of at most 63 characters"),
+    ("no-security-context", lambda o: pod(o, "-decode")["containers"][0].pop("securityContext"),
+     "Deployment/ms-inference-scheduling-llm-d-modelservice-decode: container vllm: allowPrivilegeEscalation is not "
+     "false"),
+    ("no-capability-drop", lambda o: pod(o, "-decode")["containers"][0]["securityContext"].pop("capabilities"),
+     "container vllm: does not drop ALL capabilities (rule capabilities, waivable)"),
+    ("added-capability", lambda o: pod(o, "-decode")["containers"][0]["securityContext"]["capabilities"].__setitem__(
+        "add", ["SYS_NICE"]), "container vllm: adds capabilities SYS_NICE"),
+    ("no-seccomp", lambda o: pod(o, "-decode")["containers"][0]["securityContext"].pop("seccompProfile"),
+     "container vllm: seccomp profile is not set (RuntimeDefault or Localhost needed)"),
+    ("unconfined", lambda o: pod(o, "-epp")["containers"][0]["securityContext"].__setitem__(
+        "seccompProfile", {"type": "Unconfined"}), "container epp: seccomp profile is Unconfined"),
+    ("root", lambda o: pod(o, "-decode")["containers"][0]["securityContext"].pop("runAsNonRoot"),
+     "container vllm: runAsNonRoot is not true (rule run-as-non-root, waivable)"),
+    ("root-uid", lambda o: pod(o, "-epp")["containers"][0]["securityContext"].__setitem__("runAsUser", 0),
+     "container epp: runAsUser is 0 (root)"),
+    ("escalation", lambda o: pod(o, "-epp")["containers"][0]["securityContext"].__setitem__(
+        "allowPrivilegeEscalation", True), "Deployment/gaie-inference-scheduling-epp: container epp: "
+                                           "allowPrivilegeEscalation is not false"),
+    ("privileged", lambda o: pod(o, "-epp")["containers"][0]["securityContext"].__setitem__("privileged", True),
+     "container epp: runs privileged"),
+    ("token", lambda o: (pod(o, "-decode").pop("automountServiceAccountToken"),
+                         find(o, "ServiceAccount", "-modelservice").pop("automountServiceAccountToken")),
+     "mounts the token of ServiceAccount ms-inference-scheduling-llm-d-modelservice, which no rendered RoleBinding"),
+    ("unwaivable", lambda o: find(o, "Deployment", "-decode")["metadata"].__setitem__(
+        "annotations", {"kit.llm-d.ai/security-waivers": "privileged"}), "names 'privileged', which cannot be waived"),
     ("long-label-value", lambda o: find(o, "Gateway")["metadata"]["labels"].__setitem__("app.kubernetes.io/gateway",
                                                                                       "g" * 64),
      "Gateway/infra-inference-scheduling-inference-gateway: label app.kubernetes.io/gateway='gggg"),
@@ -79,6 +108,28 @@ def test_each_break_is_reported(base, change, needle):
 
 def test_the_unbroken_render_is_clean(base):
     assert broken(base, lambda o: None) == []
+
+
+def test_a_waived_rule_is_a_note_not_a_problem(base):
+    objs = copy.deepcopy(base)
+    pod(objs, "-decode")["containers"][0]["securityContext"].pop("runAsNonRoot")
+    waiver = {"kit.llm-d.ai/security-waivers": "run-as-non-root"}
+    find(objs, "Deployment", "-decode")["metadata"]["annotations"] = waiver
+    problems, notes = validate_objects(objs, CrdSchemas.shipped())
+    assert problems == []
+    assert notes == ["Deployment/ms-inference-scheduling-llm-d-modelservice-decode: container vllm: rule "
+                     "run-as-non-root waived by its kit.llm-d.ai/security-waivers annotation (runAsNonRoot is not "
+                     "true); not checked"]
+
+
+def test_the_epp_keeps_its_token_because_its_service_account_is_bound(base):
+    objs = copy.deepcopy(base)
+    assert pod(objs, "-epp")["automountServiceAccountToken"] is True
+    objs = [o for o in objs if o["kind"] not in ("RoleBinding", "ClusterRoleBinding")]
+    problems, _ = validate_objects(objs, CrdSchemas.shipped())
+    assert problems == ["Deployment/gaie-inference-scheduling-epp: mounts the token of ServiceAccount "
+                        "gaie-inference-scheduling-epp, which no rendered RoleBinding or ClusterRoleBinding names; "
+                        "set automountServiceAccountToken: false"]
 
 
 def test_custom_resources_are_checked_offline_against_the_shipped_crds_by_default():

@@ -172,7 +172,7 @@ class FakeCluster:
                     self.create(doc)
 
     def serve_kind(self, group: str, version: str, plural: str, kind: str, namespaced: bool = True) -> None:
-        """Serve a custom kind without its CRD document (for CRDs not stored in shared/schemas)."""
+        """Serve a custom kind without its CRD document (for CRDs the kit does not ship in kit/manifests/schemas)."""
         self.kinds[(group, version, plural)] = Kind(group, version, plural, kind, namespaced)
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from kit.manifests.validate import SHIPPED_SCHEMAS
 from kit.targets.processes import Proc, free_port, spawn, stop
 
-# The upstream CRD schemas live in the project's shared folder beside the repository (as in CI).
-SCHEMAS = Path(os.environ.get("KIT_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "schemas"
-if not SCHEMAS.is_dir():
-    raise RuntimeError(f"CRD schemas not found at {SCHEMAS}: set KIT_SHARED to the shared folder")
+# The pinned upstream CRD schemas the kit ships and validates against by default.
+SCHEMAS = SHIPPED_SCHEMAS
 
 
 @pytest.fixture

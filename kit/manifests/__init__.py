@@ -15,9 +15,11 @@ from kit.manifests.validate import CrdSchemas, validate_objects
 
 def checked_render(env: Environment, scheduler_config: str | None = None,
                    crds: CrdSchemas | None = None) -> tuple[Rendered, list[str]]:
-    """Render and validate (against ``crds`` where a kind has one); return the manifests and the notes
-    on what could not be checked; raise NotReadyError listing every problem."""
+    """Render and validate (custom resources against ``crds``, by default the pinned CRDs the kit ships);
+    return the manifests and the notes on what could not be checked; raise NotReadyError listing every
+    problem."""
     rendered = render(env, scheduler_config)
+    crds = CrdSchemas.shipped() if crds is None else crds
     problems, notes = validate_objects(rendered.objects, crds)
     if problems:
         raise NotReadyError(problems, f"{len(problems)} problem(s) in the {len(rendered.objects)} objects "

@@ -62,7 +62,9 @@ class HardwareSettings(StrictModel):
     shm_size: str = Field("20Gi", description="size of /dev/shm")
     node_selector: dict[str, str] = Field(default_factory=dict, description="model-server node selector")
     tolerations: list[dict[str, Any]] = Field(default_factory=list, description="model-server tolerations")
-    security_context: dict[str, Any] | None = Field(None, description="model-server container security context")
+    security_context: dict[str, Any] = Field(
+        default_factory=dict, description="model-server container securityContext fields, merged over the kit's "
+                                          "hardened defaults (docs/cluster.md)")
 
 
 class ModelServerSettings(StrictModel):
@@ -74,6 +76,9 @@ class ModelServerSettings(StrictModel):
     hf_token: bool = Field(True, description="mount the HF token from secret vllm-k8s-hf-token (false: public model)")
     pod_monitor: bool = Field(True, description="render a PodMonitor for the servers' /metrics")
     startup_failure_threshold: int = Field(60, ge=1, description="startup probe failures allowed (30 s apart)")
+    security_waivers: list[Literal["run-as-non-root", "capabilities", "seccomp"]] = Field(
+        default_factory=list, description="hardening rules this server's image cannot meet, e.g. run-as-non-root "
+                                          "for an image that runs as root; kit validate lists them (docs/cluster.md)")
 
 
 class EppSettings(StrictModel):
@@ -157,10 +162,11 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` merged in, mapping by mapping (other values, lists too, are replaced)."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -176,7 +182,7 @@ def _read(name: str, choices: dict[str, str], chain: tuple[str, ...]) -> dict[st
     base = data.pop("extends", None)
     if base is None:
         return data
-    return _merge(_read(str(base), choices, (*chain, name)), data)
+    return merge(_read(str(base), choices, (*chain, name)), data)
 
 
 def load_environment(name: str, *, namespace: str | None = None, postfix: str | None = None,
@@ -185,7 +191,7 @@ def load_environment(name: str, *, namespace: str | None = None, postfix: str | 
     choices = available()
     if name not in choices:
         raise UnknownChoiceError("environment", name, choices)
-    data = _merge(_read(name, choices, ()), overrides or {})
+    data = merge(_read(name, choices, ()), overrides or {})
     data["name"] = name
     data["namespace"] = namespace or os.environ.get("NAMESPACE") or data.get("namespace") or DEFAULT_NAMESPACE
     data["release_postfix"] = (postfix or os.environ.get("RELEASE_NAME_POSTFIX") or data.get("release_postfix")

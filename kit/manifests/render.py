@@ -2,8 +2,10 @@
 
 Templates live in ``templates/releases/*.yaml.j2``; this module computes names, labels and the
 values the templates need, renders, parses, and orders the objects for apply. Every object carries
-labels naming the stack (release postfix) and release, which is how the cluster target finds,
-reports and removes exactly what it created.
+labels naming the stack (release postfix), its namespace and its release, which is how the cluster
+target finds, reports and removes exactly what it created. Names stay within Kubernetes' limits: a
+name that must be cut ends in a short hash of what it was cut from, and cluster-scoped names always
+carry a hash of the namespace and postfix, so no two stacks share one.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import yaml
 
 from kit import paths
 from kit.errors import ConfigError, KitError
-from kit.manifests.environments import Environment
+from kit.manifests.environments import Environment, merge
 from kit.picker import load_picker_config
 
 MODEL_PORT = 8000
@@ -27,7 +29,12 @@ EPP_PORT = 9002
 HF_SECRET = "vllm-k8s-hf-token"
 MANAGED_BY = "app.kubernetes.io/managed-by"
 STACK = "kit.llm-d.ai/stack"
+NAMESPACE = "kit.llm-d.ai/namespace"
 RELEASE = "kit.llm-d.ai/release"
+WAIVERS = "kit.llm-d.ai/security-waivers"
+# Every container the kit renders: the Pod Security Standards' "restricted" profile, container by container.
+HARDENED: dict[str, Any] = {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
+                            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
 RELEASES = ("infra", "gaie", "ms", "route")
 KIND_ORDER = ("Namespace", "ServiceAccount", "Secret", "ConfigMap", "ClusterRole", "ClusterRoleBinding", "Role",
               "RoleBinding", "ResourceClaimTemplate", "AgentgatewayParameters", "Service", "Deployment", "Gateway",
@@ -40,17 +47,30 @@ def release_name(release: str, postfix: str) -> str:
     return f"{release}-{postfix}" if release != "route" else f"llm-d-{postfix}"
 
 
+def fit(stem: str, suffix: str, limit: int, key: tuple[str, ...], always: bool = False) -> str:
+    """``stem + suffix`` in at most ``limit`` characters. A stem that is cut (every stem, with ``always``)
+    ends in 8 hex digits of a hash of ``key``, so names that differ only past the cut stay distinct."""
+    if not always and len(stem) + len(suffix) <= limit:
+        return stem + suffix
+    digest = hashlib.sha256("\0".join(key).encode()).hexdigest()[:8]
+    return f"{stem[: limit - len(suffix) - len(digest) - 1].rstrip('-')}-{digest}{suffix}"
+
+
 def names(env: Environment) -> dict[str, str]:
+    """Object names: the guide's, except where a name must be unique across namespaces or fit a limit."""
     rn, ns = env.release_postfix, env.namespace
     ms = f"ms-{rn}-llm-d-modelservice"
     return {
-        "gateway": f"infra-{rn}-inference-gateway",
+        # Istio names the gateway's Service <gateway>-istio, which must be a DNS label (63 characters).
+        "gateway": fit(f"infra-{rn}", "-inference-gateway", 57, (rn,)),
         "pool": f"gaie-{rn}",
         "epp": f"gaie-{rn}-epp",
-        "epp_cluster_role": f"{('gaie-' + rn)[:40]}-{ns[:40]}-epp",
+        # Cluster-scoped: "gaie-<rn>-<ns>" alone is ambiguous ("a-b" + "c" = "a" + "b-c") and was cut at
+        # 40 characters upstream, so it always carries a hash of (namespace, postfix).
+        "epp_cluster_role": fit(f"gaie-{rn}-{ns}", "-epp", 63, (ns, rn), always=True),
         "metrics_secret": f"gaie-{rn}-metrics-reader-secret",
         "ms": ms,
-        "decode": f"{ms[:55]}-decode",
+        "decode": fit(ms, "-decode", 62, (rn,)),  # upstream cuts the stem at 55 characters
         "route": f"llm-d-{rn}",
     }
 
@@ -99,6 +119,15 @@ def _resources(env: Environment) -> dict[str, Any]:
     return out
 
 
+def model_server_security(env: Environment) -> dict[str, Any]:
+    """The model-server container's securityContext: the hardened defaults less what the environment waives,
+    with the environment's own fields merged over them."""
+    assert env.hardware is not None and env.model_server is not None
+    base = {k: v for k, v in HARDENED.items()
+            if not (k == "runAsNonRoot" and "run-as-non-root" in env.model_server.security_waivers)}
+    return merge(base, env.hardware.security_context)
+
+
 def render(env: Environment, scheduler_config: str | None = None) -> Rendered:
     """All objects of the three releases and the HTTPRoute, in apply order."""
     if env.hardware is None or env.model_server is None or env.gateway is None:
@@ -117,7 +146,7 @@ def render(env: Environment, scheduler_config: str | None = None) -> Rendered:
 
     def labels(release: str) -> dict[str, str]:
         name = release_name(release, rn)
-        return {MANAGED_BY: "kit", "app.kubernetes.io/instance": name, STACK: rn, RELEASE: name}
+        return {MANAGED_BY: "kit", "app.kubernetes.io/instance": name, STACK: rn, NAMESPACE: ns, RELEASE: name}
 
     pod_labels = {"llm-d.ai/inference-serving": "true", "llm-d.ai/guide": "inference-scheduling",
                   "llm-d.ai/accelerator-variant": VARIANT[hw.backend], "llm-d.ai/accelerator-vendor": hw.vendor,
@@ -138,6 +167,8 @@ def render(env: Environment, scheduler_config: str | None = None) -> Rendered:
         "epp_port": EPP_PORT, "plugins_config": plugins_config,
         "plugins_sha": hashlib.sha256(plugins_config.encode()).hexdigest()[:16], "hf_secret": HF_SECRET,
         "container_env": container_env, "resources": _resources(env), "istio_deployment_patch": istio_patch,
+        "epp_security": HARDENED, "ms_security": model_server_security(env),
+        "ms_annotations": {WAIVERS: ",".join(ms.security_waivers)} if ms.security_waivers else {},
     }
     j = _env()
     objects: list[dict[str, Any]] = []

@@ -2,13 +2,21 @@
 
 * Built-in kinds are checked against the Kubernetes OpenAPI schemas (``kubernetes-validate``, strict:
   unknown fields are errors).
-* Custom resources are checked against the ``openAPIV3Schema`` of their CRD, read from a folder of
-  CRD YAML files (``--schemas DIR``) or from the cluster. Unknown fields are errors here too, except
+* Custom resources are checked against the ``openAPIV3Schema`` of their CRD: by default the pinned
+  upstream CRDs shipped in ``kit/manifests/schemas/`` (its README names each one), else a folder of
+  CRD YAML files (``--schemas DIR``) or the cluster's own. Unknown fields are errors here too, except
   where the CRD preserves unknown fields.
 * Cross-object rules: the pool selects the model-server pods and nothing else; its target port is a
   container port of those pods; the EPP Service name and port match the pool's endpoint-picker
   reference and select the EPP pods; the HTTPRoute routes to this pool through this Gateway; Service
-  names fit DNS labels; and no secret value appears anywhere.
+  names fit DNS labels and label values fit Kubernetes' rules; and no secret value appears anywhere.
+* Pod hardening, for every container of every pod template (the Pod Security Standards' "restricted"
+  profile, plus one rule of the kit's): not privileged; ``allowPrivilegeEscalation: false``;
+  capabilities dropped (``ALL``, nothing added but ``NET_BIND_SERVICE``); seccomp ``RuntimeDefault``
+  or ``Localhost``; ``runAsNonRoot: true``; and no service-account token mounted into a pod whose
+  service account no rendered (Cluster)RoleBinding names. A workload may waive ``run-as-non-root``,
+  ``capabilities`` or ``seccomp`` in its ``kit.llm-d.ai/security-waivers`` annotation (from the
+  environment's ``model_server.security_waivers``); a waived rule is a note, not a problem.
 """
 
 from __future__ import annotations
@@ -25,12 +33,14 @@ import kubernetes_validate
 import yaml
 from kubernetes_validate.utils import SchemaNotFoundError
 
-from kit.manifests.render import RELEASE, Rendered
+from kit.manifests.render import RELEASE, WAIVERS, Rendered
 
 K8S_VERSION = "1.34.0"
+SHIPPED_SCHEMAS = Path(__file__).resolve().parent / "schemas"
 _SECRETISH = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY)", re.I)
 _HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
 def _ref(obj: dict[str, Any]) -> str:
@@ -78,6 +88,17 @@ class CrdSchemas:
             for doc in yaml.safe_load_all(f.read_text()):
                 if isinstance(doc, dict):
                     out.add_crd(doc)
+        return out
+
+    @classmethod
+    def shipped(cls) -> CrdSchemas:
+        """The pinned upstream CRDs the kit ships (``kit/manifests/schemas/``)."""
+        return cls.from_dir(str(SHIPPED_SCHEMAS))
+
+    def with_fallback(self, other: CrdSchemas) -> CrdSchemas:
+        """These schemas, and ``other``'s for the kinds these do not define (a new object; neither changes)."""
+        out = CrdSchemas()
+        out.schemas = {**other.schemas, **self.schemas}
         return out
 
     def get(self, obj: dict[str, Any]) -> dict[str, Any] | None:
@@ -165,7 +186,67 @@ def _cross_object(objs: list[dict[str, Any]]) -> list[str]:
     for name in services:
         if len(name) > 63 or not _DNS_LABEL.match(name):
             problems.append(f"Service/{name}: a Service name must be a DNS label of at most 63 characters")
+    for o in objs:
+        templates = [t["metadata"] for _, t in _pods([o])]
+        for md in (o["metadata"], *templates):
+            for key, value in (md.get("labels") or {}).items():
+                if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
+                    problems.append(f"{_ref(o)}: label {key}={value!r} is not a valid label value (at most 63 "
+                                    "letters, digits, '-', '_' or '.', starting and ending with a letter or digit)")
     problems += _secret_values(objs)
+    return problems
+
+
+WAIVABLE = ("run-as-non-root", "capabilities", "seccomp")
+
+
+def _container_rules(pod: dict[str, Any], sc: dict[str, Any]) -> dict[str, str]:
+    """rule → what is wrong, for one container's securityContext ``sc`` in pod spec ``pod``."""
+    pod_sc = pod.get("securityContext") or {}
+    caps = sc.get("capabilities") or {}
+    added = sorted(set(caps.get("add") or []) - {"NET_BIND_SERVICE"})
+    seccomp = (sc.get("seccompProfile") or pod_sc.get("seccompProfile") or {}).get("type")
+    wrong = {}
+    if sc.get("privileged"):
+        wrong["privileged"] = "runs privileged"
+    if sc.get("allowPrivilegeEscalation") is not False:
+        wrong["privilege-escalation"] = "allowPrivilegeEscalation is not false"
+    if "ALL" not in (caps.get("drop") or []) or added:
+        wrong["capabilities"] = f"adds capabilities {', '.join(added)}" if added else "does not drop ALL capabilities"
+    if seccomp not in ("RuntimeDefault", "Localhost"):
+        wrong["seccomp"] = f"seccomp profile is {seccomp or 'not set'} (RuntimeDefault or Localhost needed)"
+    if sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is not True:
+        wrong["run-as-non-root"] = "runAsNonRoot is not true"
+    elif sc.get("runAsUser", pod_sc.get("runAsUser")) == 0:
+        wrong["run-as-non-root"] = "runAsUser is 0 (root)"
+    return wrong
+
+
+def _pod_security(objs: list[dict[str, Any]], notes: list[str]) -> list[str]:
+    problems = []
+    bound = {(s.get("namespace"), s["name"]) for o in objs if o["kind"] in ("RoleBinding", "ClusterRoleBinding")
+             for s in o.get("subjects") or [] if s.get("kind") == "ServiceAccount"}
+    accounts = {(o["metadata"].get("namespace"), o["metadata"]["name"]): o for o in objs
+                if o["kind"] == "ServiceAccount"}
+    for w, t in _pods(objs):
+        ref, pod, ns = _ref(w), t["spec"], w["metadata"].get("namespace")
+        waived = [r for r in ((w["metadata"].get("annotations") or {}).get(WAIVERS) or "").split(",") if r]
+        problems += [f"{ref}: {WAIVERS} names {r!r}, which cannot be waived (only {', '.join(WAIVABLE)})"
+                     for r in waived if r not in WAIVABLE]
+        for c in [*pod.get("initContainers", []), *pod.get("containers", [])]:
+            for rule, what in _container_rules(pod, c.get("securityContext") or {}).items():
+                if rule in waived:
+                    notes.append(f"{ref}: container {c['name']}: rule {rule} waived by its {WAIVERS} annotation "
+                                 f"({what}); not checked")
+                else:
+                    hint = f" (rule {rule}, waivable)" if rule in WAIVABLE else ""
+                    problems.append(f"{ref}: container {c['name']}: {what}{hint}")
+        account = pod.get("serviceAccountName", "default")
+        automount = pod.get("automountServiceAccountToken",
+                            accounts.get((ns, account), {}).get("automountServiceAccountToken", True))
+        if automount and (ns, account) not in bound:
+            problems.append(f"{ref}: mounts the token of ServiceAccount {account}, which no rendered RoleBinding or "
+                            "ClusterRoleBinding names; set automountServiceAccountToken: false")
     return problems
 
 
@@ -193,9 +274,11 @@ def validate_objects(objs: list[dict[str, Any]], crds: CrdSchemas | None = None)
     for obj in objs:
         problems += _schema_problems(obj, crds, notes)
     problems += _cross_object(objs)
+    problems += _pod_security(objs, notes)
     return problems, notes
 
 
 def validate(rendered: Rendered, schemas: str | Path | None = None) -> tuple[list[str], list[str]]:
-    crds = CrdSchemas.from_dir(str(Path(schemas).resolve())) if schemas else None
+    """Validate against the CRDs in folder ``schemas``, or the shipped ones."""
+    crds = CrdSchemas.from_dir(str(Path(schemas).resolve())) if schemas else CrdSchemas.shipped()
     return validate_objects(rendered.objects, crds)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import yaml
 
 from kit.errors import ConfigError, KitError
 from kit.manifests.environments import available, load_environment, parse_set
-from kit.manifests.render import render, write
+from kit.manifests.render import names, render, write
 from kit.manifests.validate import validate
 from kit.picker import load_picker_config
 from tests.conftest import SCHEMAS
@@ -42,8 +43,9 @@ def test_the_guide_environments_exist():
 def test_every_environment_renders_valid_manifests(name):
     problems, notes = validate(render(load_environment(name)), SCHEMAS)
     assert problems == []
-    # Only kinds whose CRDs are not in shared/schemas may go unchecked.
-    assert all(("AgentgatewayParameters" in n or "HealthCheckPolicy" in n or "GCPBackendPolicy" in n) for n in notes)
+    # Only kinds whose CRDs the kit does not ship may go unchecked (waived hardening rules are tested below).
+    kinds = ("AgentgatewayParameters", "HealthCheckPolicy", "GCPBackendPolicy")
+    assert all(any(k in n for k in kinds) for n in notes if "waived" not in n)
 
 
 def test_names_follow_the_postfix_and_namespace():
@@ -51,13 +53,38 @@ def test_names_follow_the_postfix_and_namespace():
     expected = {("Gateway", "infra-blue-inference-gateway"), ("ConfigMap", "infra-blue-inference-gateway"),
                 ("InferencePool", "gaie-blue"), ("Deployment", "gaie-blue-epp"), ("Service", "gaie-blue-epp"),
                 ("ConfigMap", "gaie-blue-epp"), ("ServiceAccount", "gaie-blue-epp"), ("Role", "gaie-blue-epp-sa"),
-                ("Role", "gaie-blue-epp-non-sa"), ("ClusterRole", "gaie-blue-team-a-epp"),
+                ("Role", "gaie-blue-epp-non-sa"), ("ClusterRole", "gaie-blue-team-a-2da04098-epp"),
                 ("DestinationRule", "gaie-blue-epp"), ("ServiceMonitor", "gaie-blue-epp-monitor"),
                 ("Secret", "gaie-blue-metrics-reader-secret"),
                 ("Deployment", "ms-blue-llm-d-modelservice-decode"), ("ServiceAccount", "ms-blue-llm-d-modelservice"),
                 ("PodMonitor", "ms-blue-llm-d-modelservice-decode-podmonitor"), ("HTTPRoute", "llm-d-blue")}
     assert expected <= set(o)
     assert all(obj["metadata"].get("namespace", "team-a") == "team-a" for obj in o.values())
+    assert all(obj["metadata"]["labels"]["kit.llm-d.ai/namespace"] == "team-a" for obj in o.values())
+
+
+@pytest.mark.parametrize(("a", "b"), [
+    (("team-a", "blue"), ("team-b", "blue")),
+    (("c", "a-b"), ("b-c", "a")),  # the same text once namespace and postfix are joined
+    (("team-" + "x" * 45 + "-a", "p"), ("team-" + "x" * 45 + "-b", "p")),  # alike for 50 characters
+    (("n", "r" * 49 + "-a"), ("n", "r" * 49 + "-b")),
+], ids=["namespaces", "joined-alike", "long-namespaces", "long-postfixes"])
+def test_two_stacks_never_share_a_cluster_scoped_or_cut_name(a, b):
+    na, nb = (names(load_environment("istio", namespace=ns, postfix=rn)) for ns, rn in (a, b))
+    assert na["epp_cluster_role"] != nb["epp_cluster_role"]
+    if a[0] == b[0]:  # one namespace: every namespaced name differs too
+        assert not {v for k, v in na.items() if k != "epp_cluster_role"} & set(nb.values())
+    for n in (na, nb):
+        assert len(n["epp_cluster_role"]) <= 63 and len(n["decode"]) <= 62 and len(n["gateway"] + "-istio") <= 63
+
+
+def test_names_keep_the_guides_form_until_they_must_be_cut():
+    n = names(load_environment("istio", postfix="r" * 33))
+    assert n["gateway"] == f"infra-{'r' * 33}-inference-gateway"
+    assert n["decode"] == f"ms-{'r' * 33}-llm-d-modelservice-decode"
+    cut = names(load_environment("istio", postfix="r" * 34))
+    assert cut["gateway"].startswith("infra-rrrr") and cut["gateway"].endswith("-inference-gateway")
+    assert len(cut["gateway"]) == 57 and re.search(r"-[0-9a-f]{8}-inference-gateway$", cut["gateway"])
 
 
 def test_pool_selector_ports_and_epp_reference():
@@ -206,9 +233,51 @@ def test_hardware_extras():
     assert xpu["resourceClaims"][0]["resourceClaimTemplateName"] == rct["metadata"]["name"]
     assert xpu["containers"][0]["resources"]["claims"] == [{"name": "accelerator"}]
     cpu = decode(objs("cpu")[0])["spec"]["template"]["spec"]["containers"][0]
-    assert cpu["securityContext"]["capabilities"] == {"add": ["SYS_NICE"]}
+    assert cpu["securityContext"]["capabilities"] == {"drop": ["ALL"]}  # upstream adds SYS_NICE (docs/cluster.md)
     sim = decode(objs("sim")[0])["spec"]["template"]["spec"]["containers"][0]
     assert "command" not in sim and sim["args"][:4] == ["--model", "Qwen/Qwen3-0.6B", "--port", "8000"]
+
+
+HARDENED = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"}}
+ROOT_IMAGES = {"cpu", "xpu", "gke_tpu"}  # images that run as root (docs/cluster.md)
+
+
+@pytest.mark.parametrize("name", CLUSTER_ENVS)
+def test_pods_are_hardened_in_every_environment(name):
+    o, _ = objs(name)
+    epp = o[("Deployment", "gaie-inference-scheduling-epp")]["spec"]["template"]["spec"]
+    assert epp["automountServiceAccountToken"] is True  # it watches pods and the pool with its token
+    assert epp["containers"][0]["securityContext"] == {**HARDENED, "runAsNonRoot": True}
+    server = decode(o)
+    pod = server["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert o[("ServiceAccount", pod["serviceAccountName"])]["automountServiceAccountToken"] is False
+    [c] = pod["containers"]
+    waivers = server["metadata"].get("annotations", {}).get("kit.llm-d.ai/security-waivers")
+    if name in ROOT_IMAGES:
+        assert c["securityContext"] == HARDENED and waivers == "run-as-non-root"
+    else:
+        assert c["securityContext"] == {**HARDENED, "runAsNonRoot": True} and waivers is None
+    _, notes = validate(render(load_environment(name)))
+    assert [n for n in notes if "waived" in n] == (
+        ["Deployment/ms-inference-scheduling-llm-d-modelservice-decode: container vllm: rule run-as-non-root waived "
+         "by its kit.llm-d.ai/security-waivers annotation (runAsNonRoot is not true); not checked"]
+        if name in ROOT_IMAGES else [])
+
+
+def test_upstreams_numa_settings_for_cpu_are_one_command_away():
+    sets = ["hardware.security_context.capabilities.add=[SYS_NICE]", "hardware.security_context.seccompProfile.type="
+            "Unconfined", "model_server.security_waivers=[run-as-non-root,capabilities,seccomp]"]
+    r = render(load_environment("cpu", overrides=parse_set(sets)))
+    c = next(o for o in r.objects if o["metadata"]["name"].endswith("-decode"))["spec"]["template"]["spec"][
+        "containers"][0]
+    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"], "add": [
+        "SYS_NICE"]}, "seccompProfile": {"type": "Unconfined"}}
+    problems, notes = validate(r)
+    assert problems == [] and len([n for n in notes if "waived" in n]) == 3
+    without_waivers = render(load_environment("cpu", overrides=parse_set(sets[:2])))
+    assert len(validate(without_waivers)[0]) == 2  # capabilities and seccomp, each named
 
 
 def test_two_postfixes_in_one_namespace_never_touch_each_other():

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 
+from kit.manifests import checked_render
 from kit.manifests.environments import load_environment
 from kit.manifests.render import render
-from kit.manifests.validate import CrdSchemas, validate_objects
+from kit.manifests.validate import CrdSchemas, validate, validate_objects
 from tests.conftest import SCHEMAS
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -19,6 +23,10 @@ def base():
 
 def find(objs, kind, suffix=""):
     return next(o for o in objs if o["kind"] == kind and o["metadata"]["name"].endswith(suffix))
+
+
+def pod(objs, suffix):
+    return find(objs, "Deployment", suffix)["spec"]["template"]["spec"]
 
 
 def broken(base, change):
@@ -61,6 +69,34 @@ CASES = [
      "spec.endpointPickerRef.failureMode: 'Open' is not one of"),
     ("long-service-name", lambda o: find(o, "Service")["metadata"].__setitem__("name", "s" * 70),
      "a Service name must be a DNS label of at most 63 characters"),
+    ("no-security-context", lambda o: pod(o, "-decode")["containers"][0].pop("securityContext"),
+     "Deployment/ms-inference-scheduling-llm-d-modelservice-decode: container vllm: allowPrivilegeEscalation is not "
+     "false"),
+    ("no-capability-drop", lambda o: pod(o, "-decode")["containers"][0]["securityContext"].pop("capabilities"),
+     "container vllm: does not drop ALL capabilities (rule capabilities, waivable)"),
+    ("added-capability", lambda o: pod(o, "-decode")["containers"][0]["securityContext"]["capabilities"].__setitem__(
+        "add", ["SYS_NICE"]), "container vllm: adds capabilities SYS_NICE"),
+    ("no-seccomp", lambda o: pod(o, "-decode")["containers"][0]["securityContext"].pop("seccompProfile"),
+     "container vllm: seccomp profile is not set (RuntimeDefault or Localhost needed)"),
+    ("unconfined", lambda o: pod(o, "-epp")["containers"][0]["securityContext"].__setitem__(
+        "seccompProfile", {"type": "Unconfined"}), "container epp: seccomp profile is Unconfined"),
+    ("root", lambda o: pod(o, "-decode")["containers"][0]["securityContext"].pop("runAsNonRoot"),
+     "container vllm: runAsNonRoot is not true (rule run-as-non-root, waivable)"),
+    ("root-uid", lambda o: pod(o, "-epp")["containers"][0]["securityContext"].__setitem__("runAsUser", 0),
+     "container epp: runAsUser is 0 (root)"),
+    ("escalation", lambda o: pod(o, "-epp")["containers"][0]["securityContext"].__setitem__(
+        "allowPrivilegeEscalation", True), "Deployment/gaie-inference-scheduling-epp: container epp: "
+                                           "allowPrivilegeEscalation is not false"),
+    ("privileged", lambda o: pod(o, "-epp")["containers"][0]["securityContext"].__setitem__("privileged", True),
+     "container epp: runs privileged"),
+    ("token", lambda o: (pod(o, "-decode").pop("automountServiceAccountToken"),
+                         find(o, "ServiceAccount", "-modelservice").pop("automountServiceAccountToken")),
+     "mounts the token of ServiceAccount ms-inference-scheduling-llm-d-modelservice, which no rendered RoleBinding"),
+    ("unwaivable", lambda o: find(o, "Deployment", "-decode")["metadata"].__setitem__(
+        "annotations", {"kit.llm-d.ai/security-waivers": "privileged"}), "names 'privileged', which cannot be waived"),
+    ("long-label-value", lambda o: find(o, "Gateway")["metadata"]["labels"].__setitem__("app.kubernetes.io/gateway",
+                                                                                      "g" * 64),
+     "Gateway/infra-inference-scheduling-inference-gateway: label app.kubernetes.io/gateway='gggg"),
 ]
 
 
@@ -74,14 +110,64 @@ def test_the_unbroken_render_is_clean(base):
     assert broken(base, lambda o: None) == []
 
 
+def test_a_waived_rule_is_a_note_not_a_problem(base):
+    objs = copy.deepcopy(base)
+    pod(objs, "-decode")["containers"][0]["securityContext"].pop("runAsNonRoot")
+    waiver = {"kit.llm-d.ai/security-waivers": "run-as-non-root"}
+    find(objs, "Deployment", "-decode")["metadata"]["annotations"] = waiver
+    problems, notes = validate_objects(objs, CrdSchemas.shipped())
+    assert problems == []
+    assert notes == ["Deployment/ms-inference-scheduling-llm-d-modelservice-decode: container vllm: rule "
+                     "run-as-non-root waived by its kit.llm-d.ai/security-waivers annotation (runAsNonRoot is not "
+                     "true); not checked"]
+
+
+def test_the_epp_keeps_its_token_because_its_service_account_is_bound(base):
+    objs = copy.deepcopy(base)
+    assert pod(objs, "-epp")["automountServiceAccountToken"] is True
+    objs = [o for o in objs if o["kind"] not in ("RoleBinding", "ClusterRoleBinding")]
+    problems, _ = validate_objects(objs, CrdSchemas.shipped())
+    assert problems == ["Deployment/gaie-inference-scheduling-epp: mounts the token of ServiceAccount "
+                        "gaie-inference-scheduling-epp, which no rendered RoleBinding or ClusterRoleBinding names; "
+                        "set automountServiceAccountToken: false"]
+
+
+def test_custom_resources_are_checked_offline_against_the_shipped_crds_by_default():
+    rendered, notes = checked_render(load_environment("istio"))
+    kinds = {o["kind"] for o in rendered.objects}
+    assert {"Gateway", "HTTPRoute", "InferencePool", "DestinationRule", "PodMonitor", "ServiceMonitor"} <= kinds
+    assert notes == []  # every custom resource had a schema
+    problems, _ = validate(rendered)
+    assert problems == []
+    _, without = validate_objects(rendered.objects, CrdSchemas())
+    assert any("InferencePool/gaie-inference-scheduling: no schema" in n for n in without)
+
+
+def test_the_shipped_crds_are_package_data_with_their_provenance():
+    import tomllib
+
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["kit.manifests"]
+    files = sorted(p for p in SCHEMAS.iterdir())
+    assert len([f for f in files if f.suffix == ".yaml"]) == 9
+    readme = (SCHEMAS / "README.md").read_text()
+    for f in files:
+        assert any(f.relative_to(SCHEMAS.parent).match(glob) for glob in data), f"{f.name} is not package data"
+        if f.suffix == ".yaml":
+            assert f"`{f.name}`" in readme, f"{f.name} has no provenance line in schemas/README.md"
+
+
 @pytest.mark.slow
 def test_validate_cli_lists_every_problem_and_exits_1(tmp_path):
     import subprocess
     import sys
 
-    ok = subprocess.run([sys.executable, "-m", "kit", "validate", "-e", "gke", "--schemas", str(SCHEMAS)],
+    ok = subprocess.run([sys.executable, "-m", "kit", "validate", "-e", "gke"],
                         capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0 and "objects for gke are valid (2 not checked)" in ok.stdout
+    assert ok.stdout.count("note:") == 2 and "HealthCheckPolicy" in ok.stdout and "GCPBackendPolicy" in ok.stdout
+    empty = subprocess.run([sys.executable, "-m", "kit", "validate", "-e", "gke", "--schemas", str(tmp_path)],
+                           capture_output=True, text=True, timeout=120)
+    assert empty.returncode == 0 and "note: InferencePool/gaie-inference-scheduling: no schema" in empty.stdout
     bad = subprocess.run([sys.executable, "-m", "kit", "validate", "-e", "istio", "--set", "replicas=-1"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "replicas: Input should be greater than or equal to 1" in bad.stderr

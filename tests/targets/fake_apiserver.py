@@ -4,6 +4,7 @@ Discovery (/version, /api, /apis, group-version resource lists), bearer-token au
 equality label selectors, DELETE, server-side apply (``application/apply-patch+yaml`` with
 ``fieldManager``, ``force`` and ``dryRun=All``) with per-manager field ownership, ``managedFields``,
 conflicts (409) and removal of fields a manager stops applying, generation and resourceVersion.
+Names and labels are checked as the API server checks them (422 Invalid).
 Custom resources are served once their CRD is installed. Simple controllers play the cluster's
 part: Deployments roll out (pods appear, status counts), Gateways become Programmed when their class
 exists, HTTPRoutes and InferencePools are Accepted when what they reference exists. The pod proxy
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import re
 import threading
 import time
 import uuid
@@ -54,6 +56,34 @@ BUILTIN = [
     Kind("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False),
     Kind("resource.k8s.io", "v1", "resourceclaimtemplates", "ResourceClaimTemplate"),
 ]
+
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL_PART = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+_RBAC = {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
+
+
+def _invalid(kind: str, md: dict[str, Any]) -> list[str]:
+    """What the API server's validation would refuse in an object's name and labels."""
+    out = []
+    name = md.get("name", "")
+    if kind in ("Service", "Namespace"):
+        if len(name) > 63 or not _DNS_LABEL.match(name):
+            out.append(f"metadata.name: Invalid value: {name!r}: must be a DNS label of at most 63 characters")
+    elif kind in _RBAC:
+        if name in (".", "..") or "/" in name or "%" in name:
+            out.append(f"metadata.name: Invalid value: {name!r}: may not contain '/' or '%'")
+    elif len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
+        out.append(f"metadata.name: Invalid value: {name!r}: must be a DNS subdomain of at most 253 characters")
+    for key, value in (md.get("labels") or {}).items():
+        prefix, _, local = key.rpartition("/")
+        if len(local) > 63 or not _LABEL_PART.match(local) or (prefix and not _DNS_SUBDOMAIN.match(prefix)):
+            out.append(f"metadata.labels: Invalid value: {key!r}: not a valid label key")
+        if not isinstance(value, str) or len(value) > 63 or (value and not _LABEL_PART.match(value)):
+            out.append(f"metadata.labels: Invalid value: {value!r}: a label value must be at most 63 characters "
+                       "of letters, digits, '-', '_' or '.', beginning and ending with a letter or digit")
+    return out
 
 
 def _leaves(obj: Any, prefix: tuple = ()) -> dict[tuple, Any]:
@@ -142,7 +172,7 @@ class FakeCluster:
                     self.create(doc)
 
     def serve_kind(self, group: str, version: str, plural: str, kind: str, namespaced: bool = True) -> None:
-        """Serve a custom kind without its CRD document (for CRDs not stored in shared/schemas)."""
+        """Serve a custom kind without its CRD document (for CRDs the kit does not ship in kit/manifests/schemas)."""
         self.kinds[(group, version, plural)] = Kind(group, version, plural, kind, namespaced)
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
@@ -403,6 +433,9 @@ class FakeCluster:
         md = body.get("metadata") or {}
         if md.get("name") != name:
             return self._status(400, "BadRequest", "the body's metadata.name does not match the URL")
+        invalid = _invalid(kind.kind, md)
+        if invalid:
+            return self._status(422, "Invalid", f'{kind.kind} "{name}" is invalid: ' + "; ".join(invalid))
         if kind.namespaced:
             if md.get("namespace", ns) != ns:
                 return self._status(400, "BadRequest", "the body's namespace does not match the URL")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import pytest
 
 from kit.errors import ApplyError, NotReadyError
 from kit.manifests.environments import load_environment, parse_set
-from kit.manifests.render import render
+from kit.manifests.render import names, render
 from kit.targets.cluster import ClusterTarget, apply, inventory
 from kit.targets.cluster.client import Cluster
 from tests.conftest import SCHEMAS
@@ -20,15 +21,15 @@ NS = "team-a"
 quiet = {"say": lambda _m: None}
 
 
-def prepared(fake: FakeCluster, hf_token: bool = True) -> None:
-    """A cluster with everything the istio environment needs."""
+def prepared(fake: FakeCluster, hf_token: bool = True, namespace: str = NS) -> None:
+    """A cluster with everything the istio environment needs in ``namespace``."""
     fake.install_crds(SCHEMAS)
-    fake.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+    fake.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
     fake.create({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass", "metadata": {"name": "istio"},
                  "spec": {"controllerName": "istio.io/gateway-controller"}})
     if hf_token:
-        fake.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "vllm-k8s-hf-token", "namespace": NS},
-                     "data": {"HF_TOKEN": "aGZfeHg="}})
+        fake.create({"apiVersion": "v1", "kind": "Secret", "metadata": {
+            "name": "vllm-k8s-hf-token", "namespace": namespace}, "data": {"HF_TOKEN": "aGZfeHg="}})
 
 
 @pytest.fixture
@@ -43,12 +44,17 @@ def client(fake):
     return Cluster(kubeconfig=str(fake.kubeconfig_path))
 
 
-def env(postfix: str = "inference-scheduling", *sets: str, name: str = "istio"):
-    return load_environment(name, namespace=NS, postfix=postfix, overrides=parse_set(list(sets)))
+def env(postfix: str = "inference-scheduling", *sets: str, name: str = "istio", namespace: str = NS):
+    return load_environment(name, namespace=namespace, postfix=postfix, overrides=parse_set(list(sets)))
 
 
-def target(client: Cluster, postfix: str = "inference-scheduling") -> ClusterTarget:
-    return ClusterTarget(env(postfix), cluster=client)
+def target(client: Cluster, postfix: str = "inference-scheduling", namespace: str = NS) -> ClusterTarget:
+    return ClusterTarget(env(postfix, namespace=namespace), cluster=client)
+
+
+def cluster_scoped(fake: FakeCluster) -> dict[str, dict]:
+    """``Kind/name`` → object, for the ClusterRoles and ClusterRoleBindings on the cluster."""
+    return {f"{k}/{o['metadata']['name']}": o for k in ("ClusterRole", "ClusterRoleBinding") for o in fake.objects(k)}
 
 
 def test_prerequisites_name_every_gap_and_its_fix(fake, client):
@@ -192,11 +198,65 @@ def test_destroy_removes_exactly_this_stack(fake, client):
         "name": "unrelated", "namespace": NS, "labels": {"kit.llm-d.ai/stack": "blue"}}})  # not managed by kit
     deleted = target(client, "blue").destroy(**quiet)
     assert len(deleted) == 20 and deleted[0] == "HTTPRoute/llm-d-blue" and deleted[-1].startswith("ConfigMap/infra")
-    names = {o["metadata"]["name"] for k in ("Deployment", "ConfigMap", "InferencePool") for o in fake.objects(k)}
-    assert not any("blue" in n for n in names - {"unrelated"})
-    assert "unrelated" in names and "gaie-green" in names
+    left = {o["metadata"]["name"] for k in ("Deployment", "ConfigMap", "InferencePool") for o in fake.objects(k)}
+    assert not any("blue" in n for n in left - {"unrelated"})
+    assert "unrelated" in left and "gaie-green" in left
     assert target(client, "green").status().ready
     assert target(client, "blue").destroy(**quiet) == []
+
+
+def test_one_postfix_in_two_namespaces_status_and_destroy_stay_in_their_namespace(fake, client):
+    a, b = target(client, namespace="team-a"), target(client, namespace="team-b")
+    for t in (a, b):
+        prepared(fake, namespace=t.env.namespace)
+        t.deploy(timeout=30, **quiet)
+    role = names(b.env)["epp_cluster_role"]
+    theirs = {f"ClusterRole/{role}", f"ClusterRoleBinding/{role}"}
+    assert theirs <= set(cluster_scoped(fake))
+    listed = {row["object"] for row in a.status().rows}
+    assert not listed & theirs and len([r for r in listed if r.startswith("Cluster")]) == 2
+    deleted = a.destroy(**quiet)
+    assert not set(deleted) & theirs and len(deleted) == 20
+    assert theirs <= set(cluster_scoped(fake)) and len(cluster_scoped(fake)) == 2
+    assert b.status().ready and len(b.status().rows) == 23  # 20 objects and 3 pods, all still there
+
+
+def test_long_namespaces_sharing_a_prefix_get_their_own_valid_cluster_scoped_names(fake, client):
+    prefix = "team-" + "x" * 45  # 50 characters; the kit allows namespaces of up to 53
+    stacks = [target(client, namespace=f"{prefix}-{n}") for n in ("a", "b")]
+    for t in stacks:
+        prepared(fake, namespace=t.env.namespace)
+        t.deploy(timeout=30, **quiet)
+    bindings = {o["metadata"]["name"]: o for o in fake.objects("ClusterRoleBinding")}
+    assert len(bindings) == 2 and len(fake.objects("ClusterRole")) == 2
+    for name, binding in bindings.items():
+        assert len(name) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name)
+        owner = binding["metadata"]["labels"]["kit.llm-d.ai/namespace"]
+        assert [s["namespace"] for s in binding["subjects"]] == [owner]  # the second deploy rewrote nothing
+        assert binding["roleRef"]["name"] == name
+    assert {b["metadata"]["labels"]["kit.llm-d.ai/namespace"] for b in bindings.values()} == {
+        t.env.namespace for t in stacks}
+
+
+def test_the_longest_postfix_and_namespace_deploy(fake, client):
+    t = target(client, "p" * 53, namespace="n" * 53)
+    prepared(fake, namespace=t.env.namespace)
+    assert t.deploy(timeout=30, **quiet).ready  # the fake refuses names and labels the API server would refuse
+    gateway = fake.objects("Gateway")[0]["metadata"]["name"]
+    assert len(gateway + "-istio") <= 63  # the Service Istio creates for it is a DNS label
+
+
+def test_a_cluster_scoped_object_of_another_namespace_is_not_taken_over(fake, client):
+    prepared(fake)
+    mine = next(o for o in render(env()).objects if o["kind"] == "ClusterRole")
+    fake.create({**mine, "metadata": {**mine["metadata"], "labels": {
+        **mine["metadata"]["labels"], "kit.llm-d.ai/namespace": "team-z"}}})
+    with pytest.raises(NotReadyError) as err:
+        target(client).deploy(**quiet)
+    assert (f"ClusterRole/{mine['metadata']['name']} exists and belongs to stack 'inference-scheduling' in "
+            "namespace team-z") in str(err.value)
+    assert target(client).destroy(**quiet) == []  # nor removed: it is not this namespace's
+    assert fake.get("ClusterRole", mine["metadata"]["name"]) is not None
 
 
 def test_switching_the_scheduler_profile_updates_the_epp(fake, client):
@@ -223,6 +283,13 @@ def test_metrics_of_each_pod_through_the_api_proxy_and_the_gateway_address(fake,
     assert inventory.gateway_address(env(), client) == "http://203.0.113.7"
     with t.gateway() as url:
         assert url == "http://203.0.113.7"
+
+
+def test_plan_checks_kinds_the_cluster_lacks_against_the_shipped_crds(fake, client, capsys):
+    fake.install_crds(SCHEMAS, only=("inference.networking.k8s.io",))
+    plan = target(client).plan()
+    assert {"Gateway", "HTTPRoute", "InferencePool", "DestinationRule"} <= {row["kind"] for row in plan}
+    assert "note:" not in capsys.readouterr().out  # nothing went unchecked
 
 
 @pytest.mark.slow

@@ -4,7 +4,9 @@
   and monitoring CRDs the render uses), the GatewayClass, the HF token secret; each problem says how
   to fix it.
 * ``collisions``: objects that exist but belong to another stack or to nobody the kit knows.
-* ``deploy``: render and validate against the cluster's own CRDs, check the above, then server-side
+* ``crd_schemas``: what custom resources are validated against: the cluster's own CRDs, and the kit's
+  pinned ones for kinds the cluster does not define yet.
+* ``deploy``: render and validate against those, check the above, then server-side
   apply in order with field manager ``kit`` (or a server-side dry run), and ``wait`` until ready the
   way ``kubectl rollout status`` and the Gateway API conditions judge it. A failure reports what was
   and was not applied.
@@ -21,9 +23,10 @@ from kubernetes.dynamic.exceptions import ApiException
 from kit.errors import ApplyError, KitError, NotReadyError
 from kit.manifests import checked_render
 from kit.manifests.environments import Environment
-from kit.manifests.render import HF_SECRET, MANAGED_BY, STACK, Rendered, render
+from kit.manifests.render import HF_SECRET, MANAGED_BY, NAMESPACE, STACK, Rendered, render
+from kit.manifests.validate import CrdSchemas
 from kit.targets import Say
-from kit.targets.cluster.client import Cluster, ref
+from kit.targets.cluster.client import CLUSTER_SCOPED, Cluster, ref
 
 CRD_HINTS = {
     "gateway.networking.k8s.io": "install the Gateway API CRDs (v1.5.1): kubectl apply -k "
@@ -37,6 +40,11 @@ CRD_HINTS = {
     "networking.gke.io": "enable the GKE Gateway controller on the cluster",
     "resource.k8s.io": "use Kubernetes 1.34+ with Dynamic Resource Allocation and the vendor's DRA driver",
 }
+
+
+def crd_schemas(cluster: Cluster) -> CrdSchemas:
+    """The cluster's own CRDs, with the kit's pinned ones for the kinds the cluster does not define."""
+    return cluster.crd_schemas().with_fallback(CrdSchemas.shipped())
 
 
 def prerequisites(env: Environment, cluster: Cluster, rendered: Rendered | None = None) -> list[str]:
@@ -84,17 +92,23 @@ def prerequisites(env: Environment, cluster: Cluster, rendered: Rendered | None 
 
 
 def collisions(env: Environment, cluster: Cluster, rendered: Rendered) -> list[str]:
-    """Objects that exist already but are not this stack's: the kit will not take them over."""
+    """Objects that exist already but are not this stack's: the kit will not take them over. A
+    cluster-scoped object is this stack's only if it also carries this namespace's label."""
     out = []
     for obj in rendered.objects:
         live = cluster.get(obj)
         if live is None:
             continue
         labels = (live.get("metadata") or {}).get("labels") or {}
+        owner_ns = labels.get(NAMESPACE)
         if labels.get(MANAGED_BY) != "kit":
             out.append(f"{ref(obj)} exists and was not created by the kit")
         elif labels.get(STACK) != env.release_postfix:
             out.append(f"{ref(obj)} exists and belongs to stack {labels.get(STACK)!r}; choose another --postfix")
+        elif obj["kind"] in CLUSTER_SCOPED and owner_ns != env.namespace:
+            where = f"namespace {owner_ns}" if owner_ns else "an unknown namespace"
+            out.append(f"{ref(obj)} exists and belongs to stack {env.release_postfix!r} in {where}; "
+                       "the kit will not take it over")
     return out
 
 
@@ -174,7 +188,7 @@ def deploy(env: Environment, cluster: Cluster, scheduler_config: str | None = No
            timeout: float = 900, say: Say = print) -> list[str]:
     """Apply the stack (or check it server-side with ``dry_run``) and wait until it is ready; returns what
     was applied. Nothing is applied unless the manifests are valid and every prerequisite is met."""
-    rendered, _ = checked_render(env, scheduler_config, cluster.crd_schemas())
+    rendered, _ = checked_render(env, scheduler_config, crd_schemas(cluster))
     problems = prerequisites(env, cluster, rendered) + collisions(env, cluster, rendered)
     if problems:
         raise NotReadyError(problems, "nothing was applied")

@@ -3,7 +3,9 @@
 * ``status``: the releases and their objects with readiness, and the model-server pods (found by the
   stack's labels, like ``helm list`` + ``kubectl get all``).
 * ``destroy``: deletes, in reverse apply order, only objects carrying this stack's labels and
-  ``managed-by: kit``.
+  ``managed-by: kit``: namespaced ones in this namespace, cluster-scoped ones (the EPP's ClusterRole and
+  binding) only when they also carry this namespace's label, so a stack with the same postfix in
+  another namespace is never touched.
 * Reaching the stack: the Gateway's address (else a ``kubectl port-forward`` the kit starts and stops),
   and each model-server pod's ``/metrics`` through the API server's pod proxy, so the plots work on a
   cluster as they do locally.
@@ -20,15 +22,27 @@ from typing import Any
 
 from kit.errors import KitError
 from kit.manifests.environments import Environment
-from kit.manifests.render import KIND_ORDER, MANAGED_BY, MODEL_PORT, RELEASE, RELEASES, STACK, names, release_name
+from kit.manifests.render import (
+    KIND_ORDER,
+    MANAGED_BY,
+    MODEL_PORT,
+    NAMESPACE,
+    RELEASE,
+    RELEASES,
+    STACK,
+    names,
+    release_name,
+)
 from kit.targets import Say
 from kit.targets.cluster.apply import condition, readiness
 from kit.targets.cluster.client import API_VERSIONS, CLUSTER_SCOPED, Cluster, ref
 from kit.targets.processes import free_port, port_in_use
 
 
-def _stack_selector(env: Environment) -> str:
-    return f"{STACK}={env.release_postfix},{MANAGED_BY}=kit"
+def stack_selector(env: Environment, cluster_scoped: bool) -> str:
+    """The label selector of this stack's objects; cluster-scoped ones are told apart by their namespace label."""
+    selector = f"{STACK}={env.release_postfix},{MANAGED_BY}=kit"
+    return f"{selector},{NAMESPACE}={env.namespace}" if cluster_scoped else selector
 
 
 def _owned(env: Environment, cluster: Cluster) -> list[dict[str, Any]]:
@@ -36,8 +50,9 @@ def _owned(env: Environment, cluster: Cluster) -> list[dict[str, Any]]:
     for kind in KIND_ORDER:
         if kind not in API_VERSIONS:
             continue
-        ns = None if kind in CLUSTER_SCOPED else env.namespace
-        for obj in cluster.list(API_VERSIONS[kind], kind, ns, _stack_selector(env)):
+        scoped = kind in CLUSTER_SCOPED
+        for obj in cluster.list(API_VERSIONS[kind], kind, None if scoped else env.namespace,
+                                stack_selector(env, scoped)):
             obj.setdefault("apiVersion", API_VERSIONS[kind])
             obj.setdefault("kind", kind)
             out.append(obj)

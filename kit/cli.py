@@ -271,8 +271,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     va = sub.add_parser("validate", help="render and validate; exit 1 listing every problem")
     env_flags(va)
-    va.add_argument("--schemas", help="folder of CRD YAML files to validate custom resources against, "
-                                      "or 'cluster' for the CRDs installed in the cluster")
+    va.add_argument("--schemas", help="folder of CRD YAML files to validate custom resources against, or "
+                                      "'cluster' for the CRDs installed in the cluster (default: the pinned CRDs "
+                                      "the kit ships, kit/manifests/schemas)")
     cluster_flags(va)
     va.add_argument("--scheduler-config", help="EndpointPickerConfig YAML for the EPP ConfigMap")
     va.set_defaults(func=_validate)

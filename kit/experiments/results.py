@@ -101,17 +101,42 @@ def percentile(values: list[float], q: float) -> float | None:
     return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
+def counted_percentile(counts: dict[float, int], q: float) -> float | None:
+    """``percentile`` of a list given as value → how many times it occurs (the fleet simulator's inter-token
+    gaps: millions of tokens share a few thousand distinct gaps)."""
+    total = sum(counts.values())
+    if not total:
+        return None
+    k = (total - 1) * q
+    lo_rank, frac = int(k), k - int(k)
+    seen = 0
+    lo = None
+    for v in sorted(counts):
+        seen += counts[v]
+        if lo is None and seen > lo_rank:
+            lo = v
+        if seen > lo_rank + (1 if frac else 0):
+            return lo + (v - lo) * frac
+    return lo
+
+
 def _r6(v: float | None) -> float | None:
     return None if v is None else round(v, 6)
 
 
 def summarize(results: list[RequestResult], wall_s: float,
-              cache: dict[str, tuple[float, float]] | None = None) -> Summary:
+              cache: dict[str, tuple[float, float]] | None = None,
+              itl_counts: dict[float, int] | None = None) -> Summary:
     """The figures of a run: latency percentiles, throughput, errors, and prefix-cache hit rates from
-    ``cache`` (endpoint → (hit tokens, queried tokens) during the run, from the servers' counters)."""
+    ``cache`` (endpoint → (hit tokens, queried tokens) during the run, from the servers' counters).
+    Inter-token gaps come from the requests' ``itls``, or from ``itl_counts`` (gap → tokens) when given."""
     ok = [r for r in results if r.ok]
     ttft = [r.ttft for r in ok if r.ttft is not None]
     itl = [g for r in ok for g in r.itls]
+    if itl_counts is not None:
+        itl_p50, itl_p90 = counted_percentile(itl_counts, 0.5), counted_percentile(itl_counts, 0.9)
+    else:
+        itl_p50, itl_p90 = percentile(itl, 0.5), percentile(itl, 0.9)
     e2e = [r.e2e for r in ok]
     per: dict[str, EndpointSummary] = {}
     for r in ok:
@@ -129,8 +154,8 @@ def summarize(results: list[RequestResult], wall_s: float,
     return Summary(
         requests=len(results), ok=len(ok), errors=len(results) - len(ok), error_kinds=errors,
         ttft_p50_s=_r6(percentile(ttft, 0.5)), ttft_p90_s=_r6(percentile(ttft, 0.9)),
-        ttft_p99_s=_r6(percentile(ttft, 0.99)), itl_p50_s=_r6(percentile(itl, 0.5)),
-        itl_p90_s=_r6(percentile(itl, 0.9)), e2e_p50_s=_r6(percentile(e2e, 0.5)), e2e_p90_s=_r6(percentile(e2e, 0.9)),
+        ttft_p99_s=_r6(percentile(ttft, 0.99)), itl_p50_s=_r6(itl_p50),
+        itl_p90_s=_r6(itl_p90), e2e_p50_s=_r6(percentile(e2e, 0.5)), e2e_p90_s=_r6(percentile(e2e, 0.9)),
         requests_per_s=round(len(ok) / wall_s, 3) if wall_s else None,
         output_tokens_per_s=round(sum(r.completion_tokens for r in ok) / wall_s, 1) if wall_s else None,
         prefix_cache_hit_rate=round(hits / queries, 4) if queries else 0.0, duration_s=round(wall_s, 3),

@@ -118,13 +118,17 @@ class Load(StrictModel):
         return f"{self.arrival} {self.rate:g}/s"
 
 
-def _tokens(rng: random.Random, n: int) -> list[int]:
-    words = " ".join(rng.choice(_WORDS) for _ in range(n))  # ≥ n tokens: each word is ≥ 1 token
-    return tokenizer.encode(" " + words)[:n]
+_WORD_IDS = {w: tokenizer.encode(" " + w) for w in _WORDS}
 
 
 def _text(rng: random.Random, n: int) -> str:
-    return tokenizer.decode(_tokens(rng, n))
+    """``n`` tokens of text: random words, each with its leading space (a word is one or more tokens)."""
+    ids: list[int] = []
+    for w in rng.choices(_WORDS, k=n):
+        ids += _WORD_IDS[w]
+        if len(ids) >= n:
+            break
+    return tokenizer.decode(ids[:n])
 
 
 @dataclass

@@ -166,7 +166,7 @@ class Node:
 
     def advance(self, t: float) -> None:
         """Run every step that ends by ``t``."""
-        while self.step_end <= t:
+        while self.plan is not None and self.step_end <= t:
             if self.ff is None and not (self.fast and self.decode and self._enter_stretch()):
                 self._step()
                 continue
@@ -239,7 +239,7 @@ class Node:
                     if last > len(seq.hashes):
                         _extend(seq, nc)
                         parent = seq.hashes[-1] if seq.hashes else None
-                        seq.hashes += chain_hashes(seq.tokens[: last * bs], bs, eng.root, len(seq.hashes), parent)
+                        seq.hashes += chain_hashes(seq.tokens, bs, eng.root, len(seq.hashes), parent)  # len == nc
                     pool.commit(seq.blocks[last - 1], seq.hashes[last - 1])
                     if ff.watch_hash is not None and seq.hashes[last - 1] == ff.watch_hash:
                         rescan = True

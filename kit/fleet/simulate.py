@@ -15,6 +15,7 @@ Times are the model's seconds (times ``time_scale``, as ``replay()`` charges the
 
 from __future__ import annotations
 
+import gc
 import heapq
 import itertools
 import math
@@ -282,7 +283,13 @@ class _Run:
 def simulate(workload: Workload, load: Load, fleet: Fleet | None = None, progress: bool = False) -> ProfileRun:
     """Run ``workload`` under ``load`` through the picker and ``fleet.replicas`` simulated servers on a virtual
     clock; the same inputs give the same result, to the byte."""
-    return _Run(fleet or Fleet(), workload, load, progress).run()
+    enabled = gc.isenabled()
+    gc.disable()  # millions of long-lived blocks and tokens: the cyclic collector would rescan them all
+    try:
+        return _Run(fleet or Fleet(), workload, load, progress).run()
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def summary(workload: Workload, load: Load, fleet: Fleet | None = None) -> Summary:

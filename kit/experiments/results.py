@@ -5,6 +5,7 @@ comparisons, the results file and the plots. Standard library only.
 * ``MetricSample``: one model server's metrics at one moment of a run.
 * ``Summary``: the figures ``kit bench`` prints (``to_dict`` gives its JSON keys).
 * ``ProfileRun`` and ``Comparison``: one workload under several scheduler profiles, saved as JSON.
+* ``SweepPoint`` and ``Sweep``: one summary per (profile, replicas, rate), and the capacity they show.
 """
 
 from __future__ import annotations
@@ -214,6 +215,73 @@ class Comparison:
                            [RequestResult(**q) for q in r["requests"]], [MetricSample(**s) for s in r["samples"]],
                            r.get("decision")) for r in data["runs"]]
         return cls(data["workload"], data["load"], data["environment"], runs, data.get("scale", "local stack"))
+
+
+@dataclass
+class SweepPoint:
+    """One point of a sweep: a profile, a number of replicas, an offered rate, and what the run measured."""
+
+    profile: str
+    replicas: int
+    rate: float
+    summary: Summary
+
+
+@dataclass
+class Sweep:
+    """The same workload at several rates, replica counts and profiles (from the fleet simulator)."""
+
+    workload: dict[str, Any]
+    load: dict[str, Any]
+    points: list[SweepPoint] = field(default_factory=list)
+    scale: str = "virtual clock"
+
+    def profiles(self) -> list[str]:
+        return list(dict.fromkeys(p.profile for p in self.points))
+
+    def replicas(self) -> list[int]:
+        return sorted({p.replicas for p in self.points})
+
+    def series(self, profile: str, replicas: int) -> list[SweepPoint]:
+        """The points of one profile and replica count, by rate."""
+        return sorted((p for p in self.points if p.profile == profile and p.replicas == replicas),
+                      key=lambda p: p.rate)
+
+    def capacity(self, ttft_p90_s: float) -> list[dict[str, Any]]:
+        """Per profile and replica count, the highest rate at which this and every lower rate tried met the
+        objective (TTFT p90 at most ``ttft_p90_s`` and no errors); None when even the lowest missed it."""
+        rows = []
+        for profile in self.profiles():
+            for n in self.replicas():
+                best = None
+                for p in self.series(profile, n):
+                    s = p.summary
+                    if s.errors or s.ttft_p90_s is None or s.ttft_p90_s > ttft_p90_s:
+                        break
+                    best = p.rate
+                rows.append({"profile": profile, "replicas": n, "capacity_rps": best,
+                             "per_replica_rps": None if best is None else round(best / n, 3)})
+        return rows
+
+    def table(self) -> list[dict[str, Any]]:
+        return [{"profile": p.profile, "replicas": p.replicas, "rate": p.rate,
+                 "hit_rate": p.summary.prefix_cache_hit_rate, "ttft_p50_s": p.summary.ttft_p50_s,
+                 "ttft_p90_s": p.summary.ttft_p90_s, "e2e_p90_s": p.summary.e2e_p90_s,
+                 "requests_per_s": p.summary.requests_per_s, "errors": p.summary.errors} for p in self.points]
+
+    def save(self, path: str | Path) -> Path:
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps({"scale": self.scale, "workload": self.workload, "load": self.load,
+                                 "points": [asdict(q) for q in self.points]}, indent=1))
+        return p
+
+    @classmethod
+    def read(cls, path: str | Path) -> Sweep:
+        data = json.loads(Path(path).read_text())
+        points = [SweepPoint(q["profile"], q["replicas"], q["rate"], Summary.from_dict(q["summary"]))
+                  for q in data["points"]]
+        return cls(data["workload"], data["load"], points, data.get("scale", "virtual clock"))
 
 
 def table(rows: list[dict[str, Any]]) -> str:

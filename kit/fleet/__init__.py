@@ -7,6 +7,8 @@ decision), computed in virtual time: no HTTP, no processes, the same engine, KV 
 highest rate that meets a TTFT objective. ``docs/fleet.md`` explains the model.
 """
 
+from kit.fleet.compare import compare_profiles
 from kit.fleet.simulate import Fleet, simulate
+from kit.fleet.sweep import sweep
 
-__all__ = ["Fleet", "simulate"]
+__all__ = ["Fleet", "compare_profiles", "simulate", "sweep"]

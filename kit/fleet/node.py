@@ -192,10 +192,13 @@ class Node:
                 # The queue head is not admitted now and, with fewer free blocks, will not be, unless its
                 # cached prefix changes: watch its idle cached blocks and the next hash of its prefix.
                 head = eng.waiting[0]
+                usable = (head.prompt_len - 1) // bs if head.hashes else 0
+                # However much of its prefix is cached, the head needs at least this many new blocks.
+                floor = min(-(-len(head.tokens) // bs) - usable, -(-budget // bs))
+                if floor > eng.pool.num_free:
+                    return self._start(seqs, bs, limit, set(), None)
                 hit = []
-                usable = 0
                 if head.hashes:
-                    usable = (head.prompt_len - 1) // bs
                     hit = eng.pool.lookup(head.hashes[:usable])
                 cached = len(hit) * bs
                 n = min(len(head.tokens) - cached, budget)
@@ -205,8 +208,10 @@ class Node:
                     return False
                 watch_ids = set(idle)
                 watch_hash = head.hashes[len(hit)] if len(hit) < usable else None
-        ctx = sum(s.num_computed for s in seqs)
-        self.ff = _Stretch(list(seqs), bs, ctx, limit, watch_ids, watch_hash)
+        return self._start(seqs, bs, limit, watch_ids, watch_hash)
+
+    def _start(self, seqs: list[Sequence], bs: int, limit: int, watch_ids: set[int], watch_hash: int | None) -> bool:
+        self.ff = _Stretch(list(seqs), bs, sum(s.num_computed for s in seqs), limit, watch_ids, watch_hash)
         return True
 
     def _fast_forward(self, t: float) -> None:

@@ -17,6 +17,7 @@ request, or for ``MultiTurn`` a whole conversation whose turns follow each answe
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
@@ -131,7 +132,7 @@ def _text(rng: random.Random, n: int) -> str:
     return tokenizer.decode(ids[:n])
 
 
-@dataclass
+@dataclass(frozen=True)
 class Prompt:
     """One request's content: a system prompt, earlier turns (user, assistant, ... for multi-turn) and a question."""
 
@@ -167,6 +168,14 @@ def body(p: Prompt, output_len: int, load: Load) -> dict:
 
 def shared_prefix_prompts(w: SharedPrefix) -> list[Prompt]:
     """G × P prompts of exactly the asked token lengths (kit tokenizer), shuffled once, as inference-perf."""
+    return list(_shared_prefix_prompts(w.groups, w.prompts_per_group, w.system_prompt_len, w.question_len, w.seed))
+
+
+@functools.lru_cache(maxsize=4)  # sweeps ask for the same prompts at every point
+def _shared_prefix_prompts(groups: int, per_group: int, system_len: int, question_len: int,
+                           seed: int) -> tuple[Prompt, ...]:
+    w = SharedPrefix(groups=groups, prompts_per_group=per_group, system_prompt_len=system_len,
+                     question_len=question_len, seed=seed)
     rng = random.Random(w.seed)
     prompts = []
     for g in range(w.groups):
@@ -174,7 +183,7 @@ def shared_prefix_prompts(w: SharedPrefix) -> list[Prompt]:
         for _ in range(w.prompts_per_group):
             prompts.append(Prompt(g, system, _text(rng, w.question_len)))
     rng.shuffle(prompts)
-    return prompts
+    return tuple(prompts)
 
 
 def skewed_prompts(w: Skewed, n: int) -> list[Prompt]:

@@ -39,6 +39,21 @@ from kit.vllm_metrics import EndpointMetrics
 
 NODE, ARRIVAL, SAMPLE = 0, 1, 2
 
+# Kept across runs in one process (a sweep runs many points of one workload): the jobs of a workload and
+# load, each distinct prompt's tokens, and their block hashes per (block size, model).
+_PLANS: dict[str, tuple[list[Job], list[float] | None]] = {}
+_TOKENS: dict[str, list[int]] = {}
+_HASHES: dict[tuple[int, int], dict[int, tuple[list[int], list[int]]]] = {}
+_MAX_PROMPTS = 50_000
+
+
+def _plan(w: Workload, load: Load) -> tuple[list[Job], list[float] | None]:
+    key = f"{type(w).__name__}{w.model_dump_json()}{load.model_dump_json()}"
+    if key not in _PLANS:
+        _PLANS.clear()
+        _PLANS[key] = plan(w, load)
+    return _PLANS[key]
+
 
 @dataclass
 class _Request:
@@ -81,12 +96,16 @@ class _Run:
         for i, p in enumerate(plugins.values()):
             if isinstance(getattr(p, "rng", None), random.Random):
                 p.rng = random.Random(f"{fleet.seed}/{i}")
-        self.hashes: dict[int, tuple[list[int], list[int]]] = {}
+        if len(_TOKENS) > _MAX_PROMPTS:
+            _TOKENS.clear()
+            _HASHES.clear()
+        root = Node("probe", cfg.model_copy(update={"num_gpu_blocks": 2})).engine.root
+        self.hashes = _HASHES.setdefault((cfg.block_size, root), {})
+        self.root = root
         self.nodes = [Node(f"sim-{i:02d}", cfg, self.hashes, fleet.fast) for i in range(fleet.replicas)]
         self.eps = [Endpoint(name=n.name, url=f"sim://{n.name}", metrics=EndpointMetrics(
             block_size=cfg.block_size, num_gpu_blocks=cfg.num_gpu_blocks)) for n in self.nodes]
         self.index = {ep.name: i for i, ep in enumerate(self.eps)}
-        self.tokens: dict[str, list[int]] = {}
         self.cache_tokens = not isinstance(w, MultiTurn)  # conversations never repeat a prompt
         self.heap: list[tuple[float, int, int, Any]] = []
         self.count = itertools.count()
@@ -100,7 +119,7 @@ class _Run:
         self.last_tick = -math.inf
         self.decision: Any = None
         self.decision_at = 0.0
-        self.jobs, self.times = plan(w, load)
+        self.jobs, self.times = _plan(w, load)
         self.left = len(self.jobs)  # jobs not yet finished
         self.next_job = 0
         self.end = 0.0
@@ -169,12 +188,11 @@ class _Run:
             text, special = body_["prompt"], False
         if not self.cache_tokens:
             return tokenizer.encode(text, allow_special=special)
-        ids = self.tokens.get(text)
+        ids = _TOKENS.get(text)
         if ids is None:
-            ids = self.tokens[text] = tokenizer.encode(text, allow_special=special)
-            cfg = self.fleet.sim
-            if cfg.enable_prefix_caching:
-                self.hashes[id(ids)] = (ids, chain_hashes(ids, cfg.block_size, self.nodes[0].engine.root))
+            ids = _TOKENS[text] = tokenizer.encode(text, allow_special=special)
+        if self.fleet.sim.enable_prefix_caching and id(ids) not in self.hashes:
+            self.hashes[id(ids)] = (ids, chain_hashes(ids, self.fleet.sim.block_size, self.root))
         return ids
 
     def arrive(self, t: float, job: Job, turn: int, answers: list[str]) -> None:

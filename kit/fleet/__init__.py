@@ -8,7 +8,8 @@ highest rate that meets a TTFT objective. ``docs/fleet.md`` explains the model.
 """
 
 from kit.fleet.compare import compare_profiles
-from kit.fleet.simulate import Fleet, simulate
+from kit.fleet.loop import Fleet, simulate
 from kit.fleet.sweep import sweep
+from kit.sim.config import SimConfig
 
-__all__ = ["Fleet", "compare_profiles", "simulate", "sweep"]
+__all__ = ["Fleet", "SimConfig", "compare_profiles", "simulate", "sweep"]

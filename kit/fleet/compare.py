@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from kit.experiments.results import Comparison
 from kit.experiments.workloads import Load, Workload
-from kit.fleet.simulate import Fleet, simulate
+from kit.fleet.loop import Fleet, simulate
 
 DEFAULT_PROFILES = ("random", "load-only", "prefix-only", "default-plugins")
 

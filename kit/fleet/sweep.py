@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from kit.errors import KitError
 from kit.experiments.results import Summary, Sweep, SweepPoint
 from kit.experiments.workloads import Load, Workload
-from kit.fleet.simulate import Fleet, simulate
+from kit.fleet.loop import Fleet, simulate
 
 
 def _point(args: tuple[Workload, Load, Fleet]) -> Summary:

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from kit.experiments.results import Comparison, Summary, Sweep
 
 SMALL = ["--groups", "4", "--prompts-per-group", "4", "--system-prompt-len", "800", "--question-len", "50",
@@ -27,6 +29,7 @@ def test_one_profile_prints_kit_bench_summary_and_writes_the_comparison(tmp_path
     assert again.stdout == res.stdout  # deterministic
 
 
+@pytest.mark.slow
 def test_a_sweep_reports_capacity(tmp_path):
     out = tmp_path / "sweep.json"
     res = kit("simulate", "--replicas", "1,2", *SMALL, "--rate", "20,5000", "--requests", "64",

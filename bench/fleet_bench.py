@@ -4,6 +4,7 @@
     .venv/bin/python bench/fleet_bench.py speed --replicas 16 --requests 10000 --rate 35
     .venv/bin/python bench/fleet_bench.py speed --replicas 256 --requests 100000 --rate 560
     .venv/bin/python bench/fleet_bench.py fidelity          # the virtual clock against the HTTP stack
+    .venv/bin/python bench/fleet_bench.py picker --endpoints 256   # where the picker's time goes
 
 ``speed`` runs one simulation of the guide's workload shape (shared prefix, 150 groups × 5 prompts,
 system 6,000 + question 1,200 → 1,000 tokens, unless flags say otherwise) and reports wall time,
@@ -68,7 +69,7 @@ def core(nodes: int = 256, events: int = 400_000, repeat: int = 3) -> dict:
 
 def speed(args: argparse.Namespace) -> dict:
     from kit.experiments.workloads import Load, SharedPrefix
-    from kit.fleet import Fleet, simulate
+    from kit.fleet import Fleet, SimConfig, simulate
     from kit.picker import Scheduler
 
     spent = [0.0]
@@ -85,17 +86,61 @@ def speed(args: argparse.Namespace) -> dict:
         setattr(Scheduler, name, timed)
     w = SharedPrefix(groups=args.groups, prompts_per_group=args.prompts_per_group, system_prompt_len=args.system,
                      question_len=args.question, output_len=args.output, seed=1)
-    fleet = Fleet(replicas=args.replicas, profile=args.profile, sample_interval=args.sample_interval, seed=1)
+    fleet = Fleet(replicas=args.replicas, profile=args.profile, sample_interval=args.sample_interval, seed=1,
+                  sim=SimConfig(num_gpu_blocks=args.kv_blocks))
     start = time.perf_counter()
     run = simulate(w, Load(rate=args.rate, requests=args.requests), fleet, progress=True)
     wall = time.perf_counter() - start
     s = run.summary
     return {"replicas": args.replicas, "requests": args.requests, "rate": args.rate, "profile": args.profile,
+            "kv_blocks": args.kv_blocks,
             "workload": w.model_dump(), "wall_s": round(wall, 1), "simulated_s": s.duration_s,
             "requests_per_wall_s": round(args.requests / wall), "picker_share": round(spent[0] / wall, 3),
             "picker_us_per_request": round(1e6 * spent[0] / args.requests),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "ttft_p90_s": s.ttft_p90_s, "hit_rate": s.prefix_cache_hit_rate, "errors": s.errors}
+
+
+def picker(endpoints: int = 256, requests: int = 2000, prompt_chars: int = 8000) -> dict:
+    """Where the picker's time goes at fleet scale: ``Scheduler.schedule`` as it is, against the same cycle
+    (filters, clamped weighted scores, the picker) without the per-candidate explanation rows it builds.
+    The second is a measurement prototype only; the kit keeps one scheduling path."""
+    from kit import paths
+    from kit.picker import CycleState, Endpoint, InferenceRequest, load_picker_file
+    from kit.vllm_metrics import EndpointMetrics
+
+    rng = random.Random(0)
+    sched = load_picker_file(paths.default_scheduler_config()).scheduler
+    eps = [Endpoint(name=f"10.0.{i // 250}.{i % 250}:8000", url="http://x", updated=1e12, metrics=EndpointMetrics(
+        waiting=rng.randint(0, 10), running=rng.randint(0, 64), kv_usage=rng.random(), block_size=16,
+        num_gpu_blocks=40000)) for i in range(endpoints)]
+    prompts = [f"group {g} " * (prompt_chars // 8) for g in range(32)]
+    profile = next(iter(sched.profiles.values()))
+
+    def lean(req: InferenceRequest) -> Endpoint:
+        state, cands = CycleState(), eps
+        for f in profile.filters:
+            cands = f.filter(state, req, cands)
+        totals = dict.fromkeys(cands, 0.0)
+        for scorer, weight in profile.scorers:
+            for ep, v in scorer.score(state, req, cands).items():
+                totals[ep] += weight * min(1.0, max(0.0, v))
+        return profile.picker.pick(state, list(totals.items()))[0]
+
+    out = {"endpoints": endpoints, "prompt_chars": prompt_chars}
+    for name in ("schedule", "lean"):
+        times = []
+        for i in range(requests):
+            req = InferenceRequest(model="m", prompt=prompts[i % 32], request_id=str(i))
+            start = time.perf_counter()
+            if name == "schedule":
+                sched.schedule(req, eps)
+            else:
+                lean(req)
+            times.append(time.perf_counter() - start)
+        out[f"{name}_median_us"] = round(1e6 * statistics.median(times))
+    out["lean_share"] = round(out["lean_median_us"] / out["schedule_median_us"], 2)
+    return out
 
 
 def _free_range(n: int) -> int:
@@ -172,6 +217,9 @@ def main() -> None:
     s.add_argument("--question", type=int, default=1200)
     s.add_argument("--output", type=int, default=1000)
     s.add_argument("--sample-interval", type=float, default=1.0)
+    s.add_argument("--kv-blocks", type=int, default=40_000, help="KV blocks per server (kit sim's default)")
+    pk = sub.add_parser("picker", help="the picker's cycle with and without its explanation rows")
+    pk.add_argument("--endpoints", type=int, default=256)
     f = sub.add_parser("fidelity", help="the virtual clock against the HTTP stack")
     f.add_argument("--replicas", type=int, default=4)
     f.add_argument("--profiles", default="random,default-plugins")
@@ -183,6 +231,8 @@ def main() -> None:
     if a.what == "fidelity":
         out = fidelity(a.replicas, tuple(a.profiles.split(",")), tuple(int(x) for x in a.seeds.split(",")),
                        a.time_scale, a.requests, a.rate)
+    elif a.what == "picker":
+        out = picker(a.endpoints)
     else:
         out = core(a.nodes, a.events) if a.what == "core" else speed(a)
     print(json.dumps(out, indent=1))

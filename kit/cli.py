@@ -179,8 +179,8 @@ def add_workload_flags(parser: argparse.ArgumentParser, rate_list: bool = False)
     comma-separated list when ``rate_list``)."""
     from kit.experiments.workloads import WORKLOADS, Load
 
-    parser.add_argument("--workload", default="shared-prefix", choices=list(WORKLOADS),
-                        help="what to send (default: shared-prefix)")
+    parser.add_argument("--workload", default="shared-prefix",
+                        help=f"what to send: {', '.join(WORKLOADS)} (default: shared-prefix)")
     seen: set[str] = set()
     for model in WORKLOADS.values():
         add_model_flags(parser, model, skip=seen)
@@ -195,8 +195,11 @@ def add_workload_flags(parser: argparse.ArgumentParser, rate_list: bool = False)
 
 def workload_from_args(args: argparse.Namespace, source: str):
     """The workload ``--workload`` names, from the flags that belong to it (a flag of another workload is an error)."""
+    from kit.errors import UnknownChoiceError
     from kit.experiments.workloads import WORKLOADS
 
+    if args.workload not in WORKLOADS:
+        raise UnknownChoiceError("workload", args.workload, WORKLOADS)
     model = WORKLOADS[args.workload]
     others = {f for m in WORKLOADS.values() for f in m.model_fields} - set(model.model_fields)
     stray = sorted(f for f in others if getattr(args, f, None) is not None)

@@ -106,7 +106,7 @@ class Load(StrictModel):
     @model_validator(mode="after")
     def _one_mode(self) -> Load:
         if sum(x is not None for x in (self.rate, self.stages, self.concurrency)) != 1:
-            raise ValueError("give exactly one of rate, stages or concurrency")
+            raise ValueError("give exactly one of rate or concurrency (or stages instead of a rate)")
         if self.stages == []:
             raise ValueError("stages: give at least one RATE:SECONDS stage")
         return self

@@ -35,7 +35,7 @@ def test_prompts_have_exact_token_lengths_and_share_prefixes_by_group():
 
 
 def test_load_needs_exactly_one_mode():
-    with pytest.raises(ValueError, match="exactly one of rate, stages or concurrency"):
+    with pytest.raises(ValueError, match="exactly one of rate or concurrency"):
         Load()
     with pytest.raises(ValueError):
         Load(rate=1, concurrency=2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 from kit.experiments.results import Comparison
@@ -12,7 +13,8 @@ DEFAULT_PROFILES = ("random", "load-only", "prefix-only", "default-plugins")
 
 
 def compare_profiles(workload: Workload, load: Load, profiles: tuple[str, ...] | list[str] = DEFAULT_PROFILES,
-                     fleet: Fleet | None = None, progress: bool = False, say=print) -> Comparison:
+                     fleet: Fleet | None = None, progress: bool = False,
+                     say: Callable[[str], None] = print) -> Comparison:
     """Each profile in turn on a fresh fleet (cold caches), one line printed per profile."""
     base = fleet or Fleet()
     out = Comparison(workload.model_dump(), load.model_dump(), "fleet simulator",

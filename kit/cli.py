@@ -174,21 +174,61 @@ def _destroy(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_workload_flags(parser: argparse.ArgumentParser, rate_list: bool = False) -> None:
+    """``--workload`` and every workload's fields (each flag once), and the load's (``--rate`` as a
+    comma-separated list when ``rate_list``)."""
+    from kit.experiments.workloads import WORKLOADS, Load
+
+    parser.add_argument("--workload", default="shared-prefix",
+                        help=f"what to send: {', '.join(WORKLOADS)} (default: shared-prefix)")
+    seen: set[str] = set()
+    for model in WORKLOADS.values():
+        add_model_flags(parser, model, skip=seen)
+        seen |= set(model.model_fields)
+    add_model_flags(parser, Load, skip=("stages", "rate") if rate_list else ("stages",))
+    if rate_list:
+        parser.add_argument("--rate", default=None, metavar="RATE[,RATE...]",
+                            help="requests (conversations) per second; several, comma-separated, for a sweep")
+    parser.add_argument("--stages", default=None, metavar="RATE:SECONDS,...",
+                        help="rate stages instead of one rate, e.g. 10:30,20:30")
+
+
+def workload_from_args(args: argparse.Namespace, source: str):
+    """The workload ``--workload`` names, from the flags that belong to it (a flag of another workload is an error)."""
+    from kit.errors import UnknownChoiceError
+    from kit.experiments.workloads import WORKLOADS
+
+    if args.workload not in WORKLOADS:
+        raise UnknownChoiceError("workload", args.workload, WORKLOADS)
+    model = WORKLOADS[args.workload]
+    others = {f for m in WORKLOADS.values() for f in m.model_fields} - set(model.model_fields)
+    stray = sorted(f for f in others if getattr(args, f, None) is not None)
+    if stray:
+        raise KitError(f"--{stray[0].replace('_', '-')} does not apply to --workload {args.workload}")
+    return model_from_args(model, args, source)
+
+
+def _describe(w) -> str:
+    from kit.experiments.workloads import MultiTurn
+
+    if isinstance(w, MultiTurn):
+        return (f"multi-turn ({w.conversations} conversations × {w.turns} turns, system {w.system_prompt_len} "
+                f"+ question {w.question_len} → {w.output_len} tokens per turn)")
+    return (f"{type(w).__name__} ({w.groups} groups × {w.prompts_per_group} prompts, system "
+            f"{w.system_prompt_len} + question {w.question_len} → {w.output_len} tokens)")
+
+
 def _bench(args: argparse.Namespace) -> int:
     import json
 
     from kit.experiments.loadgen import run_workload
-    from kit.experiments.workloads import Load, SharedPrefix
+    from kit.experiments.workloads import Load
 
-    if args.workload != "shared-prefix":
-        raise KitError(f"unknown workload {args.workload!r}; valid choices: shared-prefix")
-    w = model_from_args(SharedPrefix, args, "kit bench")
-    if args.rate is None and args.concurrency is None:
+    w = workload_from_args(args, "kit bench")
+    if args.rate is None and args.concurrency is None and args.stages is None:
         args.concurrency = 8
     load = model_from_args(Load, args, "kit bench")
-    print(f"kit bench: {args.workload} ({w.groups} groups × {w.prompts_per_group} prompts, system "
-          f"{w.system_prompt_len} + question {w.question_len} → {w.output_len} tokens) against {args.url}",
-          file=sys.stderr)
+    print(f"kit bench: {_describe(w)}, {load.describe()}, against {args.url}", file=sys.stderr)
     summary = run_workload(args.url, w, load).summary()
     text = json.dumps(summary.to_dict(), indent=2)
     print(text)
@@ -196,6 +236,69 @@ def _bench(args: argparse.Namespace) -> int:
         Path(args.out).write_text(text)
         print(f"kit bench: wrote {args.out}", file=sys.stderr)
     return 0 if summary.ok else 1
+
+
+def _floats(text: str, flag: str, kind: type = float) -> list:
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise KitError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise KitError(f"{flag}: expected positive numbers, got {text!r}")
+    return values
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from kit import paths
+    from kit.experiments.results import table
+    from kit.experiments.workloads import Load
+    from kit.fleet import Fleet, compare_profiles, sweep
+    from kit.sim.config import SimConfig
+
+    w = workload_from_args(args, "kit simulate")
+    rates = _floats(args.rate, "--rate") if args.rate else []
+    replicas = _floats(args.replicas, "--replicas", int)
+    profiles = [p.strip() for p in args.profile.split(",") if p.strip()]
+    for p in profiles:
+        if not Path(paths.scheduler_profile(p)).is_file():
+            raise KitError(f"--profile {p}: no such file or shipped profile; shipped: "
+                           + ", ".join(paths.scheduler_profiles()))
+    sim = model_from_args(SimConfig, args, "kit simulate")
+    fleet = Fleet(replicas=replicas[0], profile=profiles[0], sim=sim, refresh_interval=args.refresh_interval,
+                  sample_interval=args.sample_interval, seed=w.seed)
+    if args.rate is None and args.concurrency is None and args.stages is None:
+        raise KitError("give --rate (comma-separated for a sweep), --stages or --concurrency")
+    args.rate = rates[0] if len(rates) == 1 else None
+    if len(rates) > 1 or len(replicas) > 1:
+        if not rates:
+            raise KitError("a sweep over replicas needs --rate")
+        load = model_from_args(Load, argparse.Namespace(**{**vars(args), "rate": rates[0]}), "kit simulate")
+        print(f"kit simulate: sweep of {_describe(w)}: rates {rates}, replicas {replicas}, profiles "
+              f"{', '.join(profiles)} ({len(rates) * len(replicas) * len(profiles)} points)", file=sys.stderr)
+        result = sweep(w, load, rates, replicas, profiles, fleet, jobs=args.jobs)
+        print(table(result.table()))
+        if args.slo_ttft_p90:
+            print(f"\ncapacity: highest rate meeting TTFT p90 <= {args.slo_ttft_p90:g} s")
+            print(table(result.capacity(args.slo_ttft_p90)))
+        if args.out:
+            print(f"kit simulate: wrote {result.save(args.out)}", file=sys.stderr)
+        return 0
+    load = model_from_args(Load, args, "kit simulate")
+    print(f"kit simulate: {_describe(w)}, {load.describe()}, {fleet.replicas} simulated replicas, "
+          f"profile {', '.join(profiles)}, virtual clock", file=sys.stderr)
+    cmp = compare_profiles(w, load, profiles, fleet, progress=True,
+                           say=lambda m: print(f"kit simulate: {m}", file=sys.stderr))
+    if len(cmp.runs) == 1:
+        text = json.dumps(cmp.runs[0].summary.to_dict(), indent=2)
+    else:
+        text = json.dumps({r.profile: asdict(r.summary) for r in cmp.runs}, indent=2)
+    print(text)
+    if args.out:
+        print(f"kit simulate: wrote {cmp.save(args.out)} (summaries, every request, metric samples)", file=sys.stderr)
+    return 0 if all(r.summary.ok for r in cmp.runs) else 1
 
 
 def _bench_picker(args: argparse.Namespace) -> int:
@@ -303,14 +406,31 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="drive a workload through a gateway (or one server); print a JSON summary")
     b.add_argument("--url", default="http://127.0.0.1:8000", help="gateway or server URL")
-    b.add_argument("--workload", default="shared-prefix", help="workload (shared-prefix)")
     b.add_argument("--out", help="also write the JSON summary here")
     if command in (None, "bench"):
-        from kit.experiments.workloads import Load, SharedPrefix
-
-        add_model_flags(b, SharedPrefix)
-        add_model_flags(b, Load)
+        add_workload_flags(b)
     b.set_defaults(func=_bench)
+
+    sm = sub.add_parser("simulate", help="the picker over N simulated servers on a virtual clock (no HTTP); "
+                                         "a sweep when given several rates or replica counts")
+    sm.add_argument("--profile", default="default-plugins",
+                    help="scheduler profile(s), comma-separated: shipped names or YAML files "
+                         "(default: default-plugins)")
+    sm.add_argument("--replicas", default="4", help="simulated servers; comma-separated for a sweep (default: 4)")
+    sm.add_argument("--refresh-interval", type=float, default=0.05,
+                    help="seconds between the picker's metric scrapes (default: 0.05, as the gateway)")
+    sm.add_argument("--sample-interval", type=float, default=0.25,
+                    help="seconds between the metric samples kept for plots (default: 0.25)")
+    sm.add_argument("--slo-ttft-p90", type=float, help="sweep: report the capacity at this TTFT p90 (seconds)")
+    sm.add_argument("--jobs", type=int, help="sweep: processes in parallel (default: one per core)")
+    sm.add_argument("--out", help="write the results here (a comparison, or the sweep)")
+    if command in (None, "simulate"):
+        from kit.sim.config import SimConfig
+
+        add_workload_flags(sm, rate_list=True)
+        add_model_flags(sm, SimConfig, skip=("seed", "time_scale", "fail_rate", "fail_status", "extra_latency_ms",
+                                             "drop_rate"))
+    sm.set_defaults(func=_simulate)
 
     bp = sub.add_parser("bench-picker", help="time the endpoint picker alone (in process); print JSON")
     bp.add_argument("--endpoints", type=int, default=16, help="number of endpoints")

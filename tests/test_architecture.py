@@ -25,6 +25,9 @@ VIOLATIONS = [
     ("kit/experiments/plots.py", "import kit.experiments.loadgen", "Plots draw results"),
     ("kit/experiments/results.py", "import pydantic", "Results are plain data"),
     ("kit/targets/local.py", "import kit.notebook", "Layers"),
+    ("kit/fleet/loop.py", "import kit.picker.plugins.scorers.prefix", "The fleet simulator runs the picker"),
+    ("kit/fleet/node.py", "import aiohttp", "The fleet simulator runs the picker"),
+    ("kit/experiments/workloads.py", "import kit.fleet", "Layers"),
     ("kit/picker/registry.py", "import kit.picker.config", "No import cycles"),
 ]
 

@@ -68,7 +68,7 @@ def test_bench_prints_the_summary_json(sim_factory, gateway_factory, tmp_path):
 
 def test_bench_rejects_bad_input():
     res = kit("bench", "--workload", "zipf")
-    assert res.returncode == 1 and "valid choices: shared-prefix" in res.stderr
+    assert res.returncode == 1 and "valid choices: multi-turn, shared-prefix, skewed" in res.stderr
     res = kit("bench", "--rate", "1", "--concurrency", "2")
     assert res.returncode == 1 and "exactly one of rate or concurrency" in res.stderr
 

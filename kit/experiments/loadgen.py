@@ -1,4 +1,5 @@
-"""Send a workload over HTTP at a Poisson rate or a fixed concurrency, and collect what ``kit bench`` prints.
+"""Send a workload (any of ``kit.experiments.workloads``) over HTTP at a rate, in rate stages or at a fixed
+concurrency, and collect what ``kit bench`` prints.
 
 ``run_workload`` returns every request's result and the servers' counters before and after, from
 which ``WorkloadRun.summary()`` computes latency percentiles, throughput, errors, and prefix-cache hit
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -17,19 +17,11 @@ from dataclasses import dataclass, field
 import aiohttp
 from tqdm.auto import tqdm
 
-from kit.experiments.client import make_body, run_sync, send
+from kit.experiments.client import run_sync, send
 from kit.experiments.results import RequestResult, Summary, summarize
-from kit.experiments.workloads import Load, Prompt, SharedPrefix, shared_prefix_prompts
+from kit.experiments.workloads import Job, Load, Workload, body, plan
 from kit.targets.processes import scrape
 from kit.vllm_metrics import EndpointMetrics
-
-
-def _body(p: Prompt, w: SharedPrefix, load: Load) -> dict:
-    if load.chat:
-        body = make_body("", chat=True, stream=load.stream, max_tokens=w.output_len, ignore_eos=True)
-        body["messages"] = [{"role": "system", "content": p.system}, {"role": "user", "content": p.question}]
-        return body
-    return make_body(p.text, chat=False, stream=load.stream, max_tokens=w.output_len, ignore_eos=True)
 
 
 @dataclass
@@ -56,46 +48,57 @@ def endpoint_urls(url: str) -> list[str]:
         return [url.rstrip("/")]
 
 
-async def _drive(url: str, bodies: list[dict], load: Load, seed: int, progress: bool) -> list[RequestResult]:
-    results: list[RequestResult | None] = [None] * len(bodies)
-    bar = tqdm(total=len(bodies), desc="requests", unit="req", disable=not progress, leave=False)
+async def _drive(url: str, w: Workload, load: Load, progress: bool) -> list[RequestResult]:
+    """Run every job: open loop (each starts at its arrival time) or closed loop (``concurrency`` workers);
+    a conversation's turns go one after another, each carrying the answers so far."""
+    js, times = plan(w, load)
+    results: list[RequestResult] = []
+    bar = tqdm(total=sum(len(j.questions) for j in js), desc="requests", unit="req", disable=not progress,
+               leave=False)
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=600)) as s:
 
-        async def one(i: int) -> None:
-            results[i] = await send(s, url, bodies[i])
-            bar.update()
+        async def run_job(job: Job) -> None:
+            answers: list[str] = []
+            for turn in range(len(job.questions)):
+                if turn and job.think_time:
+                    await asyncio.sleep(job.think_time)
+                res = await send(s, url, body(job.prompt(turn, answers), w.output_len, load))
+                res.group = job.group
+                results.append(res)
+                bar.update()
+                if not res.ok:
+                    break  # the conversation cannot go on without its answer
+                answers.append(res.text)
 
-        if load.concurrency:
-            queue = iter(range(len(bodies)))
+        if times is None:
+            queue = iter(js)
 
             async def worker() -> None:
-                for i in queue:
-                    await one(i)
+                for job in queue:
+                    await run_job(job)
 
-            await asyncio.gather(*(worker() for _ in range(load.concurrency)))
+            await asyncio.gather(*(worker() for _ in range(load.concurrency or 1)))
         else:
-            rng = random.Random(seed + 1)
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
             tasks = []
-            for i in range(len(bodies)):
-                tasks.append(asyncio.create_task(one(i)))
-                await asyncio.sleep(rng.expovariate(load.rate))
+            for job, at in zip(js, times, strict=True):
+                delay = t0 + at - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(run_job(job)))
             await asyncio.gather(*tasks)
     bar.close()
-    return results  # type: ignore[return-value]
+    results.sort(key=lambda r: r.started)
+    return results
 
 
-def run_workload(url: str, workload: SharedPrefix, load: Load, progress: bool = True) -> WorkloadRun:
+def run_workload(url: str, workload: Workload, load: Load, progress: bool = True) -> WorkloadRun:
     """Send the workload to ``url`` (a gateway or one server) and collect results and counters."""
-    prompts = shared_prefix_prompts(workload)
-    n = load.requests or len(prompts)
-    chosen = [prompts[i % len(prompts)] for i in range(n)]
-    bodies = [_body(p, workload, load) for p in chosen]
     urls = endpoint_urls(url)
     before = scrape(urls)
     start = time.perf_counter()
-    results = run_sync(_drive(url, bodies, load, workload.seed, progress))
+    results = run_sync(_drive(url, workload, load, progress))
     wall = time.perf_counter() - start
-    for r, p in zip(results, chosen, strict=True):
-        r.group = p.group
     return WorkloadRun(results, wall, before, scrape(urls))

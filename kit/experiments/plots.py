@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
 
-from kit.experiments.results import Comparison
+from kit.experiments.results import Comparison, Sweep
 
 PALETTE = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#EECA3B", "#B279A2", "#FF9DA6")
 
@@ -145,4 +145,56 @@ def summary_table(cmp: Comparison) -> go.Figure:
                              cells={"values": cells}))
     fig.update_layout(title=f"Scheduler profiles compared ({cmp.scale})", height=120 + 30 * len(runs),
                       margin={"t": 50, "b": 10})
+    return fig
+
+
+def _sweep_panels(sweep: Sweep, title: str, ytitle: str, value, objective: float | None = None,
+                  log: bool = False) -> go.Figure:
+    reps = sweep.replicas()
+    fig = make_subplots(rows=1, cols=len(reps), subplot_titles=[f"{n} replicas" for n in reps], shared_yaxes=True,
+                        horizontal_spacing=0.04)
+    for col, n in enumerate(reps, start=1):
+        for i, profile in enumerate(sweep.profiles()):
+            pts = [p for p in sweep.series(profile, n) if value(p) is not None]
+            fig.add_trace(go.Scatter(x=[p.rate for p in pts], y=[value(p) for p in pts], mode="lines+markers",
+                                     name=profile, legendgroup=profile, showlegend=col == 1,
+                                     line={"color": PALETTE[i % len(PALETTE)]},
+                                     hovertemplate=profile + ": %{x:g} req/s → %{y:.3g}<extra></extra>"),
+                          row=1, col=col)
+        if objective is not None:
+            fig.add_hline(y=objective, line_dash="dot", line_color="gray", row=1, col=col,
+                          annotation_text="objective" if col == 1 else None)
+    fig.update_xaxes(title_text="offered rate (requests/s)")
+    fig.update_yaxes(title_text=ytitle, row=1, col=1)
+    if log:
+        fig.update_yaxes(type="log")
+    fig.update_layout(title=f"{title} ({sweep.scale})", height=420, legend_title_text="profile")
+    return fig
+
+
+def ttft_vs_rate(sweep: Sweep, objective_s: float | None = None) -> go.Figure:
+    """TTFT p90 against the offered rate, one line per profile, one panel per replica count (log scale)."""
+    return _sweep_panels(sweep, "Time to first token (p90) as the load grows", "TTFT p90 (s)",
+                         lambda p: p.summary.ttft_p90_s, objective_s, log=True)
+
+
+def hit_rate_vs_rate(sweep: Sweep) -> go.Figure:
+    """Pool-wide prefix-cache hit rate against the offered rate."""
+    fig = _sweep_panels(sweep, "Prefix-cache hit rate as the load grows", "hit rate",
+                        lambda p: p.summary.prefix_cache_hit_rate)
+    fig.update_yaxes(range=[0, 1], tickformat=".0%")
+    return fig
+
+
+def capacity_bars(sweep: Sweep, objective_s: float) -> go.Figure:
+    """The highest rate meeting the TTFT p90 objective, per profile and replica count."""
+    rows = sweep.capacity(objective_s)
+    fig = go.Figure()
+    for i, profile in enumerate(sweep.profiles()):
+        mine = [r for r in rows if r["profile"] == profile]
+        fig.add_trace(go.Bar(x=[f"{r['replicas']} replicas" for r in mine], y=[r["capacity_rps"] or 0 for r in mine],
+                             name=profile, marker={"color": PALETTE[i % len(PALETTE)]},
+                             hovertemplate=profile + ": %{y:g} req/s<extra></extra>"))
+    fig.update_layout(barmode="group", yaxis_title="requests/s", height=400, legend_title_text="profile",
+                      title=f"Capacity: highest rate with TTFT p90 ≤ {objective_s:g} s ({sweep.scale})")
     return fig

@@ -5,6 +5,7 @@ comparisons, the results file and the plots. Standard library only.
 * ``MetricSample``: one model server's metrics at one moment of a run.
 * ``Summary``: the figures ``kit bench`` prints (``to_dict`` gives its JSON keys).
 * ``ProfileRun`` and ``Comparison``: one workload under several scheduler profiles, saved as JSON.
+* ``SweepPoint`` and ``Sweep``: one summary per (profile, replicas, rate), and the capacity they show.
 """
 
 from __future__ import annotations
@@ -101,17 +102,42 @@ def percentile(values: list[float], q: float) -> float | None:
     return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
+def counted_percentile(counts: dict[float, int], q: float) -> float | None:
+    """``percentile`` of a list given as value → how many times it occurs (the fleet simulator's inter-token
+    gaps: millions of tokens share a few thousand distinct gaps)."""
+    total = sum(counts.values())
+    if not total:
+        return None
+    k = (total - 1) * q
+    lo_rank, frac = int(k), k - int(k)
+    seen = 0
+    lo = None
+    for v in sorted(counts):
+        seen += counts[v]
+        if lo is None and seen > lo_rank:
+            lo = v
+        if seen > lo_rank + (1 if frac else 0):
+            return lo + (v - lo) * frac
+    return lo
+
+
 def _r6(v: float | None) -> float | None:
     return None if v is None else round(v, 6)
 
 
 def summarize(results: list[RequestResult], wall_s: float,
-              cache: dict[str, tuple[float, float]] | None = None) -> Summary:
+              cache: dict[str, tuple[float, float]] | None = None,
+              itl_counts: dict[float, int] | None = None) -> Summary:
     """The figures of a run: latency percentiles, throughput, errors, and prefix-cache hit rates from
-    ``cache`` (endpoint → (hit tokens, queried tokens) during the run, from the servers' counters)."""
+    ``cache`` (endpoint → (hit tokens, queried tokens) during the run, from the servers' counters).
+    Inter-token gaps come from the requests' ``itls``, or from ``itl_counts`` (gap → tokens) when given."""
     ok = [r for r in results if r.ok]
     ttft = [r.ttft for r in ok if r.ttft is not None]
     itl = [g for r in ok for g in r.itls]
+    if itl_counts is not None:
+        itl_p50, itl_p90 = counted_percentile(itl_counts, 0.5), counted_percentile(itl_counts, 0.9)
+    else:
+        itl_p50, itl_p90 = percentile(itl, 0.5), percentile(itl, 0.9)
     e2e = [r.e2e for r in ok]
     per: dict[str, EndpointSummary] = {}
     for r in ok:
@@ -129,8 +155,8 @@ def summarize(results: list[RequestResult], wall_s: float,
     return Summary(
         requests=len(results), ok=len(ok), errors=len(results) - len(ok), error_kinds=errors,
         ttft_p50_s=_r6(percentile(ttft, 0.5)), ttft_p90_s=_r6(percentile(ttft, 0.9)),
-        ttft_p99_s=_r6(percentile(ttft, 0.99)), itl_p50_s=_r6(percentile(itl, 0.5)),
-        itl_p90_s=_r6(percentile(itl, 0.9)), e2e_p50_s=_r6(percentile(e2e, 0.5)), e2e_p90_s=_r6(percentile(e2e, 0.9)),
+        ttft_p99_s=_r6(percentile(ttft, 0.99)), itl_p50_s=_r6(itl_p50),
+        itl_p90_s=_r6(itl_p90), e2e_p50_s=_r6(percentile(e2e, 0.5)), e2e_p90_s=_r6(percentile(e2e, 0.9)),
         requests_per_s=round(len(ok) / wall_s, 3) if wall_s else None,
         output_tokens_per_s=round(sum(r.completion_tokens for r in ok) / wall_s, 1) if wall_s else None,
         prefix_cache_hit_rate=round(hits / queries, 4) if queries else 0.0, duration_s=round(wall_s, 3),
@@ -189,6 +215,73 @@ class Comparison:
                            [RequestResult(**q) for q in r["requests"]], [MetricSample(**s) for s in r["samples"]],
                            r.get("decision")) for r in data["runs"]]
         return cls(data["workload"], data["load"], data["environment"], runs, data.get("scale", "local stack"))
+
+
+@dataclass
+class SweepPoint:
+    """One point of a sweep: a profile, a number of replicas, an offered rate, and what the run measured."""
+
+    profile: str
+    replicas: int
+    rate: float
+    summary: Summary
+
+
+@dataclass
+class Sweep:
+    """The same workload at several rates, replica counts and profiles (from the fleet simulator)."""
+
+    workload: dict[str, Any]
+    load: dict[str, Any]
+    points: list[SweepPoint] = field(default_factory=list)
+    scale: str = "virtual clock"
+
+    def profiles(self) -> list[str]:
+        return list(dict.fromkeys(p.profile for p in self.points))
+
+    def replicas(self) -> list[int]:
+        return sorted({p.replicas for p in self.points})
+
+    def series(self, profile: str, replicas: int) -> list[SweepPoint]:
+        """The points of one profile and replica count, by rate."""
+        return sorted((p for p in self.points if p.profile == profile and p.replicas == replicas),
+                      key=lambda p: p.rate)
+
+    def capacity(self, ttft_p90_s: float) -> list[dict[str, Any]]:
+        """Per profile and replica count, the highest rate at which this and every lower rate tried met the
+        objective (TTFT p90 at most ``ttft_p90_s`` and no errors); None when even the lowest missed it."""
+        rows = []
+        for profile in self.profiles():
+            for n in self.replicas():
+                best = None
+                for p in self.series(profile, n):
+                    s = p.summary
+                    if s.errors or s.ttft_p90_s is None or s.ttft_p90_s > ttft_p90_s:
+                        break
+                    best = p.rate
+                rows.append({"profile": profile, "replicas": n, "capacity_rps": best,
+                             "per_replica_rps": None if best is None else round(best / n, 3)})
+        return rows
+
+    def table(self) -> list[dict[str, Any]]:
+        return [{"profile": p.profile, "replicas": p.replicas, "rate": p.rate,
+                 "hit_rate": p.summary.prefix_cache_hit_rate, "ttft_p50_s": p.summary.ttft_p50_s,
+                 "ttft_p90_s": p.summary.ttft_p90_s, "e2e_p90_s": p.summary.e2e_p90_s,
+                 "requests_per_s": p.summary.requests_per_s, "errors": p.summary.errors} for p in self.points]
+
+    def save(self, path: str | Path) -> Path:
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps({"scale": self.scale, "workload": self.workload, "load": self.load,
+                                 "points": [asdict(q) for q in self.points]}, indent=1))
+        return p
+
+    @classmethod
+    def read(cls, path: str | Path) -> Sweep:
+        data = json.loads(Path(path).read_text())
+        points = [SweepPoint(q["profile"], q["replicas"], q["rate"], Summary.from_dict(q["summary"]))
+                  for q in data["points"]]
+        return cls(data["workload"], data["load"], points, data.get("scale", "virtual clock"))
 
 
 def table(rows: list[dict[str, Any]]) -> str:

@@ -117,10 +117,14 @@ class Engine:
             arrival=self.clock(),
         )
         if cfg.enable_prefix_caching:
-            seq.hashes = chain_hashes(prompt, cfg.block_size, self.root)
+            seq.hashes = self.hash_prompt(prompt)
         self.waiting.append(seq)
         self._wake.set()
         return seq
+
+    def hash_prompt(self, prompt: list[int]) -> list[int]:
+        """Chained hashes of the prompt's full blocks (the fleet simulator caches them per prompt)."""
+        return chain_hashes(prompt, self.cfg.block_size, self.root)
 
     def abort(self, seq: Sequence) -> None:
         """Stop a sequence (client went away); frees its blocks."""
@@ -214,6 +218,13 @@ class Engine:
         st.duration = self.cfg.step_seconds(st.prefill_tokens, st.decode_seqs, st.context_tokens,
                                             st.prefill_pairs, st.longest_context)
         return st
+
+    def decode_seconds(self, seqs: int, context_tokens: int, longest_context: int) -> float:
+        """What ``step_cost`` gives a plan in which ``seqs`` sequences each decode one token, reading
+        ``context_tokens`` of KV in all, ``longest_context`` of them for the longest. The fleet simulator
+        fast-forwards decode stretches with it, so it must change whenever ``step_cost`` does
+        (tests/fleet/test_node.py checks the two agree)."""
+        return self.cfg.step_seconds(0, seqs, context_tokens, 0, longest_context)
 
     def complete(self, plan: list[tuple[Sequence, int]]) -> None:
         """Apply a finished step: commit full blocks, sample tokens, finish sequences."""

@@ -16,6 +16,7 @@ Id layout (all ids fit in a signed 32-bit int):
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 
@@ -26,6 +27,14 @@ BYTE_BASE = 1 << 30
 
 _SPECIAL_RE = re.compile("(" + "|".join(re.escape(s) for s in SPECIAL) + ")")
 _PIECE_RE = re.compile(r" ?[A-Za-z]+| ?[0-9]| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+")
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _piece_ids(piece: str) -> tuple[int, ...]:
+    """A piece's ids, remembered: real text repeats its words, so most pieces are looked up, not packed."""
+    out: list[int] = []
+    _encode_piece(piece, out)
+    return tuple(out)
 
 
 def _encode_piece(piece: str, out: list[int]) -> None:
@@ -49,10 +58,11 @@ def encode(text: str, *, allow_special: bool = False) -> list[int]:
             out.append(SPECIAL[part])
             continue
         for piece in _PIECE_RE.findall(part):
-            _encode_piece(piece, out)
+            out += _piece_ids(piece)
     return out
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _id_bytes(tid: int) -> bytes:
     if tid in SPECIAL_TEXT:
         return SPECIAL_TEXT[tid].encode()

@@ -84,3 +84,36 @@ def test_a_comparison_survives_its_results_file(cmp, tmp_path):
     assert again == cmp
     assert [[list(row) for row in t.z] for t in plots.requests_heatmap(again).data] == [[[1, 1], [1, 0]],
                                                                                          [[2, 0], [0, 1]]]
+
+
+@pytest.fixture
+def sweep():
+    from kit.experiments.results import Sweep, SweepPoint
+
+    def point(profile, n, rate, ttft, hit, errors=0):
+        s = summarize([RequestResult(200, ttft=ttft, e2e=1.0)], 1.0)
+        s.ttft_p90_s, s.prefix_cache_hit_rate, s.errors = ttft, hit, errors
+        return SweepPoint(profile, n, rate, s)
+
+    return Sweep({}, {}, [point("random", 2, 10, 0.1, 0.2), point("random", 2, 20, 0.9, 0.2),
+                          point("random", 4, 10, 0.1, 0.2), point("random", 4, 20, 0.2, 0.2),
+                          point("default", 2, 10, 0.05, 0.8), point("default", 2, 20, 0.1, 0.8),
+                          point("default", 4, 10, 0.05, 0.9), point("default", 4, 20, 0.06, 0.9, errors=1)])
+
+
+def test_capacity_is_the_highest_rate_meeting_the_objective_from_below(sweep):
+    caps = {(r["profile"], r["replicas"]): r["capacity_rps"] for r in sweep.capacity(0.5)}
+    assert caps == {("random", 2): 10, ("random", 4): 20, ("default", 2): 20, ("default", 4): 10}  # errors count
+    assert {r["capacity_rps"] for r in sweep.capacity(0.01)} == {None}
+
+
+def test_sweep_figures_have_a_line_per_profile_and_a_panel_per_replica_count(sweep, tmp_path):
+    from kit.experiments.results import Sweep
+
+    fig = plots.ttft_vs_rate(sweep, objective_s=0.5)
+    assert len(fig.data) == 4 and list(fig.data[0].y) == [0.1, 0.9] and fig.layout.yaxis.type == "log"
+    assert list(plots.hit_rate_vs_rate(sweep).data[1].y) == [0.8, 0.8]  # default, 2 replicas
+    bars = plots.capacity_bars(sweep, 0.5)
+    assert [list(b.y) for b in bars.data] == [[10, 20], [20, 10]]
+    again = Sweep.read(sweep.save(tmp_path / "s.json"))
+    assert again.capacity(0.5) == sweep.capacity(0.5) and again.table() == sweep.table()

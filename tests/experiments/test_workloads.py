@@ -6,7 +6,17 @@ import pytest
 
 from kit.experiments.loadgen import WorkloadRun
 from kit.experiments.results import EndpointSummary, RequestResult
-from kit.experiments.workloads import Load, SharedPrefix, shared_prefix_prompts
+from kit.experiments.workloads import (
+    Load,
+    MultiTurn,
+    SharedPrefix,
+    Skewed,
+    arrival_times,
+    body,
+    jobs,
+    plan,
+    shared_prefix_prompts,
+)
 from kit.sim import tokenizer
 from kit.vllm_metrics import EndpointMetrics
 
@@ -45,3 +55,47 @@ def test_summary_fields_and_pool_hit_rate_from_counter_deltas():
     for key in ("ttft_p90_s", "ttft_p99_s", "itl_p50_s", "e2e_p90_s"):
         assert key in d
     assert d["per_endpoint"] == {"a:1": {"requests": 2, "hit_rate": 0.75}}
+
+
+def test_stages_parse_and_bad_stages_name_the_problem():
+    assert [(s.rate, s.duration) for s in Load(stages="5:10, 20:2.5").stages] == [(5, 10), (20, 2.5)]
+    for bad in ("5", "5:x", "0:3"):
+        with pytest.raises(ValueError, match="stages"):
+            Load(stages=bad)
+
+
+def test_arrivals_follow_the_rate_of_each_stage():
+    times = arrival_times(Load(stages="10:20,50:20"), None, seed=0)
+    first = sum(t < 20 for t in times)
+    assert 150 < first < 250 and 800 < len(times) - first < 1200 and times == sorted(times) and times[-1] < 40
+    constant = arrival_times(Load(rate=4, arrival="constant"), 5, seed=0)
+    assert constant == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert arrival_times(Load(rate=4), 50, seed=1) == arrival_times(Load(rate=4), 50, seed=1)
+    assert arrival_times(Load(rate=4), 50, seed=1) != arrival_times(Load(rate=4), 50, seed=2)
+
+
+def test_a_conversation_resends_its_history_each_turn():
+    w = MultiTurn(conversations=2, turns=3, system_prompt_len=40, question_len=10, output_len=5)
+    js = jobs(w, Load(rate=1))
+    assert [len(j.questions) for j in js] == [3, 3]
+    p = js[0].prompt(2, ["first answer", "second answer"])
+    assert [m["role"] for m in p.messages()] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert p.text == js[0].system + js[0].questions[0] + "first answer" + js[0].questions[1] + "second answer" \
+        + js[0].questions[2]
+    assert body(p, 5, Load(rate=1, chat=True))["messages"] == p.messages()
+    assert [len(j.questions) for j in jobs(w, Load(rate=1, requests=5))] == [3, 2]  # capped at 5 requests
+
+
+def test_skewed_traffic_favours_the_hot_groups():
+    w = Skewed(groups=10, prompts_per_group=4, hot_groups=2, hot_share=0.75)
+    groups = Counter(j.group for j in jobs(w, Load(rate=1, requests=2000)))
+    assert 0.7 < (groups[0] + groups[1]) / 2000 < 0.8 and set(groups) == set(range(10))
+    with pytest.raises(ValueError, match="hot_groups"):
+        Skewed(groups=2, hot_groups=3)
+
+
+def test_the_plan_is_open_or_closed_loop():
+    js, times = plan(SharedPrefix(groups=2, prompts_per_group=3), Load(concurrency=2))
+    assert len(js) == 6 and times is None
+    js, times = plan(SharedPrefix(groups=2, prompts_per_group=3), Load(stages="10:1"))
+    assert len(js) == len(times) > 3  # as many jobs as the stages bring, prompts repeated

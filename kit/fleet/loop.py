@@ -1,0 +1,316 @@
+"""The fleet on one virtual clock: a workload, the endpoint picker, N simulated servers.
+
+A plain event heap orders three kinds of event: a node may finish a request (each node's lower bound,
+``Node.next_event``), a request arrives, a metrics sample is due. At equal times finishes come first.
+
+The picker is the gateway's: built from the same scheduler config file, asked ``schedule`` for each
+request, told ``pre_request`` (the prefix index learns) and ``response_complete``, with each endpoint's
+``in_flight`` kept as the gateway keeps it. It sees each server's metrics as the gateway's datastore
+scrapes them: as they were at the last scrape tick (every ``refresh_interval`` seconds of virtual time),
+so load signals lag as they do in reality. A node is advanced to a tick only when a request is routed
+in that tick's interval, and an idle node that was already idle at its last scrape is not scraped again.
+
+Times are the model's seconds (times ``time_scale``, as ``replay()`` charges them); the run starts at 0.
+"""
+
+from __future__ import annotations
+
+import gc
+import heapq
+import itertools
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from kit import paths
+from kit.errors import KitError
+from kit.experiments.results import MetricSample, ProfileRun, RequestResult, Summary, summarize
+from kit.experiments.workloads import Job, Load, MultiTurn, Workload, body, plan
+from kit.fleet.node import Node
+from kit.picker import Endpoint, InferenceRequest, load_picker_file
+from kit.sim import tokenizer
+from kit.sim.config import SimConfig
+from kit.sim.engine import EngineFull, Sequence
+from kit.sim.kvcache import chain_hashes
+from kit.vllm_metrics import EndpointMetrics
+
+NODE, ARRIVAL, SAMPLE = 0, 1, 2
+
+# Kept across runs in one process (a sweep runs many points of one workload): the jobs of a workload and
+# load, each distinct prompt's tokens, and their block hashes per (block size, model).
+_PLANS: dict[str, tuple[list[Job], list[float] | None]] = {}
+_TOKENS: dict[str, list[int]] = {}
+_HASHES: dict[tuple[int, int], dict[int, tuple[list[int], list[int]]]] = {}
+_MAX_PROMPTS = 50_000
+
+
+def _plan(w: Workload, load: Load) -> tuple[list[Job], list[float] | None]:
+    key = f"{type(w).__name__}{w.model_dump_json()}{load.model_dump_json()}"
+    if key not in _PLANS:
+        _PLANS.clear()
+        _PLANS[key] = plan(w, load)
+    return _PLANS[key]
+
+
+@dataclass
+class _Request:
+    rid: int
+    job: Job
+    turn: int
+    answers: list[str]
+    at: float
+    endpoint: Endpoint
+    req: InferenceRequest
+
+
+@dataclass
+class Fleet:
+    """What is simulated besides the workload: servers, their settings, the picker and how it sees them."""
+
+    replicas: int = 4
+    profile: str = "default-plugins"
+    sim: SimConfig = field(default_factory=SimConfig)
+    refresh_interval: float = 0.05
+    sample_interval: float = 0.25
+    seed: int = 0
+    fast: bool = True
+
+    def __post_init__(self) -> None:
+        if self.replicas < 1:
+            raise KitError(f"replicas: need at least one server, got {self.replicas}")
+        if self.refresh_interval <= 0 or self.sample_interval <= 0:
+            raise KitError("refresh_interval and sample_interval must be positive")
+
+
+class _Run:
+    def __init__(self, fleet: Fleet, w: Workload, load: Load, progress: bool):
+        self.fleet, self.w, self.load = fleet, w, load
+        cfg = fleet.sim
+        self.t = 0.0  # virtual now: the picker's clock (staleness, saturation, time-to-live)
+        self.loaded = load_picker_file(paths.scheduler_profile(fleet.profile), clock=lambda: self.t)
+        self.sched = self.loaded.scheduler
+        # Seed every random choice the picker makes (ties, random pickers), including a defaulted picker.
+        plugins = {id(p): p for p in [*self.sched.plugins, *(pr.picker for pr in self.sched.profiles.values())]}
+        for i, p in enumerate(plugins.values()):
+            if isinstance(getattr(p, "rng", None), random.Random):
+                p.rng = random.Random(f"{fleet.seed}/{i}")
+        if len(_TOKENS) > _MAX_PROMPTS:
+            _TOKENS.clear()
+            _HASHES.clear()
+        root = Node("probe", cfg.model_copy(update={"num_gpu_blocks": 2})).engine.root
+        self.hashes = _HASHES.setdefault((cfg.block_size, root), {})
+        self.root = root
+        self.nodes = [Node(f"sim-{i:02d}", cfg, self.hashes, fleet.fast) for i in range(fleet.replicas)]
+        self.eps = [Endpoint(name=n.name, url=f"sim://{n.name}", metrics=EndpointMetrics(
+            block_size=cfg.block_size, num_gpu_blocks=cfg.num_gpu_blocks)) for n in self.nodes]
+        self.index = {ep.name: i for i, ep in enumerate(self.eps)}
+        self.cache_tokens = not isinstance(w, MultiTurn)  # conversations never repeat a prompt
+        self.heap: list[tuple[float, int, int, Any]] = []
+        self.count = itertools.count()
+        self.bound = [math.inf] * len(self.nodes)
+        self.version = [0] * len(self.nodes)
+        self.pending: dict[int, _Request] = {}  # id(seq) → request
+        self.seqs: dict[int, Sequence] = {}
+        self.results: list[RequestResult] = []
+        self.samples: list[MetricSample] = []
+        self.rid = itertools.count()
+        self.last_tick = -math.inf
+        self.decision: Any = None
+        self.decision_at = 0.0
+        self.jobs, self.times = _plan(w, load)
+        self.left = len(self.jobs)  # jobs not yet finished
+        self.next_job = 0
+        self.end = 0.0
+        self.bar = tqdm(total=sum(len(j.questions) for j in self.jobs), desc=f"{fleet.profile} ×{fleet.replicas}",
+                        unit="req", disable=not progress, leave=False, mininterval=0.5)
+
+    # ------------------------------------------------------------ events
+    def push(self, t: float, kind: int, data: Any) -> None:
+        heapq.heappush(self.heap, (t, kind, next(self.count), data))
+
+    def rebound(self, i: int) -> None:
+        b = self.nodes[i].next_event()
+        if b != self.bound[i]:
+            self.bound[i] = b
+            self.version[i] += 1
+            if b < math.inf:
+                self.push(b, NODE, (i, self.version[i]))
+
+    def start_job(self, t: float) -> None:
+        job = self.jobs[self.next_job]
+        self.next_job += 1
+        self.push(t, ARRIVAL, (job, 0, []))
+
+    # ------------------------------------------------------ scraping, time
+    def sync(self, i: int, t: float) -> None:
+        """Advance node ``i`` to ``t``, taking its scrape at the last tick on the way."""
+        node, interval = self.nodes[i], self.fleet.refresh_interval
+        s = math.floor(t / interval) * interval
+        if node.snap_tick < s:
+            node.advance(s)
+            self.snapshot(i, s)
+        node.advance(t)
+        if node.finished:
+            self.finish(i)
+
+    def snapshot(self, i: int, s: float) -> None:
+        node, m = self.nodes[i], self.eps[i].metrics
+        m.waiting, m.running, m.kv_usage = node.waiting, node.running, node.kv_usage
+        m.prefix_hits, m.prefix_queries = node.prefix_hits, node.prefix_queries
+        self.eps[i].updated = max(s, 1e-9)  # 0 means "never scraped" to the picker
+        node.snap_tick = s
+        node.snap_idle = node.idle
+
+    def scrape_all(self, t: float) -> None:
+        """Every endpoint's metrics as of the last scrape tick before ``t``."""
+        s = math.floor(t / self.fleet.refresh_interval) * self.fleet.refresh_interval
+        if s <= self.last_tick:
+            return
+        self.last_tick = s
+        for i, node in enumerate(self.nodes):
+            if node.snap_tick >= s:
+                continue
+            if node.idle and node.snap_idle:
+                node.snap_tick = s  # idle then and now: the same numbers
+                self.eps[i].updated = max(s, 1e-9)
+                continue
+            self.sync(i, s)
+            self.rebound(i)
+
+    # ------------------------------------------------------------ requests
+    def prompt_tokens(self, body_: dict) -> list[int]:
+        if "messages" in body_:
+            text = tokenizer.apply_chat_template(body_["messages"], add_generation_prompt=True)
+            special = True
+        else:
+            text, special = body_["prompt"], False
+        if not self.cache_tokens:
+            return tokenizer.encode(text, allow_special=special)
+        ids = _TOKENS.get(text)
+        if ids is None:
+            ids = _TOKENS[text] = tokenizer.encode(text, allow_special=special)
+        if self.fleet.sim.enable_prefix_caching and id(ids) not in self.hashes:
+            self.hashes[id(ids)] = (ids, chain_hashes(ids, self.fleet.sim.block_size, self.root))
+        return ids
+
+    def arrive(self, t: float, job: Job, turn: int, answers: list[str]) -> None:
+        rid = next(self.rid)
+        b = body(job.prompt(turn, answers), self.w.output_len, self.load)
+        req = InferenceRequest.from_body(b, self.fleet.sim.model, request_id=f"req-{rid}")
+        self.scrape_all(t)
+        decision, state = self.sched.schedule(req, self.eps)
+        ep = self.eps[self.index[decision.picked[0]]]
+        self.sched.pre_request(state, req, ep)
+        self.decision, self.decision_at = decision, t
+        ep.in_flight += 1
+        i = self.index[ep.name]
+        self.sync(i, t)
+        try:
+            seq = self.nodes[i].submit(t, self.prompt_tokens(b), self.w.output_len)
+        except EngineFull as err:
+            ep.in_flight -= 1
+            self.sched.response_complete(req, ep)
+            self.results.append(RequestResult(status=400, started=t, endpoint=ep.name, request_id=req.request_id,
+                                              error=str(err), group=job.group))
+            self.bar.update()
+            self.job_done(t)
+            return
+        self.pending[id(seq)] = _Request(rid, job, turn, answers, t, ep, req)
+        self.rebound(i)
+
+    def finish(self, i: int) -> None:
+        node = self.nodes[i]
+        done, node.finished = node.finished, []
+        for seq in done:
+            r = self.pending.pop(id(seq))
+            r.endpoint.in_flight -= 1
+            self.sched.response_complete(r.req, r.endpoint)
+            end = seq.last_token_at
+            self.end = max(self.end, end)
+            self.results.append(RequestResult(
+                status=200, started=r.at, endpoint=r.endpoint.name, request_id=r.req.request_id,
+                ttft=seq.first_token_at - r.at, e2e=end - r.at, prompt_tokens=seq.prompt_len,
+                completion_tokens=seq.output_len, cached_tokens=seq.cached_tokens,
+                finish_reason=seq.finish_reason, group=r.job.group))
+            self.bar.update()
+            if r.turn + 1 < len(r.job.questions):
+                answer = tokenizer.decode(seq.tokens[seq.prompt_len:])
+                self.push(end + r.job.think_time, ARRIVAL, (r.job, r.turn + 1, [*r.answers, answer]))
+            else:
+                self.job_done(end)
+
+    def job_done(self, t: float) -> None:
+        self.left -= 1
+        if self.times is None and self.next_job < len(self.jobs):
+            self.start_job(t)
+
+    # ----------------------------------------------------------------- run
+    def sample(self, t: float) -> None:
+        for i, node in enumerate(self.nodes):
+            self.sync(i, t)
+            self.rebound(i)
+            self.samples.append(MetricSample(round(t, 6), node.name, node.waiting, node.running,
+                                             round(node.kv_usage, 6), node.prefix_hits, node.prefix_queries))
+
+    def run(self) -> ProfileRun:
+        if self.times is None:
+            for _ in range(min(self.load.concurrency or 1, len(self.jobs))):
+                self.start_job(0.0)
+        else:
+            for job, at in zip(self.jobs, self.times, strict=True):
+                self.push(at, ARRIVAL, (job, 0, []))
+            self.next_job = len(self.jobs)
+        self.push(0.0, SAMPLE, None)
+        last_t = 0.0
+        while self.heap:
+            t, kind, _, data = heapq.heappop(self.heap)
+            last_t = self.t = t
+            if kind == NODE:
+                i, version = data
+                if version != self.version[i]:
+                    continue
+                self.bound[i] = math.inf
+                self.sync(i, t)
+                self.rebound(i)
+            elif kind == ARRIVAL:
+                self.arrive(t, *data)
+            elif self.left > 0:
+                self.sample(t)
+                self.push(t + self.fleet.sample_interval, SAMPLE, None)
+        self.sample(max(self.end, last_t))
+        self.bar.close()
+        return self.profile_run()
+
+    def profile_run(self) -> ProfileRun:
+        self.results.sort(key=lambda r: (r.started, int(r.request_id.rsplit("-", 1)[1]) if r.request_id else 0))
+        itl: dict[float, int] = {}
+        for n in self.nodes:
+            for gap, k in n.itl.items():
+                itl[gap] = itl.get(gap, 0) + k
+        cache = {n.name: (float(n.prefix_hits), float(n.prefix_queries)) for n in self.nodes}
+        summary = summarize(self.results, self.end, cache, itl_counts=itl)
+        decision = None
+        if self.decision is not None:
+            decision = self.decision.to_dict()
+            decision["at"], decision["duration_s"] = round(self.decision_at, 6), None  # virtual time; not timed
+        return ProfileRun(self.fleet.profile, summary, self.results, self.samples, decision)
+
+
+def simulate(workload: Workload, load: Load, fleet: Fleet | None = None, progress: bool = False) -> ProfileRun:
+    """Run ``workload`` under ``load`` through the picker and ``fleet.replicas`` simulated servers on a virtual
+    clock; the same inputs give the same result, to the byte."""
+    enabled = gc.isenabled()
+    gc.disable()  # millions of long-lived blocks and tokens: the cyclic collector would rescan them all
+    try:
+        return _Run(fleet or Fleet(), workload, load, progress).run()
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def summary(workload: Workload, load: Load, fleet: Fleet | None = None) -> Summary:
+    """Only the summary (what a sweep keeps of each point)."""
+    return simulate(workload, load, fleet).summary

@@ -1,0 +1,84 @@
+"""A node fast-forwards decode stretches and gets exactly what stepping every step gets."""
+
+import math
+import random
+
+import pytest
+
+from kit.fleet.node import Node
+from kit.sim.config import SimConfig
+from kit.sim.engine import Engine
+
+CONFIGS = {
+    "roomy": SimConfig(num_gpu_blocks=400, max_num_seqs=16, max_model_len=6400),
+    "preempting": SimConfig(num_gpu_blocks=160, max_num_seqs=8, block_size=4, max_model_len=640),
+    "chunked": SimConfig(num_gpu_blocks=70, max_num_seqs=64, block_size=8, max_num_batched_tokens=64,
+                         max_model_len=560),
+    "no caching": SimConfig(num_gpu_blocks=300, max_num_seqs=12, enable_prefix_caching=False, max_model_len=4800),
+}
+
+
+def drive(cfg: SimConfig, fast: bool, seed: int, n: int = 60):
+    """Requests sharing a few prefixes at random times, with the state probed between them."""
+    rng = random.Random(seed)
+    node = Node("n", cfg, fast=fast)
+    prefixes = [[rng.randrange(1, 5000) for _ in range(rng.randint(20, 300))] for _ in range(5)]
+    seqs, probes, t = [], [], 0.0
+    for _ in range(n):
+        t += rng.expovariate(40)
+        for _ in range(rng.randint(0, 3)):
+            probe = t - rng.random() * 0.02
+            if probe > node.now:
+                node.advance(probe)
+                pool = node.engine.pool
+                probes.append((probe, node.waiting, node.running, pool.num_free, node.next_event() >= probe))
+        node.advance(t)
+        prompt = rng.choice(prefixes) + [rng.randrange(1, 5000) for _ in range(rng.randint(1, 40))]
+        seqs.append(node.submit(t, prompt, rng.randint(1, 120)))
+    node.advance(math.inf)
+    assert node.idle and not node.engine.waiting
+    return ([(s.first_token_at, s.last_token_at, s.cached_tokens, s.preemptions, s.tokens, s.finish_reason)
+             for s in seqs], probes, node.engine.steps, dict(node.itl), node.prefix_hits, node.generation_tokens,
+            sorted(node.engine.pool.cached))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("seed", range(6))
+def test_fast_forward_gives_what_stepping_gives(name, seed):
+    assert drive(CONFIGS[name], True, seed) == drive(CONFIGS[name], False, seed)
+
+
+def test_the_cases_exercise_preemption_and_stretches():
+    seqs = drive(CONFIGS["preempting"], True, 0)[0]
+    assert any(s[3] for s in seqs)  # some sequence was preempted
+    node = Node("n", CONFIGS["roomy"])
+    for i in range(8):
+        node.submit(0.0, list(range(10 * i, 10 * i + 50)), 200)
+    node.advance(0.1)
+    assert node.ff is not None  # mid-stretch
+
+
+def test_next_event_never_passes_a_finish():
+    rng = random.Random(3)
+    node = Node("n", CONFIGS["preempting"])
+    t = 0.0
+    for _ in range(40):
+        t += rng.expovariate(60)
+        node.advance(t)
+        node.submit(t, [rng.randrange(1, 99) for _ in range(rng.randint(10, 200))], rng.randint(1, 80))
+        bound = node.next_event()
+        node.advance(bound)
+        assert all(s.last_token_at >= bound for s in node.finished if s.last_token_at > t)
+        node.finished.clear()
+
+
+@pytest.mark.parametrize("batch,context", [(1, 0), (7, 3100), (256, 2_000_000)])
+def test_decode_seconds_is_what_step_cost_charges_a_decode_plan(batch, context):
+    e = Engine(SimConfig(max_num_seqs=batch, max_model_len=16384))
+    seqs = [e.submit(list(range(1, 2 + context // batch)), 5) for _ in range(batch)]
+    while not all(s.output_len for s in seqs):
+        e.complete(e.schedule())
+    plan = e.schedule()
+    assert all(n == 1 for _, n in plan) and len(plan) == batch
+    assert e.step_cost(plan).duration == e.decode_seconds(batch, sum(s.num_computed for s in seqs),
+                                                          max(s.num_computed for s in seqs))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from kit.picker.framework import (
@@ -45,15 +46,32 @@ class Profile:
 
 @dataclass
 class Decision:
-    """Why a request went where it went: every candidate's per-plugin scores and weighted total."""
+    """Why a request went where it went: every candidate's per-plugin scores and weighted total.
+
+    The cycle keeps its raw inputs; ``candidates`` (one row per endpoint, scores rounded) is built only when
+    someone asks, so explaining costs nothing on the requests nobody looks at."""
 
     request_id: str
     profile: str
     picked: list[str]
-    candidates: list[dict[str, Any]]
     weights: dict[str, float]
     duration_s: float
     at: float = field(default_factory=time.time)  # wall-clock time, for display only
+    endpoints: list[Endpoint] = field(default_factory=list, repr=False)  # every candidate, before filters
+    filtered_by: dict[str, str] = field(default_factory=dict, repr=False)  # endpoint → the filter that dropped it
+    scores: list[tuple[str, dict[Endpoint, float]]] = field(default_factory=list, repr=False)  # per scorer
+    totals: dict[Endpoint, float] = field(default_factory=dict, repr=False)
+
+    @cached_property
+    def candidates(self) -> list[dict[str, Any]]:
+        rows = {ep: {"endpoint": ep.name, "scores": {}, "total": 0.0, "filtered_by": self.filtered_by.get(ep.name)}
+                for ep in self.endpoints}
+        for name, scores in self.scores:
+            for ep, s in scores.items():
+                rows[ep]["scores"][name] = round(min(1.0, max(0.0, s)), 6)
+        for ep, t in self.totals.items():
+            rows[ep]["total"] = round(t, 6)
+        return list(rows.values())
 
     def to_dict(self) -> dict[str, Any]:
         return {"request_id": self.request_id, "profile": self.profile, "picked": self.picked,
@@ -105,28 +123,27 @@ class Scheduler:
             producer.prepare_request_data(state, req, eps)
         name = self.handler.profiles_to_run(list(self.profiles))[0]
         profile = self.profiles[name]
-        rows = {ep: {"endpoint": ep.name, "scores": {}, "total": 0.0, "filtered_by": None} for ep in eps}
+        candidates, filtered_by = eps, {}
         for f in profile.filters:
             kept = f.filter(state, req, eps)
-            for ep in eps:
-                if ep not in kept:
-                    rows[ep]["filtered_by"] = f.name
+            if len(kept) != len(eps):
+                keep = set(kept)
+                filtered_by.update((ep.name, f.name) for ep in eps if ep not in keep)
             eps = kept
             if not eps:
                 raise NoEndpoints(f"filter {f.name} left no endpoint")
         totals = dict.fromkeys(eps, 0.0)
+        scores = []
         for scorer, weight in profile.scorers:
-            for ep, s in scorer.score(state, req, eps).items():
-                s = min(1.0, max(0.0, s))
-                rows[ep]["scores"][scorer.name] = round(s, 6)
-                totals[ep] += weight * s
-        for ep, t in totals.items():
-            rows[ep]["total"] = round(t, 6)
+            sc = scorer.score(state, req, eps)
+            scores.append((scorer.name, sc))
+            for ep, s in sc.items():  # scores outside [0, 1] are clamped
+                totals[ep] += weight * (1.0 if s > 1.0 else 0.0 if s < 0.0 else s)
         picked = profile.picker.pick(state, list(totals.items()))
         decision = Decision(
             request_id=req.request_id, profile=name, picked=[ep.name for ep in picked],
-            candidates=list(rows.values()), weights={s.name: w for s, w in profile.scorers},
-            duration_s=time.perf_counter() - start,
+            weights={s.name: w for s, w in profile.scorers}, duration_s=time.perf_counter() - start,
+            endpoints=candidates, filtered_by=filtered_by, scores=scores, totals=totals,
         )
         state["picked"] = picked
         state["profile"] = profile

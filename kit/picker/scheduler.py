@@ -138,7 +138,7 @@ class Scheduler:
             sc = scorer.score(state, req, eps)
             scores.append((scorer.name, sc))
             for ep, s in sc.items():  # scores outside [0, 1] are clamped
-                totals[ep] += weight * (1.0 if s > 1.0 else 0.0 if s < 0.0 else s)
+                totals[ep] += weight * s if 0.0 <= s <= 1.0 else weight * (1.0 if s > 1.0 else 0.0)
         picked = profile.picker.pick(state, list(totals.items()))
         decision = Decision(
             request_id=req.request_id, profile=name, picked=[ep.name for ep in picked],

@@ -57,6 +57,10 @@ class MaxScorePicker(_Picker):
     type = "max-score-picker"
 
     def pick(self, state: CycleState, scored: list[tuple[Endpoint, float]]) -> list[Endpoint]:
+        if self.n == 1:  # the same choice as shuffle-then-sort, in one pass: uniform among the top scores
+            top = max((s for _, s in scored), default=0.0)
+            best = [ep for ep, s in scored if s == top]
+            return [best[0] if len(best) == 1 else self.rng.choice(best)] if best else []
         shuffled = list(scored)
         self.rng.shuffle(shuffled)
         shuffled.sort(key=lambda es: es[1], reverse=True)

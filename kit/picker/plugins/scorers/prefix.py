@@ -53,7 +53,7 @@ class PrefixCacheScorer(PluginBase):
         if not isinstance(match, PrefixMatch):
             match = self.producer.match(req, eps)
         state[self.name] = match
-        return {ep: match.score(ep) for ep in eps}
+        return match.scores(eps)
 
     def pre_request(self, state: CycleState, req: InferenceRequest, ep: Endpoint) -> None:
         if self.owns_producer:

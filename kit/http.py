@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+
+from kit.errors import KitError
 
 # Headers the gateway and its clients share (the first is the Inference Extension's name).
 ENDPOINT_HEADER = "x-gateway-destination-endpoint"
@@ -78,17 +81,62 @@ async def start_app(app: web.Application, host: str, port: int) -> web.AppRunner
     return runner
 
 
+# Seconds a stopping server lets the requests it is answering finish (SIGTERM: stop accepting, drain, stop).
+DRAIN_ENV = "KIT_DRAIN_GRACE"
+DEFAULT_DRAIN_GRACE = 30.0
+
+
+def drain_grace(raw: str | None = None) -> float:
+    """The drain grace in seconds given as ``raw`` (default: ``$KIT_DRAIN_GRACE``); 30 when unset or empty."""
+    raw = (os.environ.get(DRAIN_ENV, "") if raw is None else raw).strip()
+    if not raw:
+        return DEFAULT_DRAIN_GRACE
+    try:
+        grace = float(raw)
+    except ValueError:
+        grace = -1.0
+    if not 0 <= grace < float("inf"):
+        raise KitError(f"${DRAIN_ENV}={raw!r}: expected a number of seconds, 0 or more")
+    return grace
+
+
 def run_app(app: web.Application, host: str, port: int, name: str, banner: Callable[[], list[str]]) -> None:
-    """Serve until SIGTERM or SIGINT, printing ``banner()`` lines once up and a line when stopped."""
+    """Serve until SIGTERM or SIGINT, printing ``banner()`` lines once up, then drain and stop.
+
+    Draining: stop accepting connections, close idle keep-alive ones, and let the requests in progress finish
+    for up to ``drain_grace()`` seconds; whatever is still open then (or at a second signal) is cut off.
+    """
+    grace = drain_grace()
 
     async def main() -> None:
+        loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, stop.set)
         runner = await start_app(app, host, port)
         for line in banner():
             print(f"{name}: {line}", flush=True)
         await stop.wait()
+        stop.clear()
+        for site in list(runner.sites):
+            await site.stop()
+        server = runner.server
+        if server is not None:
+            for conn in server.connections:
+                conn.close()  # an idle connection closes now, a busy one once its answer is complete
+            await asyncio.sleep(0)
+            if server.connections:
+                print(f"{name}: stopping: no new connections; {len(server.connections)} open connection(s) have "
+                      f"up to {grace:g} s to finish", flush=True)
+            deadline = loop.time() + grace
+            while server.connections and loop.time() < deadline and not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.05)
+            if left := server.connections:
+                for conn in left:
+                    conn.force_close()
+                why = "at a second signal" if stop.is_set() else f"after the {grace:g} s grace"
+                print(f"{name}: cut off {len(left)} open connection(s) {why}", flush=True)
         await runner.cleanup()
         print(f"{name}: stopped", flush=True)
 

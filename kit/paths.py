@@ -1,4 +1,4 @@
-"""Where the kit's data lives: environments, templates, the shipped scheduler profiles, the local state folder."""
+"""Where the kit's data lives: environments, templates, the shipped scheduler profiles, the per-user state folder."""
 
 from __future__ import annotations
 
@@ -28,5 +28,14 @@ def scheduler_profile(name_or_path: str) -> str:
 
 
 def state_dir() -> Path:
-    """Where the local target keeps its state file and logs (``$KIT_STATE_DIR`` or ``./.kit``)."""
-    return Path(os.environ.get("KIT_STATE_DIR", ".kit")).resolve()
+    """Where the local target keeps its state files, locks and logs: one per-user folder, whatever the current
+    directory, so the command line and a notebook kernel see the same stacks.
+
+    ``$KIT_STATE_DIR`` if set, else ``$XDG_STATE_HOME/kit`` (an absolute ``$XDG_STATE_HOME`` only, as the XDG
+    base-directory spec says), else ``~/.local/state/kit``.
+    """
+    if os.environ.get("KIT_STATE_DIR"):
+        return Path(os.environ["KIT_STATE_DIR"]).expanduser().resolve()
+    xdg = os.environ.get("XDG_STATE_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "state"
+    return base / "kit"

@@ -34,8 +34,9 @@ def run_walkthrough(out_dir: str | Path, parameters: dict[str, Any], only: list[
     out = Path(out_dir).resolve()
     executed = out / "executed"
     executed.mkdir(parents=True, exist_ok=True)
-    # The notebooks run with their working directory in ``out``; keep the local state where the CLI keeps it.
-    os.environ["KIT_STATE_DIR"] = str(paths.state_dir())
+    # Local state is per user, wherever a kernel runs; only a relative $KIT_STATE_DIR would be read from ``out``.
+    if os.environ.get("KIT_STATE_DIR"):
+        os.environ["KIT_STATE_DIR"] = str(paths.state_dir())
     chosen = [nb for nb in notebooks() if not only or nb.stem in only or nb.name in only]
     done = []
     for nb in tqdm(chosen, desc="notebooks", unit="nb"):

@@ -1,32 +1,77 @@
 """The local target: simulators and the gateway as processes on loopback, tracked in a state file.
 
 ``deploy`` starts what is missing and leaves what already runs as asked (deploying twice is safe);
-a different replica count or scheduler config changes only what must change. ``destroy`` stops
-exactly the processes recorded in the state file, and only while their command line is still the
-one the kit started. Nothing else is ever signalled.
+a different replica count or scheduler config changes only what must change, and a deploy that fails
+stops what it started. ``destroy`` stops the gateway first (it stops accepting and lets open requests
+finish for its drain grace, ``$KIT_DRAIN_GRACE``), then the simulators.
+
+Each stack (release postfix) has one state file in the per-user state folder (``kit.paths.state_dir``),
+so every directory, terminal and notebook kernel sees the same stack. The file is replaced atomically,
+and a lock beside it lets one deploy or destroy change the stack at a time. Every process the kit starts
+carries the stack's marker (``$KIT_STACK``: the state file's path), so ``destroy`` still finds the
+stack's processes when the file is lost or corrupt. A process is signalled only while its command line
+is the one the kit started.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import os
+import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import TypeAdapter, ValidationError
 
 from kit import paths
 from kit.errors import KitError
+from kit.http import drain_grace
 from kit.manifests.environments import Environment
 from kit.picker import load_picker_file
 from kit.targets import Say, Status
-from kit.targets.processes import Proc, healthy, port_in_use, scrape, spawn, stop
+from kit.targets.processes import Proc, healthy, marked, port_in_use, scrape, spawn, stop
 from kit.vllm_metrics import EndpointMetrics
+
+LOCK_WAIT = 120.0  # seconds ``destroy`` waits for another command on the same stack (``deploy``: its timeout)
+
+
+@dataclass
+class State:
+    """What the state file records: the processes of one stack and how the gateway was configured."""
+
+    gateway: Proc | None = None
+    sims: list[Proc] = field(default_factory=list)
+    scheduler_config: str | None = None
+    model: str | None = None
+
+    @property
+    def procs(self) -> list[Proc]:
+        return ([self.gateway] if self.gateway else []) + self.sims
+
+
+STATE = TypeAdapter(State)
+
+
+class UnreadableStateError(KitError):
+    """The state file exists but is not a state (cut off, empty, wrong types, binary)."""
+
+    def __init__(self, path: Path, reason: str, fix: str):
+        self.path, self.reason = path, reason
+        super().__init__(f"the state file {path} is unreadable ({reason}); {fix}")
 
 
 def _state(proc: dict[str, Any]) -> str:
     return "healthy" if proc["healthy"] else ("running, not answering" if proc["running"] else "not running")
+
+
+def _port(proc: Proc) -> int | None:
+    return urlsplit(proc.url).port
 
 
 class LocalTarget:
@@ -43,21 +88,83 @@ class LocalTarget:
     def state_file(self) -> Path:
         return paths.state_dir() / f"local-{self.env.release_postfix}.json"
 
-    def _load(self) -> dict[str, Any]:
-        f = self.state_file
-        if not f.exists():
-            return {"gateway": None, "sims": [], "scheduler_config": None}
-        data = json.loads(f.read_text())
-        data["gateway"] = Proc(**data["gateway"]) if data.get("gateway") else None
-        data["sims"] = [Proc(**p) for p in data.get("sims", [])]
-        return data
+    @property
+    def _stack(self) -> str:
+        """The marker every process of this stack carries: the state file's path (one per user, folder, postfix)."""
+        return str(self.state_file)
 
-    def _save(self, state: dict[str, Any]) -> None:
+    @property
+    def _name(self) -> str:
+        return f"{self.env.name}/{self.env.release_postfix}"
+
+    def _load(self) -> State:
         f = self.state_file
-        f.parent.mkdir(parents=True, exist_ok=True)
-        out = dict(state, gateway=asdict(state["gateway"]) if state["gateway"] else None,
-                   sims=[asdict(p) for p in state["sims"]])
-        f.write_text(json.dumps(out, indent=2))
+        try:
+            return STATE.validate_json(f.read_bytes())
+        except FileNotFoundError:
+            return State()
+        except OSError as err:
+            reason = err.strerror or str(err)
+        except ValidationError as err:
+            e = err.errors(include_url=False)[0]
+            where = ".".join(str(part) for part in e["loc"])
+            reason = f"{where}: {e['msg']}" if where else e["msg"]
+        raise UnreadableStateError(f, reason, f"`kit destroy -e {self.env.name} --postfix {self.env.release_postfix}` "
+                                   "still stops this stack's processes (it finds them by their marker) and sets "
+                                   "the file aside")
+
+    def _save(self, state: State) -> None:
+        """Replace the state file in one step (no reader ever sees half of it); no processes, no file."""
+        f = self.state_file
+        if not state.procs:
+            f.unlink(missing_ok=True)
+            return
+        f.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = f.with_name(f".{f.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(STATE.dump_json(state, indent=2))
+        os.replace(tmp, f)
+
+    @contextlib.contextmanager
+    def _locked(self, wait: float, say: Say) -> Iterator[None]:
+        """Hold the stack's lock (a ``flock`` on the file beside the state file), waiting up to ``wait`` seconds."""
+        lock = self.state_file.with_suffix(".lock")
+        lock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(lock, "a+") as fh:
+            deadline = time.monotonic() + wait
+            told = False
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    holder = lock.read_text().strip() or "unknown"
+                    busy = (f"another kit command is changing the local stack {self.env.release_postfix} "
+                            f"(pid {holder})")
+                    if time.monotonic() >= deadline:
+                        raise KitError(f"{busy}; waited {wait:g} s for it: let it finish, or stop it, "
+                                       "then try again") from None
+                    if not told:
+                        say(f"waiting for {busy} to finish")
+                        told = True
+                    time.sleep(0.1)
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"{os.getpid()}\n")
+            fh.flush()
+            try:
+                yield
+            finally:
+                fh.truncate(0)
+
+    def _stop(self, proc: Proc, say: Say, why: str = "") -> bool:
+        """Stop one of the stack's processes, saying so; a gateway's drain is announced while it lasts."""
+        def waiting() -> None:
+            say(f"stopping {proc.role} pid {proc.pid}: open requests have up to {proc.drain_grace:g} s to finish")
+
+        if stop(proc, waiting=waiting):
+            say(f"stopped {proc.role} pid {proc.pid} ({proc.url}){': ' + why if why else ''}")
+            return True
+        return False
 
     # ------------------------------------------------------------------------ plan
     def _sim_args(self, port: int) -> list[str]:
@@ -89,114 +196,180 @@ class LocalTarget:
                 for p in self._processes(scheduler_config)]
 
     def check(self) -> list[str]:
-        ours = {p["url"] for p in self.status().rows if p["running"]}
+        try:
+            ours = {p["url"] for p in self.status().rows if p["running"]}
+        except UnreadableStateError as err:
+            return [str(err)]
         return [f"port {p['port']} (for the {p['role']}) is in use by a process the kit did not start: "
                 "stop it, or set local.gateway_port" for p in self._processes(None)
                 if port_in_use(p["port"], self.local.host) and p["url"] not in ours]
 
-    def _check_port(self, port: int, role: str) -> None:
-        if port_in_use(port, self.local.host):
-            raise KitError(f"port {port} is in use by a process the kit did not start (wanted for the {role}); "
-                           f"stop it or choose another port with --port")
+    def _check_ports(self, needed: list[tuple[int, str]], state: State) -> None:
+        """Every port a new process needs is free, or held by one of this stack's processes (stopped first)."""
+        ours = {_port(p) for p in state.procs if p.owned()}
+        for port, role in needed:
+            if port not in ours and port_in_use(port, self.local.host):
+                raise KitError(f"port {port} is in use by a process the kit did not start (wanted for the {role}); "
+                               f"stop it or choose another port with --port")
 
     # ---------------------------------------------------------------------- verbs
     def deploy(self, scheduler_config: str | None = None, *, dry_run: bool = False, timeout: float = 30,
                say: Say = print) -> Status:
-        """Bring the local stack to the planned shape and wait until every process is healthy."""
+        """Bring the local stack to the planned shape and wait until every process is healthy.
+
+        Waits up to ``timeout`` for another deploy or destroy of the stack to finish first. If it fails, the
+        processes it started are stopped again and the state records what still runs.
+        """
         *wanted, gw_plan = self._processes(scheduler_config)
         if dry_run:
             for p in [*wanted, gw_plan]:
                 say(f"would start {p['role']} at {p['url']}: kit {' '.join(p['args'])}")
             return self.status()
+        drain_grace()  # a bad $KIT_DRAIN_GRACE fails before anything starts
         for w in load_picker_file(gw_plan["config"]).warnings:
             say(f"warning: {gw_plan['config']}: {w}")
-        logs = paths.state_dir() / "logs" / self.env.release_postfix
-        state = self._load()
-
-        wanted_args = [w["args"] for w in wanted]
-        sims: list[Proc] = []
-        for proc in state["sims"]:
-            if proc.owned() and list(proc.args) in wanted_args and healthy(proc.url):
-                sims.append(proc)
-            elif stop(proc):
-                say(f"stopped simulator pid {proc.pid} ({proc.url}): not part of the new shape")
-        have = {tuple(p.args) for p in sims}
-        for i, w in enumerate(wanted):
-            if tuple(w["args"]) in have:
-                continue
-            self._check_port(w["port"], f"simulator {i}")
-            proc = spawn(w["args"], w["url"], logs / f"sim-{w['port']}.log", role="simulator", wait=timeout)
-            sims.append(proc)
-            state["sims"] = sims
-            self._save(state)
-            say(f"started simulator {i} at {w['url']} (pid {proc.pid})")
-        sims.sort(key=lambda p: p.url)
-
-        gw: Proc | None = state["gateway"]
-        if gw and gw.owned() and list(gw.args) == gw_plan["args"] and healthy(gw.url):
-            say(f"gateway already running at {gw.url} (pid {gw.pid})")
-        else:
-            if gw and stop(gw):
-                say(f"stopped gateway pid {gw.pid} to apply the new shape")
-            self._check_port(gw_plan["port"], "gateway")
-            gw = spawn(gw_plan["args"], gw_plan["url"], logs / "gateway.log", role="gateway", wait=timeout)
-            say(f"started gateway at {gw.url} (pid {gw.pid}) with scheduler config {gw_plan['config']}")
-        state.update(gateway=gw, sims=sims, scheduler_config=gw_plan["config"], model=self.env.model)
-        self._save(state)
-        say(f"local stack ready: {gw.url} → {len(sims)} simulator(s); state in {self.state_file}")
+        with self._locked(timeout, say):
+            state = self._load()
+            started: list[Proc] = []
+            try:
+                self._reshape(state, wanted, gw_plan, timeout, started, say)
+            except BaseException:
+                self._roll_back(state, started, say)
+                raise
+        say(f"local stack ready: {gw_plan['url']} → {len(wanted)} simulator(s); state in {self.state_file}")
         return self.status()
 
+    def _reshape(self, state: State, wanted: list[dict[str, Any]], gw_plan: dict[str, Any], timeout: float,
+                 started: list[Proc], say: Say) -> None:
+        """Stop what is not in the plan, start what is missing (recording each in ``started``), save as it goes."""
+        logs = paths.state_dir() / "logs" / self.env.release_postfix
+        recorded = {p.pid for p in state.procs}
+        for p in marked(self._stack):
+            if p.pid not in recorded:  # a deploy killed before it could record it
+                self._stop(p, say, "this stack's, but missing from its state file")
+
+        def answers(p: Proc) -> bool:  # generous: restarting a busy server that is fine would lose its cache
+            return healthy(p.url, timeout=5, instance=p.instance)
+
+        wanted_args = [w["args"] for w in wanted]
+        keep = [p for p in state.sims if p.owned() and list(p.args) in wanted_args and answers(p)]
+        gw = state.gateway
+        keep_gw = gw is not None and gw.owned() and list(gw.args) == gw_plan["args"] and answers(gw)
+        have = {tuple(p.args) for p in keep}
+        missing = [(i, w) for i, w in enumerate(wanted) if tuple(w["args"]) not in have]
+        self._check_ports([(w["port"], f"simulator {i}") for i, w in missing]
+                          + ([] if keep_gw else [(gw_plan["port"], "gateway")]), state)
+
+        for p in state.sims:
+            if p not in keep:
+                self._stop(p, say, "not part of the new shape")
+        state.sims = list(keep)
+        self._save(state)
+        for i, w in missing:
+            proc = spawn(w["args"], w["url"], logs / f"sim-{w['port']}.log", role="simulator", wait=timeout,
+                         stack=self._stack)
+            started.append(proc)
+            state.sims.append(proc)
+            self._save(state)
+            say(f"started simulator {i} at {w['url']} (pid {proc.pid})")
+        state.sims.sort(key=lambda p: _port(p) or 0)
+
+        if keep_gw:
+            say(f"gateway already running at {gw.url} (pid {gw.pid})")
+        else:
+            if gw is not None:
+                self._stop(gw, say, "to apply the new shape")
+                state.gateway = None
+                self._save(state)
+            gw = spawn(gw_plan["args"], gw_plan["url"], logs / "gateway.log", role="gateway", wait=timeout,
+                       stack=self._stack)
+            started.append(gw)
+            state.gateway = gw
+            say(f"started gateway at {gw.url} (pid {gw.pid}) with scheduler config {gw_plan['config']}")
+        state.scheduler_config, state.model = gw_plan["config"], self.env.model
+        self._save(state)
+
+    def _roll_back(self, state: State, started: list[Proc], say: Say) -> None:
+        """Stop what a failed deploy started (nothing else) and record what still runs."""
+        for p in reversed(started):
+            self._stop(p, say, "the deploy failed, so what it started is stopped again")
+        state.sims = [p for p in state.sims if p not in started]
+        if state.gateway in started:
+            state.gateway = None
+        self._save(state)
+
     def status(self) -> Status:
-        """Every recorded process with pid, url, role, whether it runs and whether it answers."""
+        """Every recorded process with pid, url, role, whether it runs and whether it answers (this very
+        process: its per-process token). Ready means a healthy gateway in front of healthy simulators."""
         state = self._load()
-        procs = ([state["gateway"]] if state["gateway"] else []) + state["sims"]
         rows = []
-        for p in procs:
+        for p in state.procs:
             running = p.owned()
             rows.append({"role": p.role, "pid": p.pid, "url": p.url, "running": running,
-                         "healthy": running and healthy(p.url), "log": p.log})
-        gateway_url = state["gateway"].url if state["gateway"] else None
-        name = f"{self.env.name}/{self.env.release_postfix}"
+                         "healthy": running and healthy(p.url, instance=p.instance), "log": p.log})
+        gateway_url = state.gateway.url if state.gateway else None
+        ready = bool(state.gateway and state.sims) and all(r["healthy"] for r in rows)
         detail = {"environment": self.env.name, "release_postfix": self.env.release_postfix,
-                  "gateway": gateway_url, "scheduler_config": state.get("scheduler_config"), "processes": rows,
-                  "ready": bool(rows) and all(r["healthy"] for r in rows)}
-        headline = (f"{name}: gateway {gateway_url}, scheduler config {state.get('scheduler_config')}" if rows
-                    else f"nothing deployed for {name}")
+                  "gateway": gateway_url, "scheduler_config": state.scheduler_config, "processes": rows,
+                  "state_file": str(self.state_file), "ready": ready}
+        if not rows:
+            headline = f"nothing deployed for {self._name}"
+        elif gateway_url is None:
+            headline = f"{self._name}: no gateway (a deploy did not finish): kit deploy -e {self.env.name} starts it"
+        else:
+            headline = f"{self._name}: gateway {gateway_url}, scheduler config {state.scheduler_config}"
         table = [{"role": r["role"], "pid": r["pid"], "url": r["url"], "state": _state(r)} for r in rows]
-        return Status(detail["ready"], headline, table, detail)
+        return Status(ready, headline, table, detail)
 
     def destroy(self, say: Say = print) -> list[str]:
-        """Stop the processes deploy started (gateway first) and forget them; returns what was stopped."""
-        state = self._load()
-        stopped = []
-        for p in ([state["gateway"]] if state["gateway"] else []) + state["sims"]:
-            if stop(p):
-                stopped.append(f"{p.role} pid {p.pid} ({p.url})")
-                say(f"stopped {p.role} pid {p.pid} ({p.url})")
+        """Stop the stack's processes, the gateway first, and forget them; returns what was stopped.
+
+        Stops what the state file records and any process carrying the stack's marker; with an unreadable
+        state file, the marked ones alone, and the file is moved aside (``.corrupt``).
+        """
+        with self._locked(LOCK_WAIT, say):
+            try:
+                state = self._load()
+            except UnreadableStateError as err:
+                say(f"the state file {err.path} is unreadable ({err.reason}); looking for this stack's processes "
+                    "by their marker")
+                state = None
+            recorded = state.procs if state else []
+            found = [p for p in marked(self._stack) if p.pid not in {r.pid for r in recorded}]
+            stopped = []
+            for p in sorted([*recorded, *found], key=lambda p: p.role != "gateway"):
+                if self._stop(p, say):
+                    stopped.append(f"{p.role} pid {p.pid} ({p.url})")
+                elif p in recorded:
+                    say(f"{p.role} pid {p.pid} ({p.url}) was not running; nothing to stop")
+            if state is None:
+                aside = self.state_file.with_name(self.state_file.name + ".corrupt")
+                os.replace(self.state_file, aside)
+                if not stopped:
+                    say("no process of this stack is running")
+                say(f"moved the unreadable state file to {aside}")
             else:
-                say(f"{p.role} pid {p.pid} ({p.url}) was not running; nothing to stop")
-        if self.state_file.exists():
-            self.state_file.unlink()
-        if not stopped and not state["sims"] and not state["gateway"]:
-            say(f"nothing deployed for {self.env.name}/{self.env.release_postfix}")
+                self.state_file.unlink(missing_ok=True)
+                if not recorded and not stopped:
+                    say(f"nothing deployed for {self._name}")
         return stopped
 
     # ------------------------------------------------------------------- reaching
     @contextlib.contextmanager
     def gateway(self) -> Iterator[str]:
-        gw = self._load()["gateway"]
+        gw = self._load().gateway
         yield gw.url if gw else f"http://{self.local.host}:{self.local.gateway_port}"
 
     def metrics(self) -> dict[str, EndpointMetrics]:
-        return scrape(p.url for p in self._load()["sims"])
+        return scrape(p.url for p in self._load().sims)
 
     def reset_caches(self) -> bool:
-        for p in self._load()["sims"]:
+        for p in self._load().sims:
             urllib.request.urlopen(urllib.request.Request(p.url + "/reset_prefix_cache", method="POST"), timeout=10)
         return True
 
     def decision(self, request_id: str) -> dict[str, Any] | None:
-        gw = self._load()["gateway"]
+        gw = self._load().gateway
         if gw is None:
             return None
         try:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 
 import pytest
 
+from kit.targets.processes import port_in_use
 from tests.conftest import free_port_block
 from tests.helpers import running
 
@@ -127,3 +129,54 @@ def test_two_postfixes_are_two_independent_stacks(local_env):
         assert status(env)["ready"]  # the first stack is untouched
     finally:
         kit("destroy", "-e", "local", "--postfix", "second", env=env)
+
+
+def test_a_failed_deploy_stops_what_it_started_and_status_is_not_ready(local_env):
+    env, port = local_env
+    with socket.socket() as blocker:  # the gateway's port is taken; the simulators' ports are free
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        blocker.bind(("127.0.0.1", port))
+        blocker.listen()
+        res = kit("deploy", "-e", "local", "--replicas", "2", "--port", str(port), env=env)
+    assert res.returncode == 1 and f"port {port} is in use" in res.stderr
+    assert not port_in_use(port + 1) and not port_in_use(port + 2)  # nothing of this deploy is left running
+    assert "nothing deployed" in kit("status", "-e", "local", env=env).stdout
+
+
+def test_a_deploy_that_fails_half_way_rolls_back_only_what_it_started(local_env):
+    env, port = local_env
+    assert kit("deploy", "-e", "local", "--replicas", "1", "--port", str(port), env=env).returncode == 0
+    before = status(env)["processes"]
+    with socket.socket() as blocker:  # bound, not listening: the port looks free, but no server can bind it
+        blocker.bind(("127.0.0.1", port + 3))
+        res = kit("deploy", "-e", "local", "--replicas", "3", "--port", str(port), env=env)
+    assert res.returncode == 1 and f"simulator at http://127.0.0.1:{port + 3} exited" in res.stderr
+    assert "stopped simulator pid" in res.stdout and f"127.0.0.1:{port + 2}" in res.stdout
+    assert not port_in_use(port + 2)  # the simulator this deploy started is gone
+    st = status(env)
+    assert st["ready"] and st["processes"] == before  # what it found (gateway, simulator 0) is kept as it was
+
+
+def test_status_is_never_ready_without_a_gateway(local_env):
+    env, port = local_env
+    assert kit("deploy", "-e", "local", "--replicas", "1", "--port", str(port), env=env).returncode == 0
+    gw = status(env)["processes"][0]
+    os.kill(gw["pid"], signal.SIGKILL)
+    st = status(env)
+    assert not st["ready"] and st["processes"][0]["running"] is False
+    res = kit("status", "-e", "local", env=env)
+    assert res.returncode == 1 and "not running" in res.stdout
+
+
+def test_status_asks_the_recorded_process_not_whoever_answers_on_its_port(local_env, tmp_path):
+    env, port = local_env
+    assert kit("deploy", "-e", "local", "--replicas", "1", "--port", str(port), env=env).returncode == 0
+    f = tmp_path / "state" / "local-inference-scheduling.json"
+    data = json.loads(f.read_text())
+    data["sims"][0]["instance"] = "another-process"  # as if the recorded simulator no longer held its port
+    f.write_text(json.dumps(data))
+    st = status(env)
+    assert not st["ready"] and [p["healthy"] for p in st["processes"]] == [True, False]
+    res = kit("deploy", "-e", "local", "--replicas", "1", "--port", str(port), env=env)
+    assert res.returncode == 0 and "started simulator 0" in res.stdout  # replaced, not trusted
+    assert status(env)["ready"]

@@ -121,8 +121,7 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from kit.manifests import checked_render
-    from kit.manifests.validate import CrdSchemas
+    from kit.manifests.validate import CrdSchemas, checked_render
 
     env = _env(args)
     crds = None

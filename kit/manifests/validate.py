@@ -33,7 +33,9 @@ import kubernetes_validate
 import yaml
 from kubernetes_validate.utils import SchemaNotFoundError
 
-from kit.manifests.render import RELEASE, WAIVERS, Rendered
+from kit.errors import NotReadyError
+from kit.manifests.environments import Environment
+from kit.manifests.render import RELEASE, WAIVERS, Rendered, render
 
 K8S_VERSION = "1.34.0"
 SHIPPED_SCHEMAS = Path(__file__).resolve().parent / "schemas"
@@ -282,3 +284,17 @@ def validate(rendered: Rendered, schemas: str | Path | None = None) -> tuple[lis
     """Validate against the CRDs in folder ``schemas``, or the shipped ones."""
     crds = CrdSchemas.from_dir(str(Path(schemas).resolve())) if schemas else CrdSchemas.shipped()
     return validate_objects(rendered.objects, crds)
+
+
+def checked_render(env: Environment, scheduler_config: str | None = None,
+                   crds: CrdSchemas | None = None) -> tuple[Rendered, list[str]]:
+    """Render and validate (custom resources against ``crds``, by default the pinned CRDs the kit ships);
+    return the manifests and the notes on what could not be checked; raise NotReadyError listing every
+    problem."""
+    rendered = render(env, scheduler_config)
+    crds = CrdSchemas.shipped() if crds is None else crds
+    problems, notes = validate_objects(rendered.objects, crds)
+    if problems:
+        raise NotReadyError(problems, f"{len(problems)} problem(s) in the {len(rendered.objects)} objects "
+                                      f"rendered for {env.name}")
+    return rendered, notes

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from kit.manifests import checked_render
 from kit.manifests.environments import load_environment
 from kit.manifests.render import render
-from kit.manifests.validate import CrdSchemas, validate, validate_objects
+from kit.manifests.validate import CrdSchemas, checked_render, validate, validate_objects
 from tests.conftest import SCHEMAS
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,10 +10,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from kit.manifests import checked_render
 from kit.manifests.environments import Environment
 from kit.manifests.render import RELEASE
-from kit.manifests.validate import CrdSchemas
+from kit.manifests.validate import CrdSchemas, checked_render
 from kit.targets import Say, Status
 from kit.targets.cluster import apply, inventory
 from kit.targets.cluster.client import Cluster

@@ -21,10 +21,9 @@ from kubernetes import client as k8s
 from kubernetes.dynamic.exceptions import ApiException
 
 from kit.errors import ApplyError, KitError, NotReadyError
-from kit.manifests import checked_render
 from kit.manifests.environments import Environment
 from kit.manifests.render import HF_SECRET, MANAGED_BY, NAMESPACE, STACK, Rendered, render
-from kit.manifests.validate import CrdSchemas
+from kit.manifests.validate import CrdSchemas, checked_render
 from kit.targets import Say
 from kit.targets.cluster.client import CLUSTER_SCOPED, Cluster, ref
 

@@ -22,11 +22,14 @@ _NAMES: dict[str, tuple[str, str | None]] = {
     "models": ("kit.experiments.client", "models"),
     "describe_result": ("kit.experiments.client", "describe_result"),
     "SharedPrefix": ("kit.experiments.workloads", "SharedPrefix"),
+    "Skewed": ("kit.experiments.workloads", "Skewed"),
+    "MultiTurn": ("kit.experiments.workloads", "MultiTurn"),
     "Load": ("kit.experiments.workloads", "Load"),
     "run_workload": ("kit.experiments.loadgen", "run_workload"),
     "Comparison": ("kit.experiments.results", "Comparison"),
     "table": ("kit.experiments.results", "table"),
     "plots": ("kit.experiments.plots", None),
+    "paths": ("kit.paths", None),
     "report": ("kit.experiments.report", None),
     "KitError": ("kit.errors", "KitError"),
     "ConfigError": ("kit.errors", "ConfigError"),
@@ -37,6 +40,7 @@ _NAMES: dict[str, tuple[str, str | None]] = {
 }
 
 if TYPE_CHECKING:  # for editors and type checkers; at run time names load on first use
+    from kit import paths
     from kit.errors import (
         ApplyError,
         ConfigError,
@@ -49,7 +53,7 @@ if TYPE_CHECKING:  # for editors and type checkers; at run time names load on fi
     from kit.experiments.client import describe_result, models, request
     from kit.experiments.loadgen import run_workload
     from kit.experiments.results import Comparison, table
-    from kit.experiments.workloads import Load, SharedPrefix
+    from kit.experiments.workloads import Load, MultiTurn, SharedPrefix, Skewed
     from kit.manifests.environments import load_environment
     from kit.notebook import Session, check_profiles, session
     from kit.ui import Selection
@@ -71,7 +75,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = [  # the same names as _NAMES
-    "ApplyError", "Comparison", "ConfigError", "KitError", "Load", "MissingDependencyError", "NotReadyError",
-    "Selection", "Session", "SharedPrefix", "UnknownChoiceError", "check_profiles", "describe_result",
-    "load_environment", "models", "plots", "report", "request", "run_workload", "session", "table",
+    "ApplyError", "Comparison", "ConfigError", "KitError", "Load", "MissingDependencyError", "MultiTurn",
+    "NotReadyError", "Selection", "Session", "SharedPrefix", "Skewed", "UnknownChoiceError", "check_profiles",
+    "describe_result", "load_environment", "models", "paths", "plots", "report", "request", "run_workload", "session",
+    "table",
 ]

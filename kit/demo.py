@@ -25,8 +25,9 @@ def run_demo(out: str = "out") -> int:
         session("local").destroy(say=lambda m: print(f"cleanup: {m}"))  # in case a notebook stopped early
     results = out_dir / "results.json"
     if results.exists():
-        print("\nWhat the routing experiment measured (same workload, caches reset per profile):")
-        rows = json.loads(results.read_text())["table"]
+        data = json.loads(results.read_text())
+        print(f"\nHow the profiles rank (notebook 04, {data.get('scale', 'local stack')}; same workload, cold caches):")
+        rows = data["table"]
         print(table({"profile": r["profile"], "prefix-cache hit rate": f"{100 * r['hit_rate']:.1f}%",
                             "TTFT p50": f"{1000 * r['ttft_p50_s']:.0f} ms",
                             "TTFT p90": f"{1000 * r['ttft_p90_s']:.0f} ms", "errors": r["errors"]} for r in rows))

@@ -15,13 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 from kit import paths
 from kit.errors import ConfigError, UnknownChoiceError
+from kit.experiments.compare import DEFAULT_PROFILES, compare_profiles
 from kit.manifests.environments import Environment, available, load_environment
 from kit.targets import Status, Target, target_for
 from kit.vllm_metrics import EndpointMetrics
 
 if TYPE_CHECKING:
     from kit.experiments.results import Comparison
-    from kit.experiments.workloads import Load, SharedPrefix
+    from kit.experiments.workloads import Load, Workload
+    from kit.fleet import Fleet
 
 Say = Callable[[str], None]
 
@@ -30,6 +32,9 @@ Say = Callable[[str], None]
 class Session:
     env: Environment
     target: Target
+    replicas_asked: bool = True  # False: use what is deployed (the notebook's replicas parameter is 0)
+    kubeconfig: str | None = None
+    context: str | None = None
 
     # -------------------------------------------------------------- lifecycle
     def plan(self, profile: str | None = None) -> list[dict[str, Any]]:
@@ -45,12 +50,27 @@ class Session:
         return self.target.deploy(paths.scheduler_profile(scheduler_config) if scheduler_config else None, say=say)
 
     def ensure(self, say: Say = print) -> Status:
-        """Deploy only if the stack is not already up (so each notebook can run on its own)."""
+        """Use the stack that is up, or deploy it (so each notebook can run on its own); says which.
+
+        A stack that is up is used as it is (its replica count too) unless a replica count was asked for and
+        differs; then it is redeployed with that count."""
         st = self.target.status()
-        if st.ready:
-            say(f"stack {self.env.release_postfix} is up ({self.env.name})")
+        where = f"{self.env.name}/{self.env.release_postfix}"
+        if st.ready and st.replicas and (not self.replicas_asked or st.replicas == self.env.replicas):
+            self._use(st.replicas)
+            say(f"using the stack that is up: {where} with {st.replicas} model servers (as deployed)")
             return st
+        why = ("as asked" if self.replicas_asked else "the environment's default; nothing was up")
+        if st.ready and st.replicas:
+            why = f"as asked; {st.replicas} were up"
+        say(f"deploying {where} with {self.env.replicas} model servers ({why})")
         return self.deploy(say=say)
+
+    def _use(self, replicas: int) -> None:
+        """Follow the deployed replica count, so later deploys (profile switches) keep it."""
+        if replicas != self.env.replicas:
+            self.env = self.env.model_copy(update={"replicas": replicas})
+            self.target = target_for(self.env, kubeconfig=self.kubeconfig, context=self.context)
 
     def status(self) -> Status:
         return self.target.status()
@@ -80,12 +100,25 @@ class Session:
         return self.target.decision(request_id)
 
     # ------------------------------------------------------------- experiments
-    def compare_profiles(self, workload: SharedPrefix, load: Load, profiles: tuple[str, ...] | None = None,
-                         progress: bool = True) -> Comparison:
-        """The same workload under each scheduler profile, caches reset between them (locally)."""
-        from kit.experiments.compare import DEFAULT_PROFILES, compare_profiles
+    def compare_profiles(self, workload: Workload, load: Load, profiles: tuple[str, ...] | None = None,
+                         progress: bool = True, virtual: bool = False, seed: int = 0) -> Comparison:
+        """The same workload under each scheduler profile, caches cold for each: live on the deployed stack,
+        or with ``virtual`` on the fleet simulator's virtual clock with servers like this environment's
+        (``fleet()``): the same picker and engine code, no noise from the machine, the same result every time."""
+        if virtual:
+            from kit.fleet import compare_profiles as simulated
+
+            return simulated(workload, load, profiles or DEFAULT_PROFILES, self.fleet(seed), progress)
 
         return compare_profiles(self.target, workload, load, profiles or DEFAULT_PROFILES, progress)
+
+    def fleet(self, seed: int = 0) -> Fleet:
+        """A simulated fleet like this environment's: its replica count and model, and locally the very
+        simulator settings the local stack runs (so virtual times match its wall-clock times)."""
+        from kit.fleet import Fleet, SimConfig
+
+        settings = self.env.local.simulator if self.env.local else {}
+        return Fleet(replicas=self.env.replicas, sim=SimConfig(model=self.env.model, **settings), seed=seed)
 
 
 def check_profiles(text: str) -> tuple[str, ...]:
@@ -104,13 +137,14 @@ def session(environment: str = "local", namespace: str | None = None, release_po
             kubeconfig: str | None = None, context: str | None = None) -> Session:
     """Validate notebook parameters and open a session; errors name the parameter and the valid choices.
 
+    ``replicas`` None or 0: use what is deployed (``ensure``), else the environment's default.
     ``gateway_port`` (local environments only; 0 keeps the environment's, 8000) moves the gateway, and the
     simulators take the ports after it."""
     if not isinstance(environment, str) or environment not in available():
         raise UnknownChoiceError("environment", str(environment), available())
     problems = []
-    if replicas is not None and (not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 1):
-        problems.append(f"replicas: expected a whole number of at least 1, got {replicas!r}")
+    if replicas is not None and (not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0):
+        problems.append(f"replicas: expected a whole number (0: what is deployed), got {replicas!r}")
     if not isinstance(gateway_port, int) or isinstance(gateway_port, bool) or not 0 <= gateway_port <= 65535:
         problems.append(f"gateway_port: expected 0 (the environment's) or a port number, got {gateway_port!r}")
     for name, value in (("namespace", namespace), ("release_postfix", release_postfix), ("model", model)):
@@ -130,4 +164,5 @@ def session(environment: str = "local", namespace: str | None = None, release_po
             raise ConfigError("notebook parameters", [f"gateway_port: {environment} is a cluster environment; the "
                                                       "gateway port applies to the local environment only"])
         env = env.model_copy(update={"local": env.local.model_copy(update={"gateway_port": gateway_port})})
-    return Session(env, target_for(env, kubeconfig=kubeconfig, context=context))
+    return Session(env, target_for(env, kubeconfig=kubeconfig, context=context), replicas_asked=bool(replicas),
+                   kubeconfig=kubeconfig, context=context)

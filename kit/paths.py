@@ -16,6 +16,10 @@ def default_scheduler_config() -> Path:
     return SCHEDULER_CONFIGS / "default-plugins.yaml"
 
 
+# The profiles the walkthrough compares, from blind to the guide's default.
+COMPARED_PROFILES = ("random", "load-only", "prefix-only", "default-plugins")
+
+
 def scheduler_profiles() -> list[str]:
     """The shipped scheduler profiles (``templates/scheduler/*.yaml``) by name."""
     return sorted(f.stem for f in SCHEDULER_CONFIGS.glob("*.yaml"))
@@ -25,6 +29,18 @@ def scheduler_profile(name_or_path: str) -> str:
     """A shipped profile's file by name (``random``, ``default-plugins``...), else the path as given."""
     p = SCHEDULER_CONFIGS / f"{name_or_path}.yaml"
     return str(p) if p.exists() else name_or_path
+
+
+def output_dir() -> Path:
+    """Where notebooks write what they measure (results files): ``$KIT_OUT``, else ``out/`` in the kit's folder
+    (git-ignored), never beside the notebooks. ``make demo`` points it at its own output folder."""
+    return Path(os.environ.get("KIT_OUT") or ROOT / "out").expanduser().resolve()
+
+
+def output_file(name: str) -> Path:
+    """A notebook's results file: ``name`` as given when it is a path with a folder, else in ``output_dir()``."""
+    p = Path(name)
+    return p if p.is_absolute() or p.parent != Path(".") else output_dir() / p
 
 
 def state_dir() -> Path:

@@ -65,6 +65,12 @@ def test_the_walkthrough_writes_notebooks_results_and_report(walkthrough):
     default, rnd = profiles["default-plugins"], profiles["random"]
     assert default["prefix_cache_hit_rate"] > rnd["prefix_cache_hit_rate"] + 0.25, (default, rnd)
     assert default["ttft_p90_s"] < rnd["ttft_p90_s"]
+    assert results["scale"].startswith("virtual clock") and "How the profiles rank" in res.stdout
+    # Saved notebooks stay small: figures are stored as JSON, and plotly.js is added only on export.
+    for nb in (out / "executed").glob("*.ipynb"):
+        assert nb.stat().st_size < 1_500_000, (nb.name, nb.stat().st_size)
+        assert "Plotly.newPlot" not in nb.read_text()
+    assert (out / "report.html").read_text().count("plotly.js v") >= 1  # embedded once, for offline reading
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from kit.experiments.results import Comparison, ProfileRun
 from kit.experiments.workloads import Load, SharedPrefix
 from kit.targets import Target
 
-DEFAULT_PROFILES = ("random", "load-only", "prefix-only", "default-plugins")
+DEFAULT_PROFILES = paths.COMPARED_PROFILES
 
 
 def run_profile(target: Target, profile: str, workload: SharedPrefix, load: Load, progress: bool = True) -> ProfileRun:

@@ -34,6 +34,7 @@ def run_walkthrough(out_dir: str | Path, parameters: dict[str, Any], only: list[
     out = Path(out_dir).resolve()
     executed = out / "executed"
     executed.mkdir(parents=True, exist_ok=True)
+    os.environ["KIT_OUT"] = str(out)  # the notebooks' results files go here
     # Local state is per user, wherever a kernel runs; only a relative $KIT_STATE_DIR would be read from ``out``.
     if os.environ.get("KIT_STATE_DIR"):
         os.environ["KIT_STATE_DIR"] = str(paths.state_dir())

@@ -8,8 +8,7 @@ from dataclasses import replace
 from kit.experiments.results import Comparison
 from kit.experiments.workloads import Load, Workload
 from kit.fleet.loop import Fleet, simulate
-
-DEFAULT_PROFILES = ("random", "load-only", "prefix-only", "default-plugins")
+from kit.paths import COMPARED_PROFILES as DEFAULT_PROFILES
 
 
 def compare_profiles(workload: Workload, load: Load, profiles: tuple[str, ...] | list[str] = DEFAULT_PROFILES,

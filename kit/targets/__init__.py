@@ -29,6 +29,7 @@ class Status:
     headline: str
     rows: list[dict[str, Any]] = field(default_factory=list)
     detail: dict[str, Any] = field(default_factory=dict)
+    replicas: int | None = None  # model servers deployed (None: nothing is)
 
     @property
     def deployed(self) -> bool:

@@ -66,6 +66,11 @@ class UnreadableStateError(KitError):
         super().__init__(f"the state file {path} is unreadable ({reason}); {fix}")
 
 
+# The fix for a taken port, wherever the user is.
+MOVE_PORTS = ("move the stack to other ports: in a notebook, set gateway_port in the parameters cell; on the "
+              "command line, --port P or --set local.gateway_port=P (the simulators take the ports after it)")
+
+
 def _state(proc: dict[str, Any]) -> str:
     return "healthy" if proc["healthy"] else ("running, not answering" if proc["running"] else "not running")
 
@@ -197,11 +202,11 @@ class LocalTarget:
 
     def check(self) -> list[str]:
         try:
-            ours = {p["url"] for p in self.status().rows if p["running"]}
+            ours = {p["url"] for p in self.status().detail["processes"] if p["running"]}
         except UnreadableStateError as err:
             return [str(err)]
-        return [f"port {p['port']} (for the {p['role']}) is in use by a process the kit did not start: "
-                "stop it, or set local.gateway_port" for p in self._processes(None)
+        return [f"port {p['port']} (for the {p['role']}) is in use by a process the kit did not start: stop it, "
+                f"or {MOVE_PORTS}" for p in self._processes(None)
                 if port_in_use(p["port"], self.local.host) and p["url"] not in ours]
 
     def _check_ports(self, needed: list[tuple[int, str]], state: State) -> None:
@@ -210,7 +215,7 @@ class LocalTarget:
         for port, role in needed:
             if port not in ours and port_in_use(port, self.local.host):
                 raise KitError(f"port {port} is in use by a process the kit did not start (wanted for the {role}); "
-                               f"stop it or choose another port with --port")
+                               f"stop it, or {MOVE_PORTS}")
 
     # ---------------------------------------------------------------------- verbs
     def deploy(self, scheduler_config: str | None = None, *, dry_run: bool = False, timeout: float = 30,
@@ -319,7 +324,7 @@ class LocalTarget:
         else:
             headline = f"{self._name}: gateway {gateway_url}, scheduler config {state.scheduler_config}"
         table = [{"role": r["role"], "pid": r["pid"], "url": r["url"], "state": _state(r)} for r in rows]
-        return Status(ready, headline, table, detail)
+        return Status(ready, headline, table, detail, replicas=len(state.sims) if rows else None)
 
     def destroy(self, say: Say = print) -> list[str]:
         """Stop the stack's processes, the gateway first, and forget them; returns what was stopped.

@@ -66,7 +66,8 @@ class ClusterTarget:
             return Status(False, f"nothing of {where}", [], st)
         releases = ", ".join(f"{r['release']} ({r['objects']} objects, {'ready' if r['ready'] else 'not ready'})"
                              for r in st["releases"])
-        return Status(st["ready"], f"{where}: {releases}", rows, st)
+        servers = len([p for p in st["pods"] if p["role"] == "model-server"])
+        return Status(st["ready"], f"{where}: {releases}", rows, st, replicas=servers)
 
     def destroy(self, say: Say = print) -> list[str]:
         return inventory.destroy(self.env, self.cluster, say=say)

@@ -1,9 +1,16 @@
-"""Keep each endpoint's metrics fresh: one poller per endpoint scrapes ``/metrics`` on an interval.
+"""Keep each endpoint's metrics fresh, and (kit-only) decide which endpoints are in rotation.
 
-As upstream: every ``interval`` (default 50 ms) with a 1 s timeout; a failed scrape keeps the old
-values and the endpoint's metrics age (the saturation detector treats them as stale after 200 ms).
-The kit adds health: an endpoint whose server refuses connections or answers with an error is taken
-out of rotation at once, and put back on its next good scrape.
+Scraping follows upstream: one poller per endpoint gets ``/metrics`` every ``refresh_interval``
+(50 ms) with a ``scrape_timeout`` (1 s); a failed scrape keeps the old values, which age.
+
+Health is the kit's own, because the local target has no readiness probes (upstream takes its
+candidates from the pods Kubernetes reports ready). A scrape fails when the connection is refused or
+reset, when the answer is not 200, or when it takes longer than ``scrape_timeout``. An endpoint
+leaves rotation at once when it refuses connections or answers an error (to a scrape or to the
+proxy), and when no scrape has succeeded for ``unhealthy_after`` seconds (a hung server); it comes
+back with its next good scrape. Requests still waiting for the first byte from an endpoint that
+leaves rotation are released (``watch``) so the proxy can try another. ``health_check=False``
+keeps every endpoint in rotation, as upstream does.
 """
 
 from __future__ import annotations
@@ -11,20 +18,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 
 import aiohttp
 
+from kit.gateway.settings import GatewaySettings
 from kit.picker import Endpoint
 from kit.vllm_metrics import parse_vllm_metrics
 
 
 class Datastore:
-    """The pool's endpoints and the tasks that refresh them."""
+    """The pool's endpoints, the tasks that refresh them, and why each one is out of rotation."""
 
-    def __init__(self, endpoints: list[Endpoint], interval: float = 0.05, timeout: float = 1.0):
+    def __init__(self, endpoints: list[Endpoint], settings: GatewaySettings | None = None):
         self.endpoints = endpoints
-        self.interval = interval
-        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.settings = settings or GatewaySettings()
+        self.problems: dict[str, str] = {}  # endpoint name → its latest scrape or proxy failure
+        self._watchers: dict[str, set[asyncio.Timeout]] = {ep.name: set() for ep in endpoints}
         self._tasks: list[asyncio.Task] = []
         self._session: aiohttp.ClientSession | None = None
 
@@ -37,31 +47,67 @@ class Datastore:
     async def refresh(self, ep: Endpoint) -> bool:
         """Scrape one endpoint now; True on success."""
         assert self._session is not None
+        s = self.settings
+        timeout = s.scrape_timeout
+        if s.health_check and ep.healthy and ep.updated:  # time out no later than the endpoint would go
+            timeout = min(timeout, max(0.001, ep.updated + s.unhealthy_after - time.monotonic()))
         try:
-            async with self._session.get(ep.url + "/metrics", timeout=self.timeout) as r:
+            async with self._session.get(ep.url + "/metrics", timeout=aiohttp.ClientTimeout(total=timeout)) as r:
                 if r.status != 200:
-                    ep.healthy = False
+                    self._failed(ep, f"/metrics answered {r.status}", at_once=True)
                     return False
                 text = await r.text()
         except TimeoutError:
-            return False  # slow is not dead: keep the old values, let them age
-        except (aiohttp.ClientError, OSError):
-            ep.healthy = False
+            self._failed(ep, f"/metrics did not answer within {timeout:.3g} s", at_once=False)
+            return False
+        except (aiohttp.ClientError, OSError) as exc:
+            self._failed(ep, f"/metrics: {exc or type(exc).__name__}", at_once=True)
             return False
         ep.metrics = parse_vllm_metrics(text)
         ep.updated = time.monotonic()
         ep.healthy = True
+        self.problems.pop(ep.name, None)
         return True
+
+    def mark_failed(self, ep: Endpoint, why: str) -> None:
+        """The proxy could not reach ``ep``: out of rotation until a scrape succeeds."""
+        self._failed(ep, why, at_once=True)
+
+    def _failed(self, ep: Endpoint, why: str, at_once: bool) -> None:
+        self.problems[ep.name] = why
+        if not self.settings.health_check or not ep.healthy:
+            return
+        if at_once or time.monotonic() - ep.updated >= self.settings.unhealthy_after:
+            ep.healthy = False
+            now = asyncio.get_running_loop().time()
+            for watcher in list(self._watchers.get(ep.name, ())):
+                with contextlib.suppress(RuntimeError):  # already expiring
+                    watcher.reschedule(now)
+
+    @contextlib.asynccontextmanager
+    async def watch(self, ep: Endpoint, timeout: float) -> AsyncIterator[None]:
+        """Raise TimeoutError in the block after ``timeout`` seconds, or as soon as ``ep`` leaves rotation."""
+        async with asyncio.timeout(timeout) as cm:
+            watchers = self._watchers.setdefault(ep.name, set())
+            watchers.add(cm)
+            try:
+                yield
+            finally:
+                watchers.discard(cm)
 
     async def _poll(self, ep: Endpoint) -> None:
         while True:
             started = time.monotonic()
             await self.refresh(ep)
-            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+            await asyncio.sleep(max(0.0, self.settings.refresh_interval - (time.monotonic() - started)))
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession()
         await asyncio.gather(*(self.refresh(ep) for ep in self.endpoints))
+        if self.settings.health_check:
+            for ep in self.endpoints:
+                if not ep.updated:  # never scraped: no evidence it serves
+                    ep.healthy = False
         self._tasks = [asyncio.create_task(self._poll(ep)) for ep in self.endpoints]
 
     async def stop(self) -> None:
@@ -72,7 +118,3 @@ class Datastore:
                 await t
         if self._session:
             await self._session.close()
-
-    def mark_failed(self, ep: Endpoint) -> None:
-        """The proxy could not reach ``ep``: out of rotation until a scrape succeeds."""
-        ep.healthy = False

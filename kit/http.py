@@ -34,7 +34,8 @@ OBJECTIVE_HEADER = "x-gateway-inference-objective"
 INSTANCE_ENV = "KIT_INSTANCE"
 INSTANCE_HEADER = "x-kit-instance"
 ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 405: "MethodNotAllowed", 413: "RequestEntityTooLarge",
-               429: "RateLimitError", 500: "InternalServerError", 503: "ServiceUnavailableError"}
+               417: "ExpectationFailed", 429: "RateLimitError", 500: "InternalServerError",
+               503: "ServiceUnavailableError"}
 MAX_JSON_DEPTH = 64  # deeper request bodies are refused (OpenAI bodies nest a handful of levels)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -339,6 +340,22 @@ async def _instance_header(_request: web.Request, response: web.StreamResponse) 
     response.headers[INSTANCE_HEADER] = os.environ[INSTANCE_ENV]
 
 
+def _with_own_expectations(handle: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]):
+    """Wrap the app's entry point: an ``Expect`` other than 100-continue gets a JSON 417 here, where
+    aiohttp would answer text before the app's middleware runs (or a 500, for a non-UTF-8 value)."""
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        expect = request.headers.get("Expect")
+        if expect is not None and expect.strip().lower() != "100-continue":
+            resp = error(417, "the Expect header asks for something other than 100-continue")
+            if os.environ.get(INSTANCE_ENV):
+                resp.headers[INSTANCE_HEADER] = os.environ[INSTANCE_ENV]
+            return resp
+        return await handle(request)
+
+    return handler
+
+
 async def start_app(app: web.Application, host: str, port: int) -> web.AppRunner:
     """Serve ``app`` in the running loop with its ``SERVER_LIMITS`` (module docstring); a client that
     disconnects cancels its handler. With ``$KIT_INSTANCE`` set, every response carries it in
@@ -351,6 +368,8 @@ async def start_app(app: web.Application, host: str, port: int) -> web.AppRunner
         app.middlewares.insert(0, _refuse_over_cap)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
+    assert runner.server is not None
+    runner.server.request_handler = _with_own_expectations(runner.server.request_handler)
     await _Site(runner, host, port, limits).start()
     return runner
 

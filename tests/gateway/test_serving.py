@@ -77,6 +77,23 @@ def test_protocol_errors_get_a_json_400_and_one_log_line(servers, role):
     assert len(lines) == 3, lines  # one per kind: the 20 repeats are rate-limited
 
 
+@pytest.mark.parametrize("role", ["sim", "gateway"])
+def test_an_expectation_other_than_100_continue_gets_a_json_417(servers, role):
+    """Found by the fuzz test: aiohttp answered text, or 500 for a value that is not UTF-8."""
+    proc = servers[role]
+    body = b'{"prompt": "x", "max_tokens": 1}'
+    for expect in (b"gzip", b"\x80\xff"):
+        status, headers, answer = exchange(port_of(proc), b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nExpect: "
+                                           + expect + b"\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
+                                           % len(body) + body)
+        assert status == 417 and json.loads(answer)["error"]["code"] == 417
+        assert headers[INSTANCE_HEADER] == proc.instance
+    status, _, answer = exchange(port_of(proc), b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue"
+                                 b"\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    assert status == 100 and answer.startswith(b"HTTP/1.1 200")  # "continue", then the answer
+    assert "Traceback" not in Path(proc.log).read_text()
+
+
 # ------------------------------------------------------------------------ malformed bodies (item 9)
 MALFORMED_BODIES = {
     "deeply-nested": ("/v1/completions", b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", {},

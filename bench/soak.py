@@ -116,15 +116,21 @@ def log_problems(proc: Proc) -> int:
     return sum(1 for line in text.splitlines() if " WARNING" in line or " ERROR" in line or "Traceback" in line)
 
 
-def gateway_counts(url: str) -> dict[str, float]:
-    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
-        text = r.read().decode()
-    out = {"non_2xx": 0.0, "retries": 0.0}
+def gateway_counts(url: str) -> dict[str, float | None]:
+    """The gateway's non-2xx answers, retries and endpoints in rotation (None if it did not answer in 10 s)."""
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+            text = r.read().decode()
+    except OSError:
+        return {"non_2xx": None, "retries": None, "in_rotation": None}
+    out = {"non_2xx": 0.0, "retries": 0.0, "in_rotation": 0.0}
     for line in text.splitlines():
         if line.startswith("kit_gateway_requests_total{") and 'code="200"' not in line:
             out["non_2xx"] += float(line.split()[-1])
         elif line.startswith("kit_gateway_retries_total{"):
             out["retries"] += float(line.split()[-1])
+        elif line.startswith("kit_gateway_endpoint_healthy{"):
+            out["in_rotation"] += float(line.split()[-1])
     return out
 
 

@@ -106,13 +106,16 @@ class SimServer:
             return tokenizer.encode(text, allow_special=allow_special, limit=limit)
         return await asyncio.to_thread(tokenizer.encode, text, allow_special=allow_special, limit=limit)
 
+    def _too_long(self, tokens: str) -> HTTPError:
+        return HTTPError(f"This model's maximum context length is {self.cfg.max_model_len} tokens. However, your "
+                         f"request has {tokens} input tokens. Please reduce the length of the input.")
+
     async def _prompt_ids(self, text: str, *, allow_special: bool) -> list[int]:
         """A prompt's ids; a prompt longer than the model's context is refused without tokenizing all of it."""
         limit = self.cfg.max_model_len
         ids = await self._encode(text, allow_special=allow_special, limit=limit)
         if len(ids) > limit:
-            raise HTTPError(f"This model's maximum context length is {limit} tokens. However, your request has "
-                            f"more than {limit} input tokens. Please reduce the length of the input.")
+            raise self._too_long(f"more than {limit}")
         return ids
 
     async def tokenize(self, request: web.Request) -> web.Response:
@@ -139,8 +142,7 @@ class SimServer:
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], list):
             prompt = prompt[0]
         if isinstance(prompt, list) and len(prompt) > limit and all(isinstance(t, int) for t in prompt[:8]):
-            raise HTTPError(f"This model's maximum context length is {limit} tokens. However, your request has "
-                            f"{len(prompt)} input tokens. Please reduce the length of the input.")
+            raise self._too_long(str(len(prompt)))  # before validating a long list of ids
         req = validate(data, CompletionRequest)
         if isinstance(req.prompt, str):
             ids = await self._prompt_ids(req.prompt, allow_special=False)

@@ -73,11 +73,14 @@ def test_a_hung_server_leaves_rotation_and_its_requests_are_served_elsewhere(sim
     hung_name, live_name = hung.url.split("//")[1], live.url.split("//")[1]
     with paused(hung):
         results = paced(gw.url, 30, 0.1)  # 3 s at 10 req/s, every other one sent to the hung server at first
+        e2e = sorted(r.e2e for r in results)
+        print(f"one of two servers hung: {sum(r.ok for r in results)}/30 served, slowest {e2e[-1]:.2f} s, "
+              f"median {e2e[15]:.3f} s")
         assert all(r.ok for r in results), [r.error for r in results if not r.ok]
         assert {r.endpoint for r in results} == {live_name}
         # Before leaving rotation (2 s without a good scrape) the hung server got requests; each
         # was released when it left and served by the other: none waited much longer than 2 s.
-        assert max(r.e2e for r in results) < 4.0, sorted(r.e2e for r in results)[-3:]
+        assert e2e[-1] < 4.0, e2e[-3:]
         gone = endpoint(gw.url, hung_name)
         assert not gone["healthy"] and "did not answer" in gone["problem"]
         assert f'kit_gateway_retries_total{{endpoint="{hung_name}"}}' in metrics_text(gw.url)

@@ -286,6 +286,8 @@ class _Connection(web.RequestHandler):
 
     def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
+        if isinstance(exc, ConnectionError):  # the client left mid-answer: nothing to send, nothing to report
+            raise ConnectionError("the client closed the connection") from exc
         if status >= 500:  # an exception escaped the app's middleware: a bug
             log.error("unexpected error answering %s %s", request.method, request.path, exc_info=exc)
             resp = error(status, "internal error (the server log has the details)")

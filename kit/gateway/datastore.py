@@ -7,8 +7,10 @@ Health is the kit's own, because the local target has no readiness probes (upstr
 candidates from the pods Kubernetes reports ready). A scrape fails when the connection is refused or
 reset, when the answer is not 200, or when it takes longer than ``scrape_timeout``. An endpoint
 leaves rotation at once when it refuses connections or answers an error (to a scrape or to the
-proxy), and when no scrape has succeeded for ``unhealthy_after`` seconds (a hung server); it comes
-back with its next good scrape. Requests still waiting for the first byte from an endpoint that
+proxy), and when no scrape has succeeded for ``unhealthy_after`` seconds and at least the last two
+timed out (a hung server: two failures in a row, so that a pause of the gateway itself, after which
+the one scrape in flight times out, does not take every endpoint out); it comes back with its next
+good scrape. Requests still waiting for the first byte from an endpoint that
 leaves rotation are released (``watch``) so the proxy can try another. ``health_check=False``
 keeps every endpoint in rotation, as upstream does.
 """
@@ -34,6 +36,7 @@ class Datastore:
         self.endpoints = endpoints
         self.settings = settings or GatewaySettings()
         self.problems: dict[str, str] = {}  # endpoint name → its latest scrape or proxy failure
+        self._failures = {ep.name: 0 for ep in endpoints}  # scrapes failed in a row
         self._watchers: dict[str, set[asyncio.Timeout]] = {ep.name: set() for ep in endpoints}
         self._tasks: list[asyncio.Task] = []
         self._session: aiohttp.ClientSession | None = None
@@ -47,10 +50,7 @@ class Datastore:
     async def refresh(self, ep: Endpoint) -> bool:
         """Scrape one endpoint now; True on success."""
         assert self._session is not None
-        s = self.settings
-        timeout = s.scrape_timeout
-        if s.health_check and ep.healthy and ep.updated:  # time out no later than the endpoint would go
-            timeout = min(timeout, max(0.001, ep.updated + s.unhealthy_after - time.monotonic()))
+        timeout = self.settings.scrape_timeout
         try:
             async with self._session.get(ep.url + "/metrics", timeout=aiohttp.ClientTimeout(total=timeout)) as r:
                 if r.status != 200:
@@ -67,17 +67,20 @@ class Datastore:
         ep.updated = time.monotonic()
         ep.healthy = True
         self.problems.pop(ep.name, None)
+        self._failures[ep.name] = 0
         return True
 
-    def mark_failed(self, ep: Endpoint, why: str) -> None:
-        """The proxy could not reach ``ep``: out of rotation until a scrape succeeds."""
-        self._failed(ep, why, at_once=True)
+    def mark_failed(self, ep: Endpoint, why: str, at_once: bool = True) -> None:
+        """The proxy could not reach ``ep``: out of rotation until a scrape succeeds (with ``at_once``
+        False, a failure that counts like a timed-out scrape)."""
+        self._failed(ep, why, at_once)
 
     def _failed(self, ep: Endpoint, why: str, at_once: bool) -> None:
         self.problems[ep.name] = why
+        self._failures[ep.name] = failures = self._failures.get(ep.name, 0) + 1
         if not self.settings.health_check or not ep.healthy:
             return
-        if at_once or time.monotonic() - ep.updated >= self.settings.unhealthy_after:
+        if at_once or (failures >= 2 and time.monotonic() - ep.updated >= self.settings.unhealthy_after):
             ep.healthy = False
             now = asyncio.get_running_loop().time()
             for watcher in list(self._watchers.get(ep.name, ())):

@@ -211,7 +211,11 @@ class Gateway:
                 upstream = await self.session.post(ep.url + request.path, data=raw,
                                                    headers={"Content-Type": "application/json"})
                 first = await upstream.content.readany()
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+        except aiohttp.ConnectionTimeoutError:  # as ambiguous as a timed-out scrape (a pause of this process?)
+            self.datastore.mark_failed(ep, f"proxy: no connection within {self.settings.connect_timeout} s",
+                                       at_once=False)
+            return _RETRY
+        except aiohttp.ClientConnectorError as exc:  # refused: nothing listens there
             self.datastore.mark_failed(ep, f"proxy could not connect: {exc}")
             return _RETRY
         except TimeoutError:  # no first byte in time, or the endpoint left rotation meanwhile

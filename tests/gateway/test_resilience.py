@@ -104,6 +104,27 @@ def test_with_its_only_server_hung_the_gateway_is_not_ready_and_answers_503(sim_
     assert wait_for(lambda: ready_status(gw.url) == 200, 5.0) is not None
 
 
+def test_a_pause_of_the_gateway_itself_does_not_take_its_endpoints_out(sim_factory, gateway_factory):
+    """Found by the soak: after the gateway process stalls (CPU starved, paused), the one scrape in flight
+    of every endpoint times out at once; that alone must not take healthy endpoints out of rotation
+    and release the requests waiting on them."""
+    sim = sim_factory("--extra-latency-ms", "1000")
+    gw = gateway_factory([sim.url])
+
+    async def scenario():
+        async with aiohttp.ClientSession() as s:
+            waiting = asyncio.create_task(send(s, gw.url, make_body("slow", chat=False, stream=False, max_tokens=1)))
+            await asyncio.sleep(0.3)
+            with paused(gw):
+                await asyncio.sleep(3.0)  # longer than --unhealthy-after
+            return await waiting
+
+    result = asyncio.run(scenario())
+    assert result.ok, result.error
+    assert "kit_gateway_retries_total{" not in metrics_text(gw.url)
+    assert endpoint(gw.url, sim.url.split("//")[1])["healthy"]
+
+
 def test_a_request_hung_before_its_first_byte_is_retried_after_the_first_byte_timeout(sim_factory, gateway_factory):
     slow, fast = sim_factory("--extra-latency-ms", "5000"), sim_factory()
     gw = gateway_factory([slow.url, fast.url], *ROUND_ROBIN, "--first-byte-timeout", "0.5")

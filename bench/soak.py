@@ -12,8 +12,9 @@ Run: ``.venv/bin/python bench/soak.py [--minutes 10] [--load 0.8] [--out build/s
   its bound), 1–16 output tokens; 1% are malformed (bad JSON, a lone surrogate, an unknown model)
   and must get a 4xx.
 * samples every 10 s: each process's resident memory (RSS) and open file descriptors (psutil), the
-  client's errors, the gateway's non-2xx answers and retries, and the warning/error lines in every
-  process's log. The summary compares the first sample after warm-up with the last and the largest.
+  client's errors, the gateway's non-2xx answers, retries, endpoints in rotation and prefix-index
+  entries, and the warning/error lines in every process's log. The summary compares the first
+  sample after warm-up with the last and the largest.
 """
 
 from __future__ import annotations
@@ -117,13 +118,14 @@ def log_problems(proc: Proc) -> int:
 
 
 def gateway_counts(url: str) -> dict[str, float | None]:
-    """The gateway's non-2xx answers, retries and endpoints in rotation (None if it did not answer in 10 s)."""
+    """The gateway's non-2xx answers, retries, endpoints in rotation and prefix-index entries (None if it
+    did not answer within 10 s)."""
     try:
         with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
             text = r.read().decode()
     except OSError:
-        return {"non_2xx": None, "retries": None, "in_rotation": None}
-    out = {"non_2xx": 0.0, "retries": 0.0, "in_rotation": 0.0}
+        return {"non_2xx": None, "retries": None, "in_rotation": None, "prefix_index": None}
+    out = {"non_2xx": 0.0, "retries": 0.0, "in_rotation": 0.0, "prefix_index": 0.0}
     for line in text.splitlines():
         if line.startswith("kit_gateway_requests_total{") and 'code="200"' not in line:
             out["non_2xx"] += float(line.split()[-1])
@@ -131,6 +133,8 @@ def gateway_counts(url: str) -> dict[str, float | None]:
             out["retries"] += float(line.split()[-1])
         elif line.startswith("kit_gateway_endpoint_healthy{"):
             out["in_rotation"] += float(line.split()[-1])
+        elif line.startswith("inference_extension_prefix_indexer_size"):
+            out["prefix_index"] += float(line.split()[-1])
     return out
 
 

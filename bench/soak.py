@@ -10,7 +10,8 @@ Run: ``.venv/bin/python bench/soak.py [--minutes 10] [--load 0.8] [--out build/s
 * soak: Poisson arrivals at ``load`` × capacity for ``minutes``: a mix of completions and chat,
   streamed and not, over 64 shared prompt prefixes with random suffixes (the prefix index fills to
   its bound), 1–16 output tokens; 1% are malformed (bad JSON, a lone surrogate, an unknown model)
-  and must get a 4xx.
+  and must get a 4xx. An arrival that finds 2,048 requests unanswered is skipped and counted, so a
+  stack that falls behind cannot exhaust the load generator's descriptors.
 * samples every 10 s: each process's resident memory (RSS) and open file descriptors (psutil), the
   client's errors, the gateway's non-2xx answers, retries, endpoints in rotation and prefix-index
   entries, and the warning/error lines in every process's log. The summary compares the first
@@ -40,6 +41,7 @@ FAST = ["--step-overhead-ms", "0", "--prefill-us-per-token", "0", "--decode-us-p
 LOG_DIR = Path(tempfile.mkdtemp(prefix="kit-soak-"))
 PREFIXES = [f"System prompt {i}: you answer questions about product line {i} politely and briefly. " * 6
             for i in range(64)]
+MAX_OUTSTANDING = 2048  # arrivals beyond this many unanswered requests are skipped (and counted)
 MALFORMED = [(b'{"prompt": "unterminated', 400), (b'{"prompt": "\\ud800", "max_tokens": 1}', 400),
              (b'{"prompt": "x", "model": "no-such-model"}', 404)]
 
@@ -64,7 +66,7 @@ def request_body(rng: random.Random) -> tuple[str, dict]:
 
 class Tally:
     def __init__(self) -> None:
-        self.ok = self.errors = self.expected_4xx = 0
+        self.ok = self.errors = self.expected_4xx = self.skipped = 0
         self.kinds: dict[str, int] = {}
         self.latencies: list[float] = []
 
@@ -139,7 +141,7 @@ def gateway_counts(url: str) -> dict[str, float | None]:
 
 
 def sample(procs: dict[str, Proc], gw: Proc, tally: Tally, t: float) -> dict:
-    row: dict = {"t_s": round(t, 1), "ok": tally.ok, "client_errors": tally.errors,
+    row: dict = {"t_s": round(t, 1), "ok": tally.ok, "client_errors": tally.errors, "skipped": tally.skipped,
                  "expected_4xx": tally.expected_4xx, **gateway_counts(gw.url)}
     for name, proc in procs.items():
         p = psutil.Process(proc.pid)
@@ -165,9 +167,12 @@ async def soak(url: str, rate: float, seconds: float, procs: dict[str, Proc], gw
                 bar.n = int(now - t0)
                 bar.set_postfix(ok=tally.ok, errors=tally.errors, gw_mib=samples[-1]["gateway"]["rss_mib"])
             while next_arrival <= now:
-                task = asyncio.create_task(one(s, url, rng, tally))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                if len(tasks) < MAX_OUTSTANDING:
+                    task = asyncio.create_task(one(s, url, rng, tally))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                else:  # the stack fell behind: do not let the load generator run out of descriptors
+                    tally.skipped += 1
                 next_arrival += rng.expovariate(rate)
             await asyncio.sleep(min(next_arrival, next_sample) - time.perf_counter())
         await asyncio.gather(*tasks)
@@ -212,6 +217,7 @@ def main() -> None:
         "capacity_requests_per_s": round(cap, 1), "load": args.load, "target_requests_per_s": round(rate, 1),
         "minutes": args.minutes, "achieved_requests_per_s": round(tally.ok / (args.minutes * 60), 1),
         "ok": tally.ok, "client_errors": tally.errors, "error_kinds": tally.kinds,
+        "skipped_with_2048_outstanding": tally.skipped,
         "malformed_answered_as_expected": tally.expected_4xx,
         "gateway": {"non_2xx": samples[-1]["non_2xx"], "retries": samples[-1]["retries"]},
         "latency_ms": {"p50": round(1e3 * statistics.median(lat), 2),

@@ -8,11 +8,12 @@ candidates from the pods Kubernetes reports ready). A scrape fails when the conn
 reset, when the answer is not 200, or when it takes longer than ``scrape_timeout``. An endpoint
 leaves rotation at once when it refuses connections or answers an error (to a scrape or to the
 proxy), and when no scrape has succeeded for ``unhealthy_after`` seconds and at least the last two
-timed out (a hung server: two failures in a row, so that a pause of the gateway itself, after which
-the one scrape in flight times out, does not take every endpoint out); it comes back with its next
-good scrape. Requests still waiting for the first byte from an endpoint that
-leaves rotation are released (``watch``) so the proxy can try another. ``health_check=False``
-keeps every endpoint in rotation, as upstream does.
+timed out (a hung server); it comes back with its next good scrape. A timeout proves nothing when
+this process's own event loop was late meanwhile (a gateway starved of CPU, or paused, finds every
+scrape timed out however fast the servers answer), so such a timeout is not counted: a watchdog
+task notes when the loop runs more than ``LOOP_LAG_LIMIT`` late. Requests still waiting for the
+first byte from an endpoint that leaves rotation are released (``watch``) so the proxy can try
+another. ``health_check=False`` keeps every endpoint in rotation, as upstream does.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from kit.gateway.settings import GatewaySettings
 from kit.picker import Endpoint
 from kit.vllm_metrics import parse_vllm_metrics
 
+LOOP_TICK = 0.05  # the watchdog's period
+LOOP_LAG_LIMIT = 0.25  # a loop this late cannot tell a hung server from its own slowness
+
 
 class Datastore:
     """The pool's endpoints, the tasks that refresh them, and why each one is out of rotation."""
@@ -40,6 +44,7 @@ class Datastore:
         self._watchers: dict[str, set[asyncio.Timeout]] = {ep.name: set() for ep in endpoints}
         self._tasks: list[asyncio.Task] = []
         self._session: aiohttp.ClientSession | None = None
+        self._tick = self._lagged_at = 0.0  # the watchdog's last tick; when it last found the loop late
 
     def get(self, name: str) -> Endpoint | None:
         return next((ep for ep in self.endpoints if ep.name == name), None)
@@ -51,17 +56,18 @@ class Datastore:
         """Scrape one endpoint now; True on success."""
         assert self._session is not None
         timeout = self.settings.scrape_timeout
+        started = time.monotonic()
         try:
             async with self._session.get(ep.url + "/metrics", timeout=aiohttp.ClientTimeout(total=timeout)) as r:
                 if r.status != 200:
-                    self._failed(ep, f"/metrics answered {r.status}", at_once=True)
+                    self._failed(ep, f"/metrics answered {r.status}")
                     return False
                 text = await r.text()
         except TimeoutError:
-            self._failed(ep, f"/metrics did not answer within {timeout:.3g} s", at_once=False)
+            self._failed(ep, f"/metrics did not answer within {timeout:.3g} s", since=started)
             return False
         except (aiohttp.ClientError, OSError) as exc:
-            self._failed(ep, f"/metrics: {exc or type(exc).__name__}", at_once=True)
+            self._failed(ep, f"/metrics: {exc or type(exc).__name__}")
             return False
         ep.metrics = parse_vllm_metrics(text)
         ep.updated = time.monotonic()
@@ -70,17 +76,25 @@ class Datastore:
         self._failures[ep.name] = 0
         return True
 
-    def mark_failed(self, ep: Endpoint, why: str, at_once: bool = True) -> None:
-        """The proxy could not reach ``ep``: out of rotation until a scrape succeeds (with ``at_once``
-        False, a failure that counts like a timed-out scrape)."""
-        self._failed(ep, why, at_once)
+    def mark_failed(self, ep: Endpoint, why: str, since: float | None = None) -> None:
+        """The proxy could not reach ``ep``: out of rotation until a scrape succeeds. With ``since`` (when
+        the attempt began) it timed out instead, which counts like a timed-out scrape."""
+        self._failed(ep, why, since)
 
-    def _failed(self, ep: Endpoint, why: str, at_once: bool) -> None:
+    def own_loop_lagged(self, since: float) -> bool:
+        """Whether this process's event loop ran late at some point since ``since`` (monotonic seconds)."""
+        return self._lagged_at >= since or time.monotonic() - self._tick > LOOP_TICK + LOOP_LAG_LIMIT
+
+    def _failed(self, ep: Endpoint, why: str, since: float | None = None) -> None:
+        """Record a failure: at once (refused, an error answer), or a timeout of an attempt begun ``since``."""
+        if since is not None and self.own_loop_lagged(since):
+            self.problems[ep.name] = f"{why}, while this gateway itself ran late (not counted)"
+            return
         self.problems[ep.name] = why
         self._failures[ep.name] = failures = self._failures.get(ep.name, 0) + 1
         if not self.settings.health_check or not ep.healthy:
             return
-        if at_once or (failures >= 2 and time.monotonic() - ep.updated >= self.settings.unhealthy_after):
+        if since is None or (failures >= 2 and time.monotonic() - ep.updated >= self.settings.unhealthy_after):
             ep.healthy = False
             now = asyncio.get_running_loop().time()
             for watcher in list(self._watchers.get(ep.name, ())):
@@ -98,6 +112,13 @@ class Datastore:
             finally:
                 watchers.discard(cm)
 
+    async def _watchdog(self) -> None:
+        while True:
+            self._tick = time.monotonic()
+            await asyncio.sleep(LOOP_TICK)
+            if time.monotonic() - self._tick > LOOP_TICK + LOOP_LAG_LIMIT:
+                self._lagged_at = time.monotonic()
+
     async def _poll(self, ep: Endpoint) -> None:
         while True:
             started = time.monotonic()
@@ -106,12 +127,13 @@ class Datastore:
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession()
+        self._tasks = [asyncio.create_task(self._watchdog())]
         await asyncio.gather(*(self.refresh(ep) for ep in self.endpoints))
         if self.settings.health_check:
             for ep in self.endpoints:
                 if not ep.updated:  # never scraped: no evidence it serves
                     ep.healthy = False
-        self._tasks = [asyncio.create_task(self._poll(ep)) for ep in self.endpoints]
+        self._tasks += [asyncio.create_task(self._poll(ep)) for ep in self.endpoints]
 
     async def stop(self) -> None:
         for t in self._tasks:

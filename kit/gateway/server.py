@@ -206,6 +206,7 @@ class Gateway:
                      last: bool) -> web.StreamResponse | object:
         assert self.session is not None
         upstream = None
+        started = time.monotonic()
         try:
             async with self.datastore.watch(ep, self.settings.first_byte_timeout):
                 upstream = await self.session.post(ep.url + request.path, data=raw,
@@ -213,7 +214,7 @@ class Gateway:
                 first = await upstream.content.readany()
         except aiohttp.ConnectionTimeoutError:  # as ambiguous as a timed-out scrape (a pause of this process?)
             self.datastore.mark_failed(ep, f"proxy: no connection within {self.settings.connect_timeout} s",
-                                       at_once=False)
+                                       since=started)
             return _RETRY
         except aiohttp.ClientConnectorError as exc:  # refused: nothing listens there
             self.datastore.mark_failed(ep, f"proxy could not connect: {exc}")

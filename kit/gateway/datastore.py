@@ -12,8 +12,8 @@ timed out (a hung server); it comes back with its next good scrape. A timeout pr
 this process's own event loop was late meanwhile (a gateway starved of CPU, or paused, finds every
 scrape timed out however fast the servers answer), so such a timeout is not counted: a watchdog
 task notes when the loop runs more than ``LOOP_LAG_LIMIT`` late. Requests still waiting for the
-first byte from an endpoint that leaves rotation are released (``watch``) so the proxy can try
-another. ``health_check=False`` keeps every endpoint in rotation, as upstream does.
+first byte from an endpoint that leaves rotation as hung are released (``watch``) so the proxy can
+try another. ``health_check=False`` keeps every endpoint in rotation, as upstream does.
 """
 
 from __future__ import annotations
@@ -94,8 +94,10 @@ class Datastore:
         self._failures[ep.name] = failures = self._failures.get(ep.name, 0) + 1
         if not self.settings.health_check or not ep.healthy:
             return
-        if since is None or (failures >= 2 and time.monotonic() - ep.updated >= self.settings.unhealthy_after):
+        if since is None:  # it answers, with an error, or nothing listens: requests under way fail on their own
             ep.healthy = False
+        elif failures >= 2 and time.monotonic() - ep.updated >= self.settings.unhealthy_after:
+            ep.healthy = False  # hung: the requests waiting on it would wait until their own timeout
             now = asyncio.get_running_loop().time()
             for watcher in list(self._watchers.get(ep.name, ())):
                 with contextlib.suppress(RuntimeError):  # already expiring
@@ -103,7 +105,7 @@ class Datastore:
 
     @contextlib.asynccontextmanager
     async def watch(self, ep: Endpoint, timeout: float) -> AsyncIterator[None]:
-        """Raise TimeoutError in the block after ``timeout`` seconds, or as soon as ``ep`` leaves rotation."""
+        """Raise TimeoutError in the block after ``timeout`` seconds, or as soon as ``ep`` leaves rotation as hung."""
         async with asyncio.timeout(timeout) as cm:
             watchers = self._watchers.setdefault(ep.name, set())
             watchers.add(cm)

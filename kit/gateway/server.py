@@ -3,7 +3,7 @@
 Per request: read and check the body, admit it (sheddable requests get 429 when the pool is
 saturated), schedule it, tell the plugins where it went (the prefix index learns), proxy it and
 stream the answer through as it arrives. If the chosen endpoint cannot be reached, answers 5xx, or
-sends no first byte within ``first_byte_timeout`` (or leaves rotation meanwhile: a hung server), the
+sends no first byte within ``first_byte_timeout`` (or leaves rotation as hung meanwhile), the
 request is scheduled again without it; a 4xx passes through, and once bytes have reached the client
 nothing is retried. A client that disconnects cancels the upstream request.
 """

@@ -76,7 +76,7 @@ def _objectives(pairs: list[str]) -> dict[str, int]:
 
 
 def _gateway(args: argparse.Namespace) -> int:
-    from kit.gateway import Gateway, endpoints_from_urls, serve
+    from kit.gateway import Gateway, GatewaySettings, endpoints_from_urls, serve
     from kit.paths import default_scheduler_config
     from kit.picker import load_picker_file
 
@@ -84,8 +84,8 @@ def _gateway(args: argparse.Namespace) -> int:
     endpoints = endpoints_from_urls(args.endpoints.split(","))
     if not endpoints:
         raise KitError("--endpoints: give at least one model-server URL")
-    gw = Gateway(config, endpoints, args.model, objectives=_objectives(args.objective),
-                 refresh_interval=args.refresh_interval)
+    settings = model_from_args(GatewaySettings, args, "kit gateway")
+    gw = Gateway(config, endpoints, args.model, objectives=_objectives(args.objective), settings=settings)
     serve(gw, args.host, args.port)
     return 0
 
@@ -345,10 +345,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--endpoints", required=True, help="model-server URLs, comma-separated")
     g.add_argument("--config", help="EndpointPickerConfig YAML (default: templates/scheduler/default-plugins.yaml)")
     g.add_argument("--model", default="Qwen/Qwen3-0.6B", help="model name the pool serves")
-    g.add_argument("--refresh-interval", type=float, default=0.05, help="seconds between metric scrapes")
     g.add_argument("--objective", action="append", default=[], metavar="NAME=PRIORITY",
                    help="priority of requests naming this objective in x-gateway-inference-objective "
                         "(negative = sheddable)")
+    if command in (None, "gateway"):
+        from kit.gateway.settings import GatewaySettings
+
+        add_model_flags(g, GatewaySettings)
     g.set_defaults(func=_gateway)
 
     e = sub.add_parser("envs", help="list environments")

@@ -1,14 +1,29 @@
-"""HTTP plumbing shared by the simulator and the gateway: OpenAI-style errors and serving an app."""
+"""HTTP plumbing shared by the simulator and the gateway: OpenAI-style errors, JSON bodies, and serving an app.
+
+Serving (``start_app``) hardens aiohttp's defaults for a server that anyone on the machine can reach:
+idle connections are closed after ``ServerLimits.idle_timeout``; past ``max_connections`` the
+longest-idle connection is closed to make room, or, if none is idle, the new one gets a JSON 503, so
+the process never runs out of file descriptors; malformed HTTP (an over-long header line, a bad
+Content-Length, too many headers) gets a JSON 400 and one log line; and repeated log lines are
+rate-limited.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import os
+import re
+import resource
 import signal
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
 
 from kit.errors import KitError
 
@@ -21,8 +36,12 @@ OBJECTIVE_HEADER = "x-gateway-inference-objective"
 INSTANCE_ENV = "KIT_INSTANCE"
 INSTANCE_HEADER = "x-kit-instance"
 ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 405: "MethodNotAllowed", 413: "RequestEntityTooLarge",
-               429: "RateLimitError", 500: "InternalServerError", 503: "ServiceUnavailableError"}
+               417: "ExpectationFailed", 429: "RateLimitError", 500: "InternalServerError",
+               503: "ServiceUnavailableError"}
+MAX_JSON_DEPTH = 64  # deeper request bodies are refused (OpenAI bodies nest a handful of levels)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+log = logging.getLogger("kit.http")
 
 
 def error(status: int, message: str, param: str | None = None) -> web.Response:
@@ -43,8 +62,77 @@ class HTTPError(Exception):
         return error(self.status, str(self), self.param)
 
 
+# ------------------------------------------------------------------------------------------ JSON bodies
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def parse_json(raw: bytes) -> Any:
+    """Decode a JSON request body. Anything a client can get wrong is an HTTPError (400) that says
+    what: not UTF-8, not JSON, nested deeper than ``MAX_JSON_DEPTH``, or a lone UTF-16 surrogate
+    (``"\\ud800"``), which no UTF-8 text can hold."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise HTTPError(f"the request body is not UTF-8 text (invalid byte at offset {err.start})") from None
+    too_deep = False
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise HTTPError(f"the request body is not valid JSON: {err.msg} (line {err.lineno}, "
+                        f"column {err.colno})") from None
+    except RecursionError:  # deeper than the interpreter's stack
+        too_deep = True
+    # Only a body with many brackets can be deep: the walk runs on odd bodies alone.
+    if too_deep or (raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _too_deep(data)):
+        raise HTTPError(f"the request body nests JSON deeper than {MAX_JSON_DEPTH} levels")
+    if _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(data):
+        raise HTTPError("the request body has a lone UTF-16 surrogate escape (such as \\ud800), "
+                        "which is not valid Unicode text")
+    return data
+
+
+def _too_deep(data: Any) -> bool:
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return True
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
+
+
+def _has_lone_surrogate(data: Any) -> bool:
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):  # a valid pair decodes to one code point above U+FFFF
+                return True
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request body, parsed by ``parse_json``."""
+    return parse_json(await request.read())
+
+
+def _payload_problem(exc: BaseException) -> str:
+    """aiohttp's payload errors read "400, message:\\n  <what>": keep the what."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[-1] if lines else "the body ended early"
+
+
 def json_errors(max_body: int) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    """Middleware: every failure becomes a JSON error, and nothing a client sends stops the server."""
+    """Middleware: every failure becomes a JSON error, and nothing a client sends stops the server.
+
+    An unexpected exception is logged once with its traceback and answered 500 without its text."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -58,26 +146,235 @@ def json_errors(max_body: int) -> Callable[[web.Request, Handler], Awaitable[web
             if exc.status < 400:
                 raise
             return error(exc.status, exc.reason)
+        except web.RequestPayloadError as exc:  # e.g. a body that claims gzip and is not
+            resp = error(400, f"the request body could not be read: {_payload_problem(exc)}")
+            resp.force_close()  # the rest of the body cannot be parsed either
+            return resp
         except (asyncio.CancelledError, ConnectionResetError):
             raise
-        except Exception as exc:  # a bug must not take the server down
-            return error(500, f"internal error: {type(exc).__name__}: {exc}")
+        except Exception:  # a bug must not take the server down, nor show its insides to the client
+            log.exception("unexpected error answering %s %s", request.method, request.path)
+            return error(500, "internal error (the server log has the details)")
 
     return middleware
+
+
+# ------------------------------------------------------------------------------------------------ serving
+@dataclass(frozen=True)
+class ServerLimits:
+    """How a kit server treats its client connections; an app may carry its own under ``SERVER_LIMITS``."""
+
+    # Longer than clients keep idle connections (aiohttp 15 s, the gateway's pool 30 s), so that a
+    # client closes first and never reuses a connection the server is closing.
+    idle_timeout: float = 60.0
+    max_connections: int = 0  # 0: from the open-file limit (see capacity)
+    max_line_size: int = 8190  # request line and each header line, in bytes (aiohttp's defaults)
+    max_headers: int = 128
+
+
+SERVER_LIMITS = web.AppKey("kit_server_limits", ServerLimits)
+
+
+def open_file_limit() -> int:
+    """Raise this process's soft open-file limit to its hard limit, as Go servers do; return the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def capacity(limits: ServerLimits, fd_limit: int) -> tuple[int, int]:
+    """(connection cap, listen backlog) for a process that may open ``fd_limit`` files.
+
+    asyncio accepts up to ``backlog`` connections in one go before any of them can be looked at, so
+    the backlog is kept to an eighth of the limit; the cap is ``max_connections``, else half of what
+    is left after 64 descriptors for the process and one backlog's burst (a proxied request holds a
+    second descriptor upstream). 256 open files give a backlog of 32 and a cap of 80.
+    """
+    backlog = max(16, min(2048, fd_limit // 8))
+    return limits.max_connections or max(16, (fd_limit - 64 - backlog) // 2), backlog
+
+
+class RateLimit(logging.Filter):
+    """At most one record of a kind (logger, message, exception type) every ``interval`` seconds;
+    the next one that passes says how many were dropped."""
+
+    def __init__(self, interval: float = 10.0, kinds: int = 1024):
+        super().__init__()
+        self.interval, self.kinds = interval, kinds
+        self._seen: dict[tuple, list] = {}  # kind → [time last logged, dropped since]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = (record.name, record.getMessage()[:200], record.exc_info[0] if record.exc_info else None)
+        now = time.monotonic()
+        seen = self._seen.pop(kind, None)  # re-inserted below: the dict stays in least-recent order
+        if seen and now - seen[0] < self.interval:
+            seen[1] += 1
+            self._seen[kind] = seen
+            return False
+        if seen and seen[1]:
+            record.msg = f"{record.msg} [{seen[1]} more like this in the last {now - seen[0]:.0f} s not logged]"
+        self._seen[kind] = [now, 0]
+        if len(self._seen) > self.kinds:
+            del self._seen[next(iter(self._seen))]
+        return True
+
+
+def _log_to_stderr() -> None:
+    """A server process logs warnings to stderr, one line each (tracebacks only for bugs), rate-limited."""
+    root = logging.getLogger()
+    if not root.handlers:  # leave a host that configured logging (pytest, a notebook) alone
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+        handler.addFilter(RateLimit())
+        root.addHandler(handler)
+
+
+def _protocol_problem(exc: BaseException | None, message: str | None, limits: ServerLimits) -> str:
+    """What was wrong with a request aiohttp's parser refused, in one line without the raw bytes."""
+    if isinstance(exc, http_exceptions.LineTooLong):
+        return f"the request line or a header line is longer than {limits.max_line_size} bytes"
+    text = getattr(exc, "message", None) or message or str(exc or "")
+    line = next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "bad request")
+    return re.split(r":\s*b['\"]", line)[0].rstrip(" :.")[:200]
+
+
+class _Connection(web.RequestHandler):
+    """aiohttp's per-connection handler, plus: it knows when it is idle (to be closed to make room),
+    it is refused once the server holds ``cap`` connections and none is idle, and it answers
+    requests the HTTP parser rejects with a JSON error and one log line (aiohttp answers text and
+    logs a traceback each time; it has no hook for this: aio-libs/aiohttp#3287)."""
+
+    def __init__(self, server: web.Server, *, cap: int, limits: ServerLimits, **kwargs: Any):
+        super().__init__(server, keepalive_timeout=limits.idle_timeout, max_line_size=limits.max_line_size,
+                         max_field_size=limits.max_line_size, max_headers=limits.max_headers, **kwargs)
+        self.server, self.cap, self.limits = server, cap, limits
+        self.idle_since: float | None = None  # monotonic time since when no request is in progress
+        self.refused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.idle_since = time.monotonic()
+        others = self.server.connections
+        if len(others) <= self.cap:
+            return
+        idle = [c for c in others if isinstance(c, _Connection) and c is not self and c.idle_since is not None]
+        if idle:
+            victim = min(idle, key=lambda c: c.idle_since)
+            victim.idle_since = None
+            victim.force_close()
+        else:
+            self.refused = True
+            log.warning("%d connections are open, the limit, and none is idle: answering 503", self.cap)
+
+    def data_received(self, data: bytes) -> None:
+        self.idle_since = None
+        super().data_received(data)
+
+    def log_access(self, request: web.BaseRequest, response: web.StreamResponse, time_: float | None) -> None:
+        super().log_access(request, response, time_)
+        self.idle_since = time.monotonic()
+
+    def log_exception(self, *args: Any, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info")
+        if isinstance(exc, web.RequestPayloadError | http_exceptions.HttpProcessingError):
+            # A body that cannot be decoded, found while aiohttp drains it after the answer: bad
+            # input, not a bug, so one line without the traceback.
+            log.warning("unreadable request body: %s", _payload_problem(exc))
+            return
+        super().log_exception(*args, **kwargs)
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if isinstance(exc, ConnectionError):  # the client left mid-answer: nothing to send, nothing to report
+            raise ConnectionError("the client closed the connection") from exc
+        if status >= 500:  # an exception escaped the app's middleware: a bug
+            log.error("unexpected error answering %s %s", request.method, request.path, exc_info=exc)
+            resp = error(status, "internal error (the server log has the details)")
+        else:
+            what = _protocol_problem(exc, message, self.limits)
+            log.warning("malformed HTTP request from %s: %s", request.remote, what)
+            resp = error(status, f"malformed HTTP request: {what}")
+        if request.writer.output_size > 0:  # part of an answer is out: the connection is broken
+            raise ConnectionError("cannot send an error after the response started")
+        if os.environ.get(INSTANCE_ENV):
+            resp.headers[INSTANCE_HEADER] = os.environ[INSTANCE_ENV]
+        resp.force_close()
+        return resp
+
+
+class _Site(web.BaseSite):
+    """A TCP site whose connections are ``_Connection``s."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, limits: ServerLimits):
+        cap, backlog = capacity(limits, open_file_limit())
+        super().__init__(runner, backlog=backlog)
+        self.host, self.port, self.limits, self.cap = host, port, limits, cap
+
+    @property
+    def name(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        server = self._runner.server
+        assert server is not None
+
+        def connection() -> _Connection:
+            return _Connection(server, cap=self.cap, limits=self.limits, loop=loop, access_log=None)
+
+        self._server = await loop.create_server(connection, self.host, self.port, backlog=self._backlog)
+
+
+@web.middleware
+async def _refuse_over_cap(request: web.Request, handler: Handler) -> web.StreamResponse:
+    conn = request.protocol
+    if isinstance(conn, _Connection) and conn.refused:
+        resp = error(503, f"the server has {conn.cap} connections open, its limit; retry shortly")
+        resp.headers["Retry-After"] = "1"
+        resp.force_close()
+        return resp
+    return await handler(request)
 
 
 async def _instance_header(_request: web.Request, response: web.StreamResponse) -> None:
     response.headers[INSTANCE_HEADER] = os.environ[INSTANCE_ENV]
 
 
+def _with_own_expectations(handle: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]):
+    """Wrap the app's entry point: an ``Expect`` other than 100-continue gets a JSON 417 here, where
+    aiohttp would answer text before the app's middleware runs (or a 500, for a non-UTF-8 value)."""
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        expect = request.headers.get("Expect")
+        if expect is not None and expect.strip().lower() != "100-continue":
+            resp = error(417, "the Expect header asks for something other than 100-continue")
+            if os.environ.get(INSTANCE_ENV):
+                resp.headers[INSTANCE_HEADER] = os.environ[INSTANCE_ENV]
+            return resp
+        return await handle(request)
+
+    return handler
+
+
 async def start_app(app: web.Application, host: str, port: int) -> web.AppRunner:
-    """Serve ``app`` in the running loop; a client that disconnects cancels its handler. With
-    ``$KIT_INSTANCE`` set, every response carries it in ``x-kit-instance``."""
+    """Serve ``app`` in the running loop with its ``SERVER_LIMITS`` (module docstring); a client that
+    disconnects cancels its handler. With ``$KIT_INSTANCE`` set, every response carries it in
+    ``x-kit-instance``."""
+    _log_to_stderr()
+    limits = app.get(SERVER_LIMITS) or ServerLimits()
     if os.environ.get(INSTANCE_ENV) and _instance_header not in app.on_response_prepare:
         app.on_response_prepare.append(_instance_header)
+    if _refuse_over_cap not in app.middlewares:
+        app.middlewares.insert(0, _refuse_over_cap)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port, backlog=2048).start()
+    assert runner.server is not None
+    runner.server.request_handler = _with_own_expectations(runner.server.request_handler)
+    await _Site(runner, host, port, limits).start()
     return runner
 
 

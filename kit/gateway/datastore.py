@@ -1,9 +1,19 @@
-"""Keep each endpoint's metrics fresh: one poller per endpoint scrapes ``/metrics`` on an interval.
+"""Keep each endpoint's metrics fresh, and (kit-only) decide which endpoints are in rotation.
 
-As upstream: every ``interval`` (default 50 ms) with a 1 s timeout; a failed scrape keeps the old
-values and the endpoint's metrics age (the saturation detector treats them as stale after 200 ms).
-The kit adds health: an endpoint whose server refuses connections or answers with an error is taken
-out of rotation at once, and put back on its next good scrape.
+Scraping follows upstream: one poller per endpoint gets ``/metrics`` every ``refresh_interval``
+(50 ms) with a ``scrape_timeout`` (1 s); a failed scrape keeps the old values, which age.
+
+Health is the kit's own, because the local target has no readiness probes (upstream takes its
+candidates from the pods Kubernetes reports ready). A scrape fails when the connection is refused or
+reset, when the answer is not 200, or when it takes longer than ``scrape_timeout``. An endpoint
+leaves rotation at once when it refuses connections or answers an error (to a scrape or to the
+proxy), and when no scrape has succeeded for ``unhealthy_after`` seconds and at least the last two
+timed out (a hung server); it comes back with its next good scrape. A timeout proves nothing when
+this process's own event loop was late meanwhile (a gateway starved of CPU, or paused, finds every
+scrape timed out however fast the servers answer), so such a timeout is not counted: a watchdog
+task notes when the loop runs more than ``LOOP_LAG_LIMIT`` late. Requests still waiting for the
+first byte from an endpoint that leaves rotation as hung are released (``watch``) so the proxy can
+try another. ``health_check=False`` keeps every endpoint in rotation, as upstream does.
 """
 
 from __future__ import annotations
@@ -11,22 +21,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 
 import aiohttp
 
+from kit.gateway.settings import GatewaySettings
 from kit.picker import Endpoint
 from kit.vllm_metrics import parse_vllm_metrics
 
+LOOP_TICK = 0.05  # the watchdog's period
+LOOP_LAG_LIMIT = 0.25  # a loop this late cannot tell a hung server from its own slowness
+
 
 class Datastore:
-    """The pool's endpoints and the tasks that refresh them."""
+    """The pool's endpoints, the tasks that refresh them, and why each one is out of rotation."""
 
-    def __init__(self, endpoints: list[Endpoint], interval: float = 0.05, timeout: float = 1.0):
+    def __init__(self, endpoints: list[Endpoint], settings: GatewaySettings | None = None):
         self.endpoints = endpoints
-        self.interval = interval
-        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.settings = settings or GatewaySettings()
+        self.problems: dict[str, str] = {}  # endpoint name → its latest scrape or proxy failure
+        self._failures = {ep.name: 0 for ep in endpoints}  # scrapes failed in a row
+        self._watchers: dict[str, set[asyncio.Timeout]] = {ep.name: set() for ep in endpoints}
         self._tasks: list[asyncio.Task] = []
         self._session: aiohttp.ClientSession | None = None
+        self._tick = self._lagged_at = 0.0  # the watchdog's last tick; when it last found the loop late
 
     def get(self, name: str) -> Endpoint | None:
         return next((ep for ep in self.endpoints if ep.name == name), None)
@@ -37,32 +55,87 @@ class Datastore:
     async def refresh(self, ep: Endpoint) -> bool:
         """Scrape one endpoint now; True on success."""
         assert self._session is not None
+        timeout = self.settings.scrape_timeout
+        started = time.monotonic()
         try:
-            async with self._session.get(ep.url + "/metrics", timeout=self.timeout) as r:
+            async with self._session.get(ep.url + "/metrics", timeout=aiohttp.ClientTimeout(total=timeout)) as r:
                 if r.status != 200:
-                    ep.healthy = False
+                    self._failed(ep, f"/metrics answered {r.status}")
                     return False
                 text = await r.text()
         except TimeoutError:
-            return False  # slow is not dead: keep the old values, let them age
-        except (aiohttp.ClientError, OSError):
-            ep.healthy = False
+            self._failed(ep, f"/metrics did not answer within {timeout:.3g} s", since=started)
+            return False
+        except (aiohttp.ClientError, OSError) as exc:
+            self._failed(ep, f"/metrics: {exc or type(exc).__name__}")
             return False
         ep.metrics = parse_vllm_metrics(text)
         ep.updated = time.monotonic()
         ep.healthy = True
+        self.problems.pop(ep.name, None)
+        self._failures[ep.name] = 0
         return True
+
+    def mark_failed(self, ep: Endpoint, why: str, since: float | None = None) -> None:
+        """The proxy could not reach ``ep``: out of rotation until a scrape succeeds. With ``since`` (when
+        the attempt began) it timed out instead, which counts like a timed-out scrape."""
+        self._failed(ep, why, since)
+
+    def own_loop_lagged(self, since: float) -> bool:
+        """Whether this process's event loop ran late at some point since ``since`` (monotonic seconds)."""
+        return self._lagged_at >= since or time.monotonic() - self._tick > LOOP_TICK + LOOP_LAG_LIMIT
+
+    def _failed(self, ep: Endpoint, why: str, since: float | None = None) -> None:
+        """Record a failure: at once (refused, an error answer), or a timeout of an attempt begun ``since``."""
+        if since is not None and self.own_loop_lagged(since):
+            self.problems[ep.name] = f"{why}, while this gateway itself ran late (not counted)"
+            return
+        self.problems[ep.name] = why
+        self._failures[ep.name] = failures = self._failures.get(ep.name, 0) + 1
+        if not self.settings.health_check or not ep.healthy:
+            return
+        if since is None:  # it answers, with an error, or nothing listens: requests under way fail on their own
+            ep.healthy = False
+        elif failures >= 2 and time.monotonic() - ep.updated >= self.settings.unhealthy_after:
+            ep.healthy = False  # hung: the requests waiting on it would wait until their own timeout
+            now = asyncio.get_running_loop().time()
+            for watcher in list(self._watchers.get(ep.name, ())):
+                with contextlib.suppress(RuntimeError):  # already expiring
+                    watcher.reschedule(now)
+
+    @contextlib.asynccontextmanager
+    async def watch(self, ep: Endpoint, timeout: float) -> AsyncIterator[None]:
+        """Raise TimeoutError in the block after ``timeout`` seconds, or as soon as ``ep`` leaves rotation as hung."""
+        async with asyncio.timeout(timeout) as cm:
+            watchers = self._watchers.setdefault(ep.name, set())
+            watchers.add(cm)
+            try:
+                yield
+            finally:
+                watchers.discard(cm)
+
+    async def _watchdog(self) -> None:
+        while True:
+            self._tick = time.monotonic()
+            await asyncio.sleep(LOOP_TICK)
+            if time.monotonic() - self._tick > LOOP_TICK + LOOP_LAG_LIMIT:
+                self._lagged_at = time.monotonic()
 
     async def _poll(self, ep: Endpoint) -> None:
         while True:
             started = time.monotonic()
             await self.refresh(ep)
-            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+            await asyncio.sleep(max(0.0, self.settings.refresh_interval - (time.monotonic() - started)))
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession()
+        self._tasks = [asyncio.create_task(self._watchdog())]
         await asyncio.gather(*(self.refresh(ep) for ep in self.endpoints))
-        self._tasks = [asyncio.create_task(self._poll(ep)) for ep in self.endpoints]
+        if self.settings.health_check:
+            for ep in self.endpoints:
+                if not ep.updated:  # never scraped: no evidence it serves
+                    ep.healthy = False
+        self._tasks += [asyncio.create_task(self._poll(ep)) for ep in self.endpoints]
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -72,7 +145,3 @@ class Datastore:
                 await t
         if self._session:
             await self._session.close()
-
-    def mark_failed(self, ep: Endpoint) -> None:
-        """The proxy could not reach ``ep``: out of rotation until a scrape succeeds."""
-        ep.healthy = False

@@ -2,14 +2,14 @@
 
 Per request: read and check the body, admit it (sheddable requests get 429 when the pool is
 saturated), schedule it, tell the plugins where it went (the prefix index learns), proxy it and
-stream the answer through as it arrives. If the chosen endpoint fails before the first byte of its
-answer, the request is scheduled again without it; once bytes have reached the client nothing is
-retried. A client that disconnects cancels the upstream request.
+stream the answer through as it arrives. If the chosen endpoint cannot be reached, answers 5xx, or
+sends no first byte within ``first_byte_timeout`` (or leaves rotation as hung meanwhile), the
+request is scheduled again without it; a 4xx passes through, and once bytes have reached the client
+nothing is retried. A client that disconnects cancels the upstream request.
 """
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -21,7 +21,18 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from kit.gateway.datastore import Datastore
-from kit.http import ENDPOINT_HEADER, OBJECTIVE_HEADER, REQUEST_ID_HEADER, error, json_errors, run_app, start_app
+from kit.gateway.settings import GatewaySettings
+from kit.http import (
+    ENDPOINT_HEADER,
+    OBJECTIVE_HEADER,
+    REQUEST_ID_HEADER,
+    SERVER_LIMITS,
+    error,
+    json_errors,
+    parse_json,
+    run_app,
+    start_app,
+)
 from kit.picker import Endpoint, InferenceRequest, LoadedConfig, NoEndpoints
 
 SCHED_BUCKETS = (5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1)
@@ -52,14 +63,12 @@ class Gateway:
     """Routes and proxies requests for one model over a pool of endpoints."""
 
     def __init__(self, config: LoadedConfig, endpoints: list[Endpoint], model: str, *,
-                 max_body: int = 16 * 2**20, max_attempts: int = 3, objectives: dict[str, int] | None = None,
-                 refresh_interval: float = 0.05):
+                 objectives: dict[str, int] | None = None, settings: GatewaySettings | None = None):
         self.config = config
         self.scheduler = config.scheduler
-        self.datastore = Datastore(endpoints, interval=refresh_interval)
+        self.settings = s = settings or GatewaySettings()
+        self.datastore = Datastore(endpoints, s)
         self.model = model
-        self.max_body = max_body
-        self.max_attempts = max_attempts
         self.objectives = objectives or {}
         self.session: aiohttp.ClientSession | None = None
         r = self.registry = CollectorRegistry()
@@ -72,7 +81,8 @@ class Gateway:
         self.sched_latency = Histogram("inference_extension_scheduler_e2e_duration_seconds",
                                        "Time to pick an endpoint.", buckets=SCHED_BUCKETS, registry=r)
         r.register(_PoolGauges(self))
-        self.app = web.Application(client_max_size=max_body, middlewares=[json_errors(max_body)])
+        self.app = web.Application(client_max_size=s.max_body, middlewares=[json_errors(s.max_body)])
+        self.app[SERVER_LIMITS] = s.server_limits()
         self.app.add_routes([
             web.post("/v1/completions", self.generate),
             web.post("/v1/chat/completions", self.generate),
@@ -89,7 +99,8 @@ class Gateway:
 
     async def _lifecycle(self, _app: web.Application) -> AsyncIterator[None]:
         conn = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
-        self.session = aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=None, connect=2))
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.settings.connect_timeout)
+        self.session = aiohttp.ClientSession(connector=conn, timeout=timeout)
         await self.datastore.start()
         yield
         await self.datastore.stop()
@@ -103,7 +114,8 @@ class Gateway:
     async def ready(self, _r: web.Request) -> web.Response:
         """Readiness: at least one endpoint is in rotation."""
         if not self.datastore.healthy():
-            return error(503, "no healthy endpoint")
+            why = "; ".join(f"{name}: {p}" for name, p in sorted(self.datastore.problems.items()))
+            return error(503, f"no healthy endpoint ({why})" if why else "no healthy endpoint")
         return web.Response(status=200)
 
     async def models(self, _r: web.Request) -> web.Response:
@@ -132,6 +144,7 @@ class Gateway:
         return web.json_response([{
             "name": ep.name, "url": ep.url, "healthy": ep.healthy, "in_flight": ep.in_flight,
             "metrics_age_s": None if not ep.updated else round(ep.age(now), 3),
+            "problem": self.datastore.problems.get(ep.name),
             "waiting": ep.metrics.waiting, "running": ep.metrics.running, "kv_usage": ep.metrics.kv_usage,
             "prefix_hit_rate": ep.metrics.hit_rate} for ep in self.datastore.endpoints])
 
@@ -142,10 +155,7 @@ class Gateway:
     # --------------------------------------------------------------------- proxying
     async def generate(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            return error(400, "the request body is not valid JSON")
+        body = parse_json(raw)
         if not isinstance(body, dict):
             return error(400, "the request body must be a JSON object")
         chat = request.path.endswith("/chat/completions")
@@ -165,7 +175,7 @@ class Gateway:
             self.requests.labels("", "429").inc()
             return error(429, "the pool is saturated and this request is sheddable")
         tried: set[str] = set()
-        for attempt in range(self.max_attempts):
+        for attempt in range(self.settings.max_attempts):
             start = time.perf_counter()
             try:
                 decision, state = self.scheduler.schedule(req, self.datastore.endpoints, frozenset(tried))
@@ -181,7 +191,7 @@ class Gateway:
             self.scheduler.record(decision)
             ep.in_flight += 1
             try:
-                result = await self._proxy(request, ep, raw, req, last=attempt == self.max_attempts - 1)
+                result = await self._proxy(request, ep, raw, req, last=attempt == self.settings.max_attempts - 1)
             finally:
                 ep.in_flight -= 1
                 self.scheduler.response_complete(req, ep)
@@ -195,18 +205,30 @@ class Gateway:
     async def _proxy(self, request: web.Request, ep: Endpoint, raw: bytes, req: InferenceRequest,
                      last: bool) -> web.StreamResponse | object:
         assert self.session is not None
+        upstream = None
+        started = time.monotonic()
         try:
-            upstream = await self.session.post(ep.url + request.path, data=raw,
-                                               headers={"Content-Type": "application/json"})
-        except (TimeoutError, aiohttp.ClientError, OSError):
-            self.datastore.mark_failed(ep)
+            async with self.datastore.watch(ep, self.settings.first_byte_timeout):
+                upstream = await self.session.post(ep.url + request.path, data=raw,
+                                                   headers={"Content-Type": "application/json"})
+                first = await upstream.content.readany()
+        except aiohttp.ConnectionTimeoutError:  # as ambiguous as a timed-out scrape (a pause of this process?)
+            self.datastore.mark_failed(ep, f"proxy: no connection within {self.settings.connect_timeout} s",
+                                       since=started)
+            return _RETRY
+        except aiohttp.ClientConnectorError as exc:  # refused: nothing listens there
+            self.datastore.mark_failed(ep, f"proxy could not connect: {exc}")
+            return _RETRY
+        except TimeoutError:  # no first byte in time, or the endpoint left rotation meanwhile
+            if upstream is not None:
+                upstream.close()
+            return _RETRY
+        except (aiohttp.ClientError, OSError) as exc:  # reset or disconnected before answering
+            if upstream is not None:
+                upstream.close()
+            self.datastore.mark_failed(ep, f"proxy: {exc or type(exc).__name__}")
             return _RETRY
         async with upstream:
-            try:
-                first = await upstream.content.readany()
-            except (TimeoutError, aiohttp.ClientError, OSError):
-                self.datastore.mark_failed(ep)
-                return _RETRY
             if upstream.status >= 500 and not last:
                 return _RETRY  # nothing reached the client yet: try another endpoint
             headers = {"Content-Type": upstream.headers.get("Content-Type", "application/json"),

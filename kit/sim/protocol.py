@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from kit.config import describe, dotted
-from kit.http import HTTPError
+from kit.http import HTTPError, read_json
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class _Tolerant(BaseModel):
@@ -58,9 +59,34 @@ class CompletionRequest(_Common):
         return self
 
 
+class ContentPart(_Tolerant):
+    """One OpenAI content part; the simulator reads the text of ``text`` parts and ignores the others."""
+
+    type: str
+    text: str | None = None
+
+    @model_validator(mode="after")
+    def _text_has_text(self) -> ContentPart:
+        if self.type == "text" and self.text is None:
+            raise ValueError("text: a part of type 'text' needs a 'text' string")
+        return self
+
+
+def _content_kind(value: Any) -> str | None:
+    return "text" if isinstance(value, str) else "parts" if isinstance(value, list) else None
+
+
+# A message's content: text, or a list of parts (tagged, so an error names the one shape that applies).
+Content = Annotated[
+    Annotated[str, Tag("text")] | Annotated[list[ContentPart], Tag("parts")],
+    Discriminator(_content_kind, custom_error_type="content",
+                  custom_error_message="content must be a string or a list of content parts"),
+]
+
+
 class ChatMessage(_Tolerant):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    content: Content | None = None
 
 
 class ChatRequest(_Common):
@@ -69,15 +95,32 @@ class ChatRequest(_Common):
     add_generation_prompt: bool = True
 
 
-async def read_json(request: web.Request, model: type[BaseModel]) -> Any:
-    """Parse and validate a JSON body into ``model``; raise HTTPError for anything malformed."""
-    raw = await request.read()
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise HTTPError("the request body is not valid JSON") from None
+class TokenizeRequest(_Tolerant):
+    """vLLM's ``/tokenize`` body: a prompt, or chat messages."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool = False
+    add_generation_prompt: bool = True
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give either 'prompt' (a string) or 'messages' (a list of messages)")
+        return self
+
+
+async def read_object(request: web.Request) -> dict[str, Any]:
+    """The JSON object a request carries; HTTPError for anything else."""
+    data = await read_json(request)
     if not isinstance(data, dict):
         raise HTTPError("the request body must be a JSON object")
+    return data
+
+
+def validate(data: dict[str, Any], model: type[M]) -> M:
+    """``data`` as ``model``; HTTPError naming every bad field."""
     try:
         return model.model_validate(data)
     except ValidationError as err:

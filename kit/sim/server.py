@@ -18,9 +18,10 @@ from kit.sim import tokenizer
 from kit.sim.config import SimConfig
 from kit.sim.engine import DONE, Engine, EngineFull, Sequence
 from kit.sim.metrics import SimMetrics
-from kit.sim.protocol import ChatRequest, CompletionRequest, read_json
+from kit.sim.protocol import ChatRequest, CompletionRequest, TokenizeRequest, read_object, validate
 
 MAX_BODY = 64 * 1024 * 1024
+OFFLOAD_CHARS = 32 * 1024  # longer texts are tokenized in a worker thread, so the server keeps answering
 VERSION = "0.11.0-kit-sim"
 
 
@@ -94,25 +95,37 @@ class SimServer:
             raise HTTPError(f"The model `{name}` does not exist.", status=404, param="model")
 
     async def _body(self, request: web.Request) -> dict:
-        try:
-            data = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError):
-            raise HTTPError("the request body is not valid JSON") from None
-        if not isinstance(data, dict):
-            raise HTTPError("the request body must be a JSON object")
+        data = await read_object(request)
         self._check_model(data.get("model") if isinstance(data.get("model"), str) else None)
         return data
 
+    async def _encode(self, text: str, *, allow_special: bool, limit: int | None) -> list[int]:
+        """Token ids of ``text`` (at most ``limit + 1``: enough to refuse it); a long text is tokenized
+        in a worker thread, so the event loop keeps serving other requests and /health."""
+        if len(text) <= OFFLOAD_CHARS:
+            return tokenizer.encode(text, allow_special=allow_special, limit=limit)
+        return await asyncio.to_thread(tokenizer.encode, text, allow_special=allow_special, limit=limit)
+
+    def _too_long(self, tokens: str) -> HTTPError:
+        return HTTPError(f"This model's maximum context length is {self.cfg.max_model_len} tokens. However, your "
+                         f"request has {tokens} input tokens. Please reduce the length of the input.")
+
+    async def _prompt_ids(self, text: str, *, allow_special: bool) -> list[int]:
+        """A prompt's ids; a prompt longer than the model's context is refused without tokenizing all of it."""
+        limit = self.cfg.max_model_len
+        ids = await self._encode(text, allow_special=allow_special, limit=limit)
+        if len(ids) > limit:
+            raise self._too_long(f"more than {limit}")
+        return ids
+
     async def tokenize(self, request: web.Request) -> web.Response:
-        data = await self._body(request)
-        if isinstance(data.get("prompt"), str):
-            ids = tokenizer.encode(data["prompt"], allow_special=bool(data.get("add_special_tokens", False)))
-        elif isinstance(data.get("messages"), list) and all(isinstance(m, dict) for m in data["messages"]):
-            text = tokenizer.apply_chat_template(data["messages"],
-                                                 add_generation_prompt=data.get("add_generation_prompt", True))
-            ids = tokenizer.encode(text, allow_special=True)
+        req = validate(await self._body(request), TokenizeRequest)
+        if req.prompt is not None:  # vLLM counts a prompt of any length here
+            ids = await self._encode(req.prompt, allow_special=req.add_special_tokens, limit=None)
         else:
-            raise HTTPError("give either 'prompt' (a string) or 'messages' (a list of messages)")
+            text = tokenizer.apply_chat_template([m.model_dump() for m in req.messages or []],
+                                                 add_generation_prompt=req.add_generation_prompt)
+            ids = await self._encode(text, allow_special=True, limit=None)
         return web.json_response({"count": len(ids), "max_model_len": self.cfg.max_model_len, "tokens": ids})
 
     async def detokenize(self, request: web.Request) -> web.Response:
@@ -124,10 +137,15 @@ class SimServer:
 
     # ---------------------------------------------------------------- generation
     async def _completion_input(self, request: web.Request) -> tuple[CompletionRequest, list[int], int]:
-        req: CompletionRequest = await read_json(request, CompletionRequest)
-        self._check_model(req.model)
+        data = await self._body(request)
+        prompt, limit = data.get("prompt"), self.cfg.max_model_len
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], list):
+            prompt = prompt[0]
+        if isinstance(prompt, list) and len(prompt) > limit and all(isinstance(t, int) for t in prompt[:8]):
+            raise self._too_long(str(len(prompt)))  # before validating a long list of ids
+        req = validate(data, CompletionRequest)
         if isinstance(req.prompt, str):
-            ids = tokenizer.encode(req.prompt)
+            ids = await self._prompt_ids(req.prompt, allow_special=False)
         else:
             bad = [t for t in req.prompt if not tokenizer.valid_id(t)]
             if bad:
@@ -136,11 +154,10 @@ class SimServer:
         return req, ids, req.max_tokens or 16
 
     async def _chat_input(self, request: web.Request) -> tuple[ChatRequest, list[int], int]:
-        req: ChatRequest = await read_json(request, ChatRequest)
-        self._check_model(req.model)
+        req = validate(await self._body(request), ChatRequest)
         text = tokenizer.apply_chat_template([m.model_dump() for m in req.messages],
                                              add_generation_prompt=req.add_generation_prompt)
-        ids = tokenizer.encode(text, allow_special=True)
+        ids = await self._prompt_ids(text, allow_special=True)
         return req, ids, req.max_completion_tokens or req.max_tokens or max(1, self.cfg.max_model_len - len(ids))
 
     async def completions(self, request: web.Request) -> web.StreamResponse:

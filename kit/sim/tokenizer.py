@@ -25,40 +25,66 @@ SPECIAL = {"<|endoftext|>": ENDOFTEXT, "<|im_start|>": IM_START, "<|im_end|>": I
 SPECIAL_TEXT = {v: k for k, v in SPECIAL.items()}
 BYTE_BASE = 1 << 30
 
+MAX_ID_CHARS = max(len(s) for s in SPECIAL)  # the most characters one id stands for
 _SPECIAL_RE = re.compile("(" + "|".join(re.escape(s) for s in SPECIAL) + ")")
 _PIECE_RE = re.compile(r" ?[A-Za-z]+| ?[0-9]| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+")
 
 
 @functools.lru_cache(maxsize=1 << 16)
 def _piece_ids(piece: str) -> tuple[int, ...]:
-    """A piece's ids, remembered: real text repeats its words, so most pieces are looked up, not packed."""
+    """A short piece's ids, remembered: real text repeats its words, so most pieces are looked up, not packed."""
     out: list[int] = []
-    _encode_piece(piece, out)
+    _encode_piece(piece, out, len(piece.encode("utf-8")))
     return tuple(out)
 
 
-def _encode_piece(piece: str, out: list[int]) -> None:
+def _encode_piece(piece: str, out: list[int], room: int) -> None:
+    """Append the ids of ``piece``, at most ``room`` of them (each id holds at most four characters
+    or one byte, so only the piece's start is looked at when room is short)."""
     if piece.isascii():
-        for start in range(0, len(piece), 4):
+        for start in range(0, min(len(piece), 4 * room), 4):
             chunk = piece[start : start + 4]
             packed = 0
             for i, ch in enumerate(chunk):
                 packed |= ord(ch) << (7 * i)
             out.append(((len(chunk) - 1) << 28) | packed if len(chunk) > 1 else packed)
     else:
-        out.extend(BYTE_BASE + b for b in piece.encode("utf-8"))
+        out.extend(BYTE_BASE + b for b in piece[:room].encode("utf-8")[:room])
 
 
-def encode(text: str, *, allow_special: bool = False) -> list[int]:
-    """Token ids for ``text``; with ``allow_special`` the ChatML markers become single tokens."""
+def encode(text: str, *, allow_special: bool = False, limit: int | None = None) -> list[int]:
+    """Token ids for ``text``; with ``allow_special`` the ChatML markers become single tokens.
+
+    With ``limit``, return at most ``limit + 1`` ids: enough to tell that a text is too long, at a
+    cost bounded by the limit rather than by the text. An id covers one UTF-8 byte of a character
+    outside ASCII, up to four ASCII characters, or one special marker (at most ``MAX_ID_CHARS``
+    characters), so the count lies between the text's length / ``MAX_ID_CHARS`` and its UTF-8 length,
+    and the first ``limit + 1`` ids come from the text's first ``MAX_ID_CHARS × (limit + 1)``
+    characters (the slack covers the one piece the cut shortens).
+    """
     out: list[int] = []
-    parts = _SPECIAL_RE.split(text) if allow_special else [text]
-    for part in parts:
-        if allow_special and part in SPECIAL:
-            out.append(SPECIAL[part])
-            continue
-        for piece in _PIECE_RE.findall(part):
-            out += _piece_ids(piece)
+    if limit is None:
+        cap = 4 * len(text) + 1  # more ids than the text can make
+    else:
+        cap = limit + 1
+        text = text[: MAX_ID_CHARS * cap + 8]
+    pos = 0
+    markers = _SPECIAL_RE.finditer(text) if allow_special else iter(())
+    while len(out) < cap:
+        marker = next(markers, None)
+        end = marker.start() if marker else len(text)
+        for piece in _PIECE_RE.finditer(text, pos, end):
+            p, room = piece.group(), cap - len(out)
+            if len(p) <= 32 and room >= 32:  # a word: remembered
+                out += _piece_ids(p)
+            else:
+                _encode_piece(p, out, room)
+            if len(out) >= cap:
+                return out
+        if marker is None:
+            break
+        out.append(SPECIAL[marker.group()])
+        pos = marker.end()
     return out
 
 
@@ -101,7 +127,8 @@ def apply_chat_template(messages: Sequence[dict], *, add_generation_prompt: bool
     for m in messages:
         content = m.get("content") or ""
         if isinstance(content, list):  # OpenAI content parts: keep the text ones
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            content = "".join(p["text"] for p in content
+                              if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str))
         parts.append(f"<|im_start|>{m.get('role', 'user')}\n{content}<|im_end|>\n")
     if add_generation_prompt:
         parts.append("<|im_start|>assistant\n")

@@ -27,6 +27,8 @@ def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel], ski
         help_ = f"{f.description} (default: {f.default})"
         if ann is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        elif isinstance(ann, type) and issubclass(ann, BaseModel):  # a nested settings object, given as JSON
+            parser.add_argument(flag, dest=name, default=None, help=help_, metavar="JSON")
         else:
             parser.add_argument(flag, dest=name, type=ann, default=None, help=help_, metavar=name.upper())
 

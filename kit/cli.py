@@ -88,7 +88,11 @@ def _gateway(args: argparse.Namespace) -> int:
         raise KitError("--endpoints: give at least one model-server URL")
     gw = Gateway(config, endpoints, args.model, objectives=_objectives(args.objective),
                  refresh_interval=args.refresh_interval)
-    serve(gw, args.host, args.port)
+    config.scheduler.start()  # plugins' background work, e.g. the precise scorer's KV-event subscriber
+    try:
+        serve(gw, args.host, args.port)
+    finally:
+        config.scheduler.close()
     return 0
 
 

@@ -23,7 +23,7 @@ from typing import Protocol
 from kit.sim.config import SimConfig
 from kit.sim.kv_events import block_hasher
 from kit.sim.kvcache import Block, BlockPool, chain_hashes
-from kit.sim.tokenizer import OUTPUT_TOKENS
+from kit.tokenizer import OUTPUT_TOKENS
 
 # Sentinel put on a sequence's queue when it ends.
 DONE = -1

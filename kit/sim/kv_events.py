@@ -19,10 +19,6 @@ Follows vLLM v0.17.1 (``vllm/config/kv_events.py``, ``vllm/distributed/kv_events
   lora_id, medium, lora_name]``, ``["BlockRemoved", block_hashes, medium]``, ``["AllBlocksCleared"]``.
   Hashes travel as the last 8 bytes read as an unsigned integer (``VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES``,
   default 1) or as the raw bytes when that variable is 0.
-* **Sockets**: a PUB socket that *binds* when the endpoint has ``*`` or ``::`` or is ``ipc://`` or
-  ``inproc://``, and *connects* otherwise (so vLLM pods can dial a central subscriber); an optional
-  ROUTER ``replay_endpoint`` resends the buffered batches from a requested sequence number, then
-  ``-1``. Encoding and sending happen in a publisher thread, fed by a bounded queue.
 """
 
 from __future__ import annotations

@@ -13,8 +13,9 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from kit import tokenizer
 from kit.http import HTTPError, error, json_errors, run_app, start_app
-from kit.sim import kv_publisher, tokenizer
+from kit.sim import kv_publisher
 from kit.sim.config import SimConfig
 from kit.sim.engine import DONE, Engine, EngineFull, Sequence
 from kit.sim.metrics import SimMetrics

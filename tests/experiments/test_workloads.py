@@ -4,10 +4,10 @@ from collections import Counter
 
 import pytest
 
+from kit import tokenizer
 from kit.experiments.loadgen import WorkloadRun
 from kit.experiments.results import EndpointSummary, RequestResult
 from kit.experiments.workloads import Load, SharedPrefix, shared_prefix_prompts
-from kit.sim import tokenizer
 from kit.vllm_metrics import EndpointMetrics
 
 

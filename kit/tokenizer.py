@@ -1,5 +1,9 @@
 """A deterministic, reversible tokenizer that needs no download, and a ChatML chat template.
 
+Shared by the simulator (what the simulated model reads) and the endpoint picker (the precise prefix
+scorer tokenizes requests in process, as upstream tokenizes with the model's tokenizer), so it lives
+below both. It imports nothing of the kit.
+
 Text is split GPT-style into pieces (an optional leading space plus a word, a digit, a run of
 punctuation, or whitespace). Each ASCII piece is cut into chunks of up to four characters and each
 chunk is packed into one integer id, so English text averages close to the four characters per

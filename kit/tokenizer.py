@@ -20,6 +20,7 @@ Id layout (all ids fit in a signed 32-bit int):
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 
@@ -32,16 +33,20 @@ _SPECIAL_RE = re.compile("(" + "|".join(re.escape(s) for s in SPECIAL) + ")")
 _PIECE_RE = re.compile(r" ?[A-Za-z]+| ?[0-9]| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+")
 
 
-def _encode_piece(piece: str, out: list[int]) -> None:
-    if piece.isascii():
-        for start in range(0, len(piece), 4):
-            chunk = piece[start : start + 4]
-            packed = 0
-            for i, ch in enumerate(chunk):
-                packed |= ord(ch) << (7 * i)
-            out.append(((len(chunk) - 1) << 28) | packed if len(chunk) > 1 else packed)
-    else:
-        out.extend(BYTE_BASE + b for b in piece.encode("utf-8"))
+@functools.lru_cache(maxsize=1 << 16)
+def _piece_ids(piece: str) -> tuple[int, ...]:
+    """The ids of one piece (memoised: text repeats its words, and a prompt is tokenized by the server
+    and, for precise prefix routing, by the picker too)."""
+    if not piece.isascii():
+        return tuple(BYTE_BASE + b for b in piece.encode("utf-8"))
+    out = []
+    for start in range(0, len(piece), 4):
+        chunk = piece[start : start + 4]
+        packed = 0
+        for i, ch in enumerate(chunk):
+            packed |= ord(ch) << (7 * i)
+        out.append(((len(chunk) - 1) << 28) | packed if len(chunk) > 1 else packed)
+    return tuple(out)
 
 
 def encode(text: str, *, allow_special: bool = False) -> list[int]:
@@ -53,7 +58,7 @@ def encode(text: str, *, allow_special: bool = False) -> list[int]:
             out.append(SPECIAL[part])
             continue
         for piece in _PIECE_RE.findall(part):
-            _encode_piece(piece, out)
+            out.extend(_piece_ids(piece))
     return out
 
 

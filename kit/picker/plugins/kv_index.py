@@ -22,7 +22,10 @@ Follows llm-d-kv-cache v0.7.0 (the version llm-d-inference-scheduler v0.7.0 buil
 * **Scoring** (``LongestPrefixScorer``): the endpoints holding the first key start with that entry's
   tier weight (``gpu`` 1.0, ``cpu`` 0.8, other tiers 1.0); each further key adds its weight to the
   endpoints still holding it and drops the others; the walk ends when none is left. The result is the
-  number of consecutive leading blocks each endpoint holds.
+  number of consecutive leading blocks each endpoint holds. The kit walks the index and scores in one
+  pass that stops there (upstream looks every key up first: the scores are the same, and the
+  ``lookup_hits`` metric counts the best endpoint's held prefix). A lookup does not refresh a key's
+  place in the LRU (upstream's does; it matters only once the index holds ``size`` keys).
 """
 
 from __future__ import annotations
@@ -48,17 +51,29 @@ def fnv1a64(data: bytes) -> int:
 
 
 class TokenProcessor:
-    """Tokens → request keys (``kvblock.ChunkedTokenDatabase``)."""
+    """Tokens → request keys (``kvblock.ChunkedTokenDatabase``). Keys of recent blocks are memoised (up to
+    ``memo`` of them): a shared prefix is hashed once, not for every request and every event."""
 
-    def __init__(self, block_size: int = 16, hash_seed: str = ""):
+    def __init__(self, block_size: int = 16, hash_seed: str = "", memo: int = 100_000):
         if block_size <= 0:
             raise ValueError(f"blockSize must be greater than 0, got {block_size}")
         self.block_size = block_size
         self.init_hash = fnv1a64(hash_seed.encode())
         self._roots: dict[str, int] = {}
+        self._memo: dict[tuple[int, tuple[int, ...]], int] = {}
+        self._memo_size = memo
 
     def _hash(self, parent: int, tokens: Sequence[int] | None, extra: Any = None) -> int:
         return fnv1a64(cbor2.dumps([parent, None if tokens is None else list(tokens), extra], canonical=True))
+
+    def _block(self, parent: int, tokens: tuple[int, ...]) -> int:
+        key = (parent, tokens)
+        h = self._memo.get(key)
+        if h is None:
+            if len(self._memo) >= self._memo_size:
+                self._memo.clear()
+            h = self._memo[key] = self._hash(parent, tokens)
+        return h
 
     def root(self, model: str) -> int:
         if model not in self._roots:
@@ -70,7 +85,7 @@ class TokenProcessor:
         prev = parent or self.root(model)
         bs, out = self.block_size, []
         for i in range(0, len(tokens) - bs + 1, bs):
-            prev = self._hash(prev, tokens[i : i + bs])
+            prev = self._block(prev, tuple(tokens[i : i + bs]))
             out.append(prev)
         return out
 
@@ -118,18 +133,30 @@ class KVBlockIndex:
             return
         if engine_keys is not None and len(engine_keys) != len(request_keys):
             raise ValueError("mismatch between engine keys and request keys length")
+        data, e2r, cap = self.data, self.engine_to_request, self.pod_cache_size
         with self.lock:
             for i, rk in enumerate(request_keys):
                 if engine_keys is not None:
-                    _lru_put(self.engine_to_request, engine_keys[i], rk, self.size)
-                pods = self.data.get(rk)
+                    ek = engine_keys[i]
+                    if ek in e2r:
+                        e2r.move_to_end(ek)
+                    e2r[ek] = rk
+                pods = data.get(rk)
                 if pods is None:
-                    pods = OrderedDict()
-                    _lru_put(self.data, rk, pods, self.size)
+                    pods = data[rk] = OrderedDict()
                 else:
-                    self.data.move_to_end(rk)
+                    data.move_to_end(rk)
                 for e in entries:
-                    _lru_put(pods, e, None, self.pod_cache_size)
+                    if e in pods:
+                        pods.move_to_end(e)
+                    else:
+                        pods[e] = None
+                        if len(pods) > cap:
+                            pods.popitem(last=False)
+            while len(data) > self.size:
+                data.popitem(last=False)
+            while len(e2r) > self.size:
+                e2r.popitem(last=False)
             if self.stats:
                 self.stats.admissions += len(request_keys)
 
@@ -162,8 +189,8 @@ class KVBlockIndex:
 
     def lookup(self, request_keys: Sequence[int], pods: Iterable[str] | None = None) -> dict[int, list[Entry]]:
         """Entries per request key (only of ``pods`` when given): keys the index lacks are skipped, a key
-        whose entries are all gone ends the walk."""
-        wanted = set(pods) if pods is not None else None
+        whose entries are all gone ends the walk (``InMemoryIndex.Lookup``)."""
+        wanted = set(pods) if pods else None
         out: dict[int, list[Entry]] = {}
         with self.lock:
             for rk in request_keys:
@@ -172,55 +199,43 @@ class KVBlockIndex:
                     continue
                 if not held:
                     break
-                self.data.move_to_end(rk)
-                entries = [e for e in held if not wanted or e.pod in wanted]
+                entries = [e for e in held if wanted is None or e.pod in wanted]
                 if entries:
                     out[rk] = entries
+        return out
+
+    def longest_prefix(self, keys: Sequence[int], pods: Iterable[str] | None = None,
+                       weights: dict[str, float] | None = None) -> dict[str, float]:
+        """Per endpoint, the weighted count of consecutive leading ``keys`` it holds: ``lookup`` and
+        ``LongestPrefixScorer`` in one walk that ends when no endpoint is left."""
+        weights = TIER_WEIGHTS if weights is None else weights
+        wanted = set(pods) if pods else None
+        scores: dict[str, float] = {}
+        active: set[str] = set()
+        with self.lock:
+            for i, rk in enumerate(keys):
+                held = self.data.get(rk) or {}
+                here: dict[str, float] = {}
+                for e in held:
+                    if wanted is None or e.pod in wanted:
+                        w = weights.get(e.tier, 1.0)
+                        if w > here.get(e.pod, -1.0):
+                            here[e.pod] = w
+                if i == 0:
+                    scores, active = here, set(here)
+                else:
+                    for pod in [p for p in active if p not in here]:
+                        active.discard(pod)
+                    for pod in active:
+                        scores[pod] += here[pod]
+                if not active:
+                    break
             if self.stats:
                 self.stats.lookups += 1
-                per_pod: dict[str, int] = {}
-                for entries in out.values():
-                    for e in entries:
-                        per_pod[e.pod] = per_pod.get(e.pod, 0) + 1
-                best = max(per_pod.values(), default=0)
+                best = max(scores.values(), default=0.0)
                 self.stats.max_pod_hits += best
                 self.stats.hits += best
-        return out
-
-
-def _lru_put(lru: OrderedDict, key: Any, value: Any, capacity: int) -> None:
-    lru[key] = value
-    lru.move_to_end(key)
-    while len(lru) > capacity:
-        lru.popitem(last=False)
-
-
-def longest_prefix(keys: Sequence[int], key_to_pods: dict[int, list[Entry]],
-                   weights: dict[str, float] | None = None) -> dict[str, float]:
-    """Per endpoint, the weighted count of consecutive leading ``keys`` it holds (``LongestPrefixScorer``)."""
-    weights = TIER_WEIGHTS if weights is None else weights
-    if not keys:
-        return {}
-
-    def best(entries: list[Entry]) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for e in entries:
-            w = weights.get(e.tier, 1.0)
-            out[e.pod] = max(w, out.get(e.pod, w))
-        return out
-
-    scores = best(key_to_pods.get(keys[0], []))
-    active = set(scores)
-    for k in keys[1:]:
-        if not active:
-            break
-        here = best(key_to_pods.get(k, []))
-        for pod in list(active):
-            if pod in here:
-                scores[pod] += here[pod]
-            else:
-                active.discard(pod)
-    return scores
+        return scores
 
 
 # ----------------------------------------------------------------------------------------- vLLM events

@@ -22,7 +22,6 @@ from kit.picker.plugins.kv_index import (
     TokenProcessor,
     apply_events,
     fnv1a64,
-    longest_prefix,
     parse_batch,
     parse_topic,
 )
@@ -75,14 +74,14 @@ def test_events_add_and_remove_endpoints_by_vllm_block_hash():
     apply_events(index, tp, "a:1", MODEL, parse_batch(batch(stored([11, 12], None, tokens[:8]))))
     apply_events(index, tp, "a:1", MODEL, parse_batch(batch(stored([13, 14], 12, tokens[8:]))))  # parent 12
     apply_events(index, tp, "b:1", MODEL, parse_batch(batch(stored([21, 22], None, tokens[:8], medium="CPU"))))
-    found = index.lookup(keys)
-    assert longest_prefix(keys, found) == {"a:1": 4.0, "b:1": 1.6}  # cpu blocks weigh 0.8
+    assert index.longest_prefix(keys) == {"a:1": 4.0, "b:1": 1.6}  # cpu blocks weigh 0.8
+    assert index.longest_prefix(keys, ["b:1"]) == {"b:1": 1.6}
     apply_events(index, tp, "a:1", MODEL, parse_batch(batch(["BlockRemoved", [12], "GPU"])))
-    assert longest_prefix(keys, index.lookup(keys)) == {"a:1": 1.0, "b:1": 1.6}  # a's chain breaks at block 1
+    assert index.longest_prefix(keys) == {"a:1": 1.0, "b:1": 1.6}  # a's chain breaks at block 1
     apply_events(index, tp, "c:1", MODEL, parse_batch(batch(stored([31], 999, tokens[:4]))))  # unknown parent
     assert all(e.pod != "c:1" for es in index.lookup(keys).values() for e in es)
     apply_events(index, tp, "a:1", MODEL, parse_batch(batch(["AllBlocksCleared"])))  # logged only (v0.7.0)
-    assert longest_prefix(keys, index.lookup(keys))["a:1"] == 1.0
+    assert index.longest_prefix(keys)["a:1"] == 1.0
 
 
 def test_byte_hashes_use_their_last_eight_bytes_and_topics_name_endpoint_and_model():
@@ -141,6 +140,16 @@ def test_scores_are_the_longest_held_prefix_normalised_min_max_as_v070():
     only_b = InferenceRequest(model=MODEL, prompt=text)
     feed(sc, "a:1", "zzz")  # a still holds the same blocks: ties score 1.0 each
     assert sc.score(CycleState(), only_b, [a, b])[a] == 1.0
+
+
+def test_absolute_normalisation_is_held_blocks_over_prompt_blocks():
+    _, sc = scorer_config("    scoreNormalization: absolute")
+    text = "The quick brown fox jumps over the lazy dog near the river bank today."
+    feed(sc, "b:1", text, blocks=2)
+    a, b = eps("a:1", "b:1")
+    req = InferenceRequest(model=MODEL, prompt=text)
+    n = len(tokenizer.encode(text)) // 4
+    assert sc.score(CycleState(), req, [a, b]) == {a: 0.0, b: 2 / n}  # min-max would give b 1.0
 
 
 def test_chat_requests_are_tokenized_as_the_server_renders_them():

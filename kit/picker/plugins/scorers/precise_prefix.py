@@ -31,7 +31,11 @@ Parameters (upstream's names; Go's defaults apply to what a config leaves out):
   it, as the precise guide deploys), ``topicFilter`` (``kv@``), ``discoverPods`` (true: also connect to
   ``tcp://<endpoint host>:<podDiscoveryConfig.socketPort>``, 5557, for each endpoint scored),
   ``concurrency`` (accepted; the kit applies events in one thread), ``engineType`` (``vllm`` only);
-* ``speculativeIndexing`` (false), ``speculativeTTL`` (``2s``).
+* ``speculativeIndexing`` (false), ``speculativeTTL`` (``2s``);
+* ``scoreNormalization`` (**kit-only**): ``minmax`` (default, v0.7.0's rule above) or ``absolute``:
+  held blocks / prompt blocks, the rule upstream adopted after v0.8.0 (llm-d-inference-scheduler #1107,
+  because min-max lifts a few leading blocks to 1.0 when no endpoint holds more). Upstream v0.7.0 ignores
+  the key.
 
 The subscriber starts with the scheduler (``Scheduler.start()``, which ``kit gateway`` calls before
 serving) or at the scorer's first scheduling cycle, and stops with ``close()`` or when the scorer is
@@ -53,7 +57,7 @@ Example::
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, model_validator
 
@@ -67,7 +71,6 @@ from kit.picker.plugins.kv_index import (
     KVBlockIndex,
     TokenProcessor,
     apply_events,
-    longest_prefix,
     parse_batch,
     parse_topic,
 )
@@ -127,6 +130,7 @@ class PreciseParams(Params):
     kv_events_config: KVEventsParams = Field(default_factory=KVEventsParams, alias="kvEventsConfig")
     speculative_indexing: bool = Field(False, alias="speculativeIndexing")
     speculative_ttl: Duration | None = Field(None, alias="speculativeTTL")
+    score_normalization: Literal["minmax", "absolute"] = Field("minmax", alias="scoreNormalization")
 
     @model_validator(mode="after")
     def _notes(self, info: ValidationInfo) -> PreciseParams:
@@ -237,10 +241,10 @@ class PrecisePrefixCacheScorer(PluginBase):
         if not keys:
             return {}
         start = self.clock()
-        found = self.index.lookup(keys, pods)
+        scores = self.index.longest_prefix(keys, pods, self.weights)
         if self.stats:
             self.stats.lookup_seconds += self.clock() - start
-        return longest_prefix(keys, found, self.weights)
+        return scores
 
     # ------------------------------------------------------------------------------- the hooks
     def prepare_request_data(self, state: CycleState, req: InferenceRequest, eps: list[Endpoint]) -> None:
@@ -263,6 +267,9 @@ class PrecisePrefixCacheScorer(PluginBase):
         counts = pre.counts
         state[self.name] = PrefixMatch(pre.keys, {pod: int(c) for pod, c in counts.items() if c > 0},
                                        self.processor.block_size)
+        if self.p.score_normalization == "absolute":  # upstream main (#1107): held blocks / prompt blocks
+            n = len(pre.keys)
+            return {ep: min(1.0, counts.get(ep.name, 0.0) / n) if n else 0.0 for ep in eps}
         if not counts:
             return dict.fromkeys(eps, 0.0)
         lo, hi = min(counts.values()), max(counts.values())

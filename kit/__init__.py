@@ -24,6 +24,9 @@ _NAMES: dict[str, tuple[str, str | None]] = {
     "SharedPrefix": ("kit.experiments.workloads", "SharedPrefix"),
     "Load": ("kit.experiments.workloads", "Load"),
     "run_workload": ("kit.experiments.loadgen", "run_workload"),
+    "run_profile": ("kit.experiments.compare", "run_profile"),
+    "outside_traffic": ("kit.experiments.outside", "outside_traffic"),
+    "scheduler_profile": ("kit.paths", "scheduler_profile"),
     "Comparison": ("kit.experiments.results", "Comparison"),
     "table": ("kit.experiments.results", "table"),
     "plots": ("kit.experiments.plots", None),
@@ -47,11 +50,14 @@ if TYPE_CHECKING:  # for editors and type checkers; at run time names load on fi
     )
     from kit.experiments import plots, report
     from kit.experiments.client import describe_result, models, request
+    from kit.experiments.compare import run_profile
     from kit.experiments.loadgen import run_workload
+    from kit.experiments.outside import outside_traffic
     from kit.experiments.results import Comparison, table
     from kit.experiments.workloads import Load, SharedPrefix
     from kit.manifests.environments import load_environment
     from kit.notebook import Session, check_profiles, session
+    from kit.paths import scheduler_profile
     from kit.ui import Selection
 
 
@@ -73,5 +79,6 @@ def __dir__() -> list[str]:
 __all__ = [  # the same names as _NAMES
     "ApplyError", "Comparison", "ConfigError", "KitError", "Load", "MissingDependencyError", "NotReadyError",
     "Selection", "Session", "SharedPrefix", "UnknownChoiceError", "check_profiles", "describe_result",
-    "load_environment", "models", "plots", "report", "request", "run_workload", "session", "table",
+    "load_environment", "models", "outside_traffic", "plots", "report", "request", "run_profile", "run_workload",
+    "scheduler_profile", "session", "table",
 ]

@@ -21,6 +21,7 @@ Id layout (all ids fit in a signed 32-bit int):
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 from collections.abc import Iterable, Sequence
 
@@ -57,8 +58,7 @@ def encode(text: str, *, allow_special: bool = False) -> list[int]:
         if allow_special and part in SPECIAL:
             out.append(SPECIAL[part])
             continue
-        for piece in _PIECE_RE.findall(part):
-            out.extend(_piece_ids(piece))
+        out.extend(itertools.chain.from_iterable(map(_piece_ids, _PIECE_RE.findall(part))))
     return out
 
 

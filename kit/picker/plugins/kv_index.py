@@ -36,18 +36,13 @@ from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import cbor2
+import fnv_c
 import msgpack
 
-FNV_OFFSET, FNV_PRIME, MASK64 = 0xCBF29CE484222325, 0x100000001B3, (1 << 64) - 1
+MASK64 = (1 << 64) - 1
 DEFAULT_TIER = "gpu"
 TIER_WEIGHTS = {"gpu": 1.0, "cpu": 0.8}
-
-
-def fnv1a64(data: bytes) -> int:
-    h = FNV_OFFSET
-    for byte in data:
-        h = ((h ^ byte) * FNV_PRIME) & MASK64
-    return h
+fnv1a64 = fnv_c.fnv1a_64  # FNV-1a, 64 bits (Go's hash/fnv New64a), in C
 
 
 class TokenProcessor:

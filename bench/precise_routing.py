@@ -4,7 +4,9 @@ Starts the local environment on free ports with its own state folder; per repeat
 workload under each profile (cold caches; the gateway restarts with each profile) while an outside
 client sends its own long prompts straight to the servers (``--outside-rate``), and counts *stale picks*:
 requests sent where the prefix scorer believed the prompt was cached (score ≥ 0.9) and the server found
-less than half of it. Prints one JSON summary; the figures in docs/benchmarks.md come from it.
+less than half of it. The hit rate is that of the routed requests (cached prompt tokens the servers
+reported for them over their prompt tokens); the servers' own counters also count the outside traffic.
+Prints one JSON summary; the figures in docs/benchmarks.md come from it.
 
     .venv/bin/python bench/precise_routing.py --repeat 2
 """
@@ -15,6 +17,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import statistics
 import sys
 import tempfile
@@ -37,6 +40,7 @@ def main() -> int:
     ap.add_argument("--outside-rate", type=float, default=8.0)
     ap.add_argument("--repeat", type=int, default=1)
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so the stack is destroyed on kill too
     os.environ.setdefault("KIT_STATE_DIR", tempfile.mkdtemp(prefix="kit-precise-"))
 
     import kit
@@ -67,7 +71,10 @@ def main() -> int:
                             scored += 1
                             stale += score[0] >= 0.9 and r.cached_tokens < 0.5 * r.prompt_tokens
                     su = run.summary
-                    rows.append({"repeat": rep, "profile": profile, "hit_rate": su.prefix_cache_hit_rate,
+                    ok = [r for r in run.requests if r.ok and r.prompt_tokens]
+                    routed = sum(r.cached_tokens for r in ok) / max(1, sum(r.prompt_tokens for r in ok))
+                    rows.append({"repeat": rep, "profile": profile, "routed_hit_rate": round(routed, 4),
+                                 "server_hit_rate": su.prefix_cache_hit_rate,
                                  "ttft_p50_ms": round(1000 * su.ttft_p50_s, 1),
                                  "ttft_p90_ms": round(1000 * su.ttft_p90_s, 1),
                                  "stale_picks": stale, "scored": scored, "errors": su.errors,
@@ -76,7 +83,7 @@ def main() -> int:
     finally:
         s.destroy(say=lambda _m: None)
     medians = {p: {k: statistics.median(r[k] for r in rows if r["profile"] == p)
-                   for k in ("hit_rate", "ttft_p50_ms", "ttft_p90_ms", "stale_picks")}
+                   for k in ("routed_hit_rate", "ttft_p50_ms", "ttft_p90_ms", "stale_picks")}
                for p in dict.fromkeys(r["profile"] for r in rows)}
     print(json.dumps({"workload": workload.model_dump(), "load": load.model_dump(), "replicas": args.replicas,
                       "outside_rate": args.outside_rate, "runs": rows, "medians": medians}, indent=2))

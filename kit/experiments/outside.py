@@ -14,34 +14,42 @@ from typing import Any
 
 
 @contextlib.contextmanager
-def outside_traffic(target: Any, rate: float, prompt_tokens: int = 1000, seed: int = 7) -> Iterator[dict[str, int]]:
-    """While the block runs, send ``rate`` requests per second, in turn to each model server ``target`` runs
-    (its status rows with role ``simulator``), each a fresh prompt of about ``prompt_tokens`` tokens
-    (digits: one token each) asking for one token. Yields counters ``{"sent", "failed"}``; a server that is
-    restarting just counts as failed. ``rate`` 0 sends nothing."""
+def outside_traffic(target: Any, rate: float, prompt_tokens: int = 1000, seed: int = 7,
+                    timeout: float = 10.0) -> Iterator[dict[str, int]]:
+    """While the block runs, send ``rate`` requests per second (each in its own thread, so a slow answer
+    does not hold the pace), in turn to each model server ``target`` runs (its status rows with role
+    ``simulator``, read again every 2 s), each a fresh prompt of about ``prompt_tokens`` tokens (digits:
+    one token each) asking for one token. Yields counters ``{"sent", "failed"}``; a server that is
+    restarting counts as failed. ``rate`` 0 sends nothing."""
     counts = {"sent": 0, "failed": 0}
+    lock = threading.Lock()
     stop = threading.Event()
 
-    def send() -> None:
+    def one(url: str, body: bytes) -> None:
+        req = urllib.request.Request(url + "/v1/completions", data=body, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                r.read()
+            key = "sent"
+        except OSError:
+            key = "failed"
+        with lock:
+            counts[key] += 1
+
+    def pace() -> None:
         rng = random.Random(seed)
+        urls: list[str] = []
         i = 0
         while not stop.wait(1.0 / rate):
-            urls = [r["url"] for r in target.status().rows if r.get("role") == "simulator"]
-            if not urls:
-                continue
-            body = {"prompt": " ".join(f"{rng.random():.15f}" for _ in range(prompt_tokens // 18 + 1)),
-                    "max_tokens": 1}
-            req = urllib.request.Request(urls[i % len(urls)] + "/v1/completions", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
+            if i % max(1, int(2 * rate)) == 0:
+                urls = [r["url"] for r in target.status().rows if r.get("role") == "simulator"] or urls
+            if urls:
+                body = json.dumps({"prompt": " ".join(f"{rng.random():.15f}" for _ in range(prompt_tokens // 18 + 1)),
+                                   "max_tokens": 1}).encode()
+                threading.Thread(target=one, args=(urls[i % len(urls)], body), daemon=True).start()
             i += 1
-            try:
-                with urllib.request.urlopen(req, timeout=30) as r:
-                    r.read()
-                counts["sent"] += 1
-            except OSError:
-                counts["failed"] += 1
 
-    thread = threading.Thread(target=send, name="outside-traffic", daemon=True)
+    thread = threading.Thread(target=pace, name="outside-traffic", daemon=True)
     if rate > 0:
         thread.start()
     try:
@@ -49,4 +57,4 @@ def outside_traffic(target: Any, rate: float, prompt_tokens: int = 1000, seed: i
     finally:
         stop.set()
         if thread.is_alive():
-            thread.join(35)
+            thread.join(5)

@@ -16,7 +16,7 @@ def test_a_pick_believed_held_but_not_found_counts_as_stale():
     precise, precise_beliefs = run("precise", [(0.0, 0), (1.0, 90), (0.0, 10), (1.0, 95)])
     cmp = Comparison({}, {}, "local", runs=[approx, precise])
     fig = plots.stale_picks(cmp, {"default-plugins": approx_beliefs, "precise": precise_beliefs})
-    scatter, line, scatter2, line2 = fig.data
+    scatter, line, _, line2 = fig.data
     assert list(scatter.x) == [0.0, 1.0, 0.95, 1.0] and list(scatter.y) == [0.0, 0.9, 0.1, 0.0]
     assert list(line.y) == [0, 0, 1, 2] and list(line.x) == [0.0, 1.0, 2.0, 3.0]
     assert list(line2.y) == [0, 0, 0, 0]

@@ -115,7 +115,7 @@ class KVBlockIndex:
 
     def __init__(self, size: int = 100_000_000, pod_cache_size: int = 10, stats: IndexStats | None = None):
         self.size, self.pod_cache_size = size, pod_cache_size
-        self.data: OrderedDict[int, OrderedDict[Entry, None]] = OrderedDict()
+        self.data: OrderedDict[int, list[Entry]] = OrderedDict()  # each list oldest entry first
         self.engine_to_request: OrderedDict[int, int] = OrderedDict()
         self.stats = stats
         self.lock = threading.Lock()
@@ -138,16 +138,15 @@ class KVBlockIndex:
                     e2r[ek] = rk
                 pods = data.get(rk)
                 if pods is None:
-                    pods = data[rk] = OrderedDict()
-                else:
-                    data.move_to_end(rk)
+                    data[rk] = list(entries[-cap:])
+                    continue
+                data.move_to_end(rk)
                 for e in entries:
                     if e in pods:
-                        pods.move_to_end(e)
-                    else:
-                        pods[e] = None
-                        if len(pods) > cap:
-                            pods.popitem(last=False)
+                        pods.remove(e)
+                    pods.append(e)
+                    if len(pods) > cap:
+                        del pods[0]
             while len(data) > self.size:
                 data.popitem(last=False)
             while len(e2r) > self.size:
@@ -169,7 +168,8 @@ class KVBlockIndex:
                     self.engine_to_request.pop(key, None)
                 return
             for e in entries:
-                pods.pop(e, None)
+                if e in pods:
+                    pods.remove(e)
             if not pods:
                 del self.data[rk]
                 if engine_key:

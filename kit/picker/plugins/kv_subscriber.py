@@ -93,7 +93,9 @@ class Subscriber:
                     else:
                         log.warning("KV-events subscriber %s cannot open %s: %s (retrying every %.0f s)",
                                     name, endpoint, self.errors.get(endpoint), RETRY_SECONDS)
-            ready = poller.poll(100) if poller.sockets else (self.stopping.wait(0.1) and [])
+            ready = poller.poll(100) if poller.sockets else []
+            if not poller.sockets:
+                self.stopping.wait(0.1)
             for sock, _ in ready:
                 try:
                     frames = sock.recv_multipart(zmq.NOBLOCK)

@@ -50,6 +50,29 @@ def _piece_ids(piece: str) -> tuple[int, ...]:
     return tuple(out)
 
 
+# A space between a non-space and a letter always starts a piece (" word"), so text split there encodes
+# to the concatenation of its halves; long text is encoded in chunks cut at such places, and a chunk seen
+# before (a shared system prompt, sent again and again) is not split into pieces again.
+_SAFE_CUT = re.compile(r"(?<=\S) (?=[A-Za-z])")
+_CHUNK = 256
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _chunk_ids(chunk: str) -> tuple[int, ...]:
+    return tuple(itertools.chain.from_iterable(map(_piece_ids, _PIECE_RE.findall(chunk))))
+
+
+def _encode_text(text: str, out: list[int]) -> None:
+    if len(text) <= 2 * _CHUNK:
+        out.extend(_chunk_ids(text))
+        return
+    start = 0
+    while (cut := _SAFE_CUT.search(text, start + _CHUNK)) is not None:
+        out.extend(_chunk_ids(text[start : cut.start()]))
+        start = cut.start()
+    out.extend(_chunk_ids(text[start:]))
+
+
 def encode(text: str, *, allow_special: bool = False) -> list[int]:
     """Token ids for ``text``; with ``allow_special`` the ChatML markers become single tokens."""
     out: list[int] = []
@@ -58,7 +81,7 @@ def encode(text: str, *, allow_special: bool = False) -> list[int]:
         if allow_special and part in SPECIAL:
             out.append(SPECIAL[part])
             continue
-        out.extend(itertools.chain.from_iterable(map(_piece_ids, _PIECE_RE.findall(part))))
+        _encode_text(part, out)
     return out
 
 

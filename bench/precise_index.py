@@ -8,7 +8,8 @@
   endpoint entry each), measured with tracemalloc;
 * **scorer cost**: one ``score()`` per request against prompt length, with the index holding the
   prompt's prefix on one of four endpoints: tokenizing, and the rest (keys, walk, normalisation);
-  the approximate ``prefix-cache-scorer`` beside it for scale.
+  the approximate ``prefix-cache-scorer`` beside it for scale;
+* **simulator cost**: a simulator engine step with and without KV-cache events recorded and encoded.
 
     .venv/bin/python bench/precise_index.py
 """
@@ -163,6 +164,42 @@ plugins:
     return out
 
 
+def sim_event_cost(repeat: int = 3) -> dict:
+    """Engine steps per second of one simulator, in process, with and without KV-cache events recorded and
+    encoded (a 12-group shared-prefix workload, 200 output tokens each); medians of ``repeat`` runs."""
+    from kit.experiments.workloads import SharedPrefix, shared_prefix_prompts
+    from kit.sim.config import SimConfig
+    from kit.sim.engine import Engine
+    from kit.sim.kv_events import encode_batch
+
+    prompts = [tokenizer.encode(p.text) for p in shared_prefix_prompts(
+        SharedPrefix(groups=12, prompts_per_group=20, system_prompt_len=2000, question_len=100))]
+
+    def run(events: bool) -> float:
+        engine = Engine(SimConfig(num_gpu_blocks=512, max_model_len=8192, max_num_seqs=16))
+        if events:
+            engine.enable_events(lambda ev: encode_batch(time.time(), ev, 16))
+        steps, start = 0, time.perf_counter()
+        for i, p in enumerate(prompts):
+            engine.submit(p, 200, None)
+            while (engine.running or engine.waiting) and (i % 4 != 3 or steps % 60):
+                engine.complete(engine.schedule())
+                engine.flush_events()
+                steps += 1
+                if i % 4 != 3:
+                    break
+        while engine.running or engine.waiting:
+            engine.complete(engine.schedule())
+            engine.flush_events()
+            steps += 1
+        return (time.perf_counter() - start) / steps
+
+    off = statistics.median(run(False) for _ in range(repeat))
+    on = statistics.median(run(True) for _ in range(repeat))
+    return {"us_per_step_off": round(1e6 * off, 1), "us_per_step_events": round(1e6 * on, 1),
+            "added_us_per_step": round(1e6 * (on - off), 1)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rate", type=float, default=10.0, help="requests per second to the simulator")
@@ -174,7 +211,8 @@ def main() -> int:
     Path("build").mkdir(exist_ok=True)
     result = {"event_lag": event_lag(args.rate, args.seconds, args.prompt_tokens),
               "memory": memory_per_million(args.blocks),
-              "scorer_cost": scorer_cost([512, 2048, 8192, 32768], args.repeat)}
+              "scorer_cost": scorer_cost([512, 2048, 8192, 32768], args.repeat),
+              "simulator_event_cost": sim_event_cost()}
     print(json.dumps(result, indent=2))
     return 0
 

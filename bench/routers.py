@@ -35,11 +35,10 @@ from typing import Any
 import aiohttp
 import yaml
 
-from kit import paths
+from kit import paths, tokenizer
 from kit.experiments.client import make_body, send
 from kit.experiments.results import RequestResult, percentile, summarize
 from kit.experiments.workloads import SharedPrefix, shared_prefix_prompts
-from kit.sim import tokenizer
 from kit.targets.processes import free_port, healthy, scrape, spawn, stop
 
 LOG_DIR = Path(tempfile.mkdtemp(prefix="kit-routers-"))

@@ -27,8 +27,8 @@ from pathlib import Path
 import aiohttp
 import psutil
 
+from kit import tokenizer
 from kit.experiments.client import make_body, send
-from kit.sim import tokenizer
 from kit.sim.config import SimConfig
 from kit.sim.engine import replay
 from kit.targets.processes import free_port, spawn, stop

@@ -26,6 +26,9 @@ _NAMES: dict[str, tuple[str, str | None]] = {
     "MultiTurn": ("kit.experiments.workloads", "MultiTurn"),
     "Load": ("kit.experiments.workloads", "Load"),
     "run_workload": ("kit.experiments.loadgen", "run_workload"),
+    "run_profile": ("kit.experiments.compare", "run_profile"),
+    "outside_traffic": ("kit.experiments.outside", "outside_traffic"),
+    "scheduler_profile": ("kit.paths", "scheduler_profile"),
     "Comparison": ("kit.experiments.results", "Comparison"),
     "table": ("kit.experiments.results", "table"),
     "plots": ("kit.experiments.plots", None),
@@ -51,11 +54,14 @@ if TYPE_CHECKING:  # for editors and type checkers; at run time names load on fi
     )
     from kit.experiments import plots, report
     from kit.experiments.client import describe_result, models, request
+    from kit.experiments.compare import run_profile
     from kit.experiments.loadgen import run_workload
+    from kit.experiments.outside import outside_traffic
     from kit.experiments.results import Comparison, table
     from kit.experiments.workloads import Load, MultiTurn, SharedPrefix, Skewed
     from kit.manifests.environments import load_environment
     from kit.notebook import Session, check_profiles, session
+    from kit.paths import scheduler_profile
     from kit.ui import Selection
 
 
@@ -77,6 +83,6 @@ def __dir__() -> list[str]:
 __all__ = [  # the same names as _NAMES
     "ApplyError", "Comparison", "ConfigError", "KitError", "Load", "MissingDependencyError", "MultiTurn",
     "NotReadyError", "Selection", "Session", "SharedPrefix", "Skewed", "UnknownChoiceError", "check_profiles",
-    "describe_result", "load_environment", "models", "paths", "plots", "report", "request", "run_workload", "session",
-    "table",
+    "describe_result", "load_environment", "models", "outside_traffic", "paths", "plots", "report", "request",
+    "run_profile", "run_workload", "scheduler_profile", "session", "table",
 ]

@@ -27,6 +27,8 @@ def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel], ski
         help_ = f"{f.description} (default: {f.default})"
         if ann is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        elif isinstance(ann, type) and issubclass(ann, BaseModel):  # a nested settings object, given as JSON
+            parser.add_argument(flag, dest=name, default=None, help=help_, metavar="JSON")
         else:
             parser.add_argument(flag, dest=name, type=ann, default=None, help=help_, metavar=name.upper())
 
@@ -86,7 +88,11 @@ def _gateway(args: argparse.Namespace) -> int:
         raise KitError("--endpoints: give at least one model-server URL")
     settings = model_from_args(GatewaySettings, args, "kit gateway")
     gw = Gateway(config, endpoints, args.model, objectives=_objectives(args.objective), settings=settings)
-    serve(gw, args.host, args.port)
+    config.scheduler.start()  # plugins' background work, e.g. the precise scorer's KV-event subscriber
+    try:
+        serve(gw, args.host, args.port)
+    finally:
+        config.scheduler.close()
     return 0
 
 

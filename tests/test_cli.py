@@ -85,4 +85,4 @@ def test_bench_picker_prints_percentiles():
 def test_envs_lists_local():
     res = kit("envs")
     assert res.returncode == 0 and [line.split()[0] for line in res.stdout.splitlines()] == [
-        "agentgateway", "cpu", "digitalocean", "gke", "gke_tpu", "istio", "kgateway", "local", "sim", "xpu"]
+        "agentgateway", "cpu", "digitalocean", "gke", "gke_tpu", "istio", "kgateway", "local", "precise", "sim", "xpu"]

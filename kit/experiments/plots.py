@@ -198,3 +198,40 @@ def capacity_bars(sweep: Sweep, objective_s: float) -> go.Figure:
     fig.update_layout(barmode="group", yaxis_title="requests/s", height=400, legend_title_text="profile",
                       title=f"Capacity: highest rate with TTFT p90 ≤ {objective_s:g} s ({sweep.scale})")
     return fig
+
+
+def stale_picks(cmp: Comparison, beliefs: dict[str, dict[str, float]], believed: float = 0.9,
+                found: float = 0.5) -> go.Figure:
+    """Does the picker's prefix index match the servers' caches? Left: per request, the prefix score of the
+    endpoint it chose (what the index believed) against the share of the prompt that endpoint really had
+    cached. Right: the running count of *stale* picks, chosen for a prefix the index believed held (score
+    ≥ ``believed``) that the server no longer had (< ``found`` of the prompt cached).
+
+    ``beliefs``: profile → request id → the chosen endpoint's prefix score (from the decisions).
+    """
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1, subplot_titles=(
+        "believed vs really cached, per request", "stale picks so far"))
+    for i, run in enumerate(r for r in cmp.runs if r.profile in beliefs):
+        color, seen = PALETTE[i % len(PALETTE)], beliefs[run.profile]
+        rows = sorted((r.started, seen[r.request_id], r.cached_tokens / r.prompt_tokens)
+                      for r in run.requests if r.ok and r.request_id in seen and r.prompt_tokens)
+        if not rows:
+            continue
+        t0 = rows[0][0]
+        fig.add_trace(go.Scatter(x=[b for _, b, _ in rows], y=[c for _, _, c in rows], mode="markers",
+                                 name=run.profile, legendgroup=run.profile, marker={"color": color, "opacity": 0.6},
+                                 hovertemplate="believed %{x:.2f}, cached %{y:.2f}<extra>" + run.profile + "</extra>"),
+                      row=1, col=1)
+        stale, ys = 0, []
+        for _, b, c in rows:
+            stale += b >= believed and c < found
+            ys.append(stale)
+        fig.add_trace(go.Scatter(x=[t - t0 for t, _, _ in rows], y=ys, mode="lines", name=run.profile,
+                                 legendgroup=run.profile, showlegend=False, line={"color": color}),
+                      row=1, col=2)
+    fig.update_xaxes(title_text="prefix score of the chosen endpoint", range=[-0.05, 1.05], row=1, col=1)
+    fig.update_yaxes(title_text="share of the prompt found cached", range=[-0.05, 1.05], row=1, col=1)
+    fig.update_xaxes(title_text="seconds into the run", row=1, col=2)
+    fig.update_yaxes(title_text="stale picks", rangemode="tozero", row=1, col=2)
+    fig.update_layout(title="The prefix index against the servers' real caches", height=420, margin={"t": 80})
+    return fig

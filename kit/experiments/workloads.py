@@ -24,8 +24,8 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
 
+from kit import tokenizer
 from kit.config import StrictModel
-from kit.sim import tokenizer
 
 _WORDS = ("system policy customer order return refund shipping warranty account billing support product "
           "service network cluster request latency token cache model server answer question detail "

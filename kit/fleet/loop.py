@@ -25,13 +25,12 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from kit import paths
+from kit import paths, tokenizer
 from kit.errors import KitError
 from kit.experiments.results import MetricSample, ProfileRun, RequestResult, Summary, summarize
 from kit.experiments.workloads import Job, Load, MultiTurn, Workload, body, plan
 from kit.fleet.node import Node
 from kit.picker import Endpoint, InferenceRequest, load_picker_file
-from kit.sim import tokenizer
 from kit.sim.config import SimConfig
 from kit.sim.engine import EngineFull, Sequence
 from kit.sim.kvcache import chain_hashes

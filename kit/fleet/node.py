@@ -28,7 +28,7 @@ from itertools import islice
 from kit.sim.config import SimConfig
 from kit.sim.engine import Engine, Sequence
 from kit.sim.kvcache import chain_hashes
-from kit.sim.tokenizer import OUTPUT_TOKENS
+from kit.tokenizer import OUTPUT_TOKENS
 
 _CYCLE = OUTPUT_TOKENS * 64
 

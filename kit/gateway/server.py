@@ -171,9 +171,10 @@ class Gateway:
             body, self.model, headers={k.lower(): v for k, v in request.headers.items()},
             priority=self.objectives.get(objective, 0),
             request_id=request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex)
-        if req.priority < 0 and self.scheduler.saturation.saturation(self.datastore.healthy()) >= 1.0:
+        refused = self.scheduler.admit(req, self.datastore.endpoints)  # saturation, then any admitter plugin
+        if refused:
             self.requests.labels("", "429").inc()
-            return error(429, "the pool is saturated and this request is sheddable")
+            return error(429, refused)
         tried: set[str] = set()
         for attempt in range(self.settings.max_attempts):
             start = time.perf_counter()

@@ -58,6 +58,7 @@ class InferenceRequest:
     priority: int = 0
     request_id: str = ""
     cache_salt: str = ""  # vLLM's ``cache_salt``: isolates prefix caches; part of the prefix hash seed
+    messages: list[dict[str, Any]] | None = None  # a chat request's messages (tokenizers render them)
 
     @classmethod
     def from_body(cls, body: dict[str, Any], model: str, **kw: Any) -> InferenceRequest:
@@ -68,8 +69,9 @@ class InferenceRequest:
             p = body.get("prompt", "")
             text = p if isinstance(p, str) else json.dumps(p, separators=(",", ":"))
         salt = body.get("cache_salt")
+        messages = body["messages"] if isinstance(body.get("messages"), list) else None
         return cls(model=body.get("model") or model, prompt=text, cache_salt=salt if isinstance(salt, str) else "",
-                   **kw)
+                   messages=messages, **kw)
 
 
 class CycleState(dict):
@@ -165,6 +167,16 @@ class ResponseComplete(Protocol):
     """Told when the answer from ``ep`` has ended (completed, failed or abandoned)."""
 
     def response_complete(self, req: InferenceRequest, ep: Endpoint) -> None: ...
+
+
+@runtime_checkable
+class Lifecycle(Protocol):
+    """Background work (the precise prefix scorer's event subscriber): ``start`` when the scheduler starts
+    (``kit gateway`` does it before serving; otherwise at the plugin's first scheduling cycle), ``close``
+    when it stops. Loading a config never starts anything, so validating one opens no socket."""
+
+    def start(self) -> None: ...
+    def close(self) -> None: ...
 
 
 @runtime_checkable

@@ -21,6 +21,7 @@ from kit.picker.framework import (
     Filter,
     Gauges,
     InferenceRequest,
+    Lifecycle,
     Picker,
     PrepareData,
     PreRequest,
@@ -100,6 +101,17 @@ class Scheduler:
         self._headers = [p for p in self.plugins if isinstance(p, ResponseHeaders)]
         self._complete = [p for p in self.plugins if isinstance(p, ResponseComplete)]
         self._gauges = [p for p in self.plugins if isinstance(p, Gauges)]
+        self._lifecycle = [p for p in self.plugins if isinstance(p, Lifecycle)]
+
+    def start(self) -> None:
+        """Start the plugins' background work (event subscribers) before the first request."""
+        for p in self._lifecycle:
+            p.start()
+
+    def close(self) -> None:
+        """Stop the plugins' background work."""
+        for p in self._lifecycle:
+            p.close()
 
     def admit(self, req: InferenceRequest, endpoints: list[Endpoint]) -> str | None:
         """Why ``req`` is refused (the gateway answers 429), or None to admit it."""

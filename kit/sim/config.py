@@ -9,11 +9,12 @@ flags from this model, so the field descriptions are the ``--help`` text.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
 from kit.config import StrictModel
+from kit.sim.kv_events import HashAlgo, KVEventsConfig, parse_kv_events_config
 
 
 class Hardware(StrEnum):
@@ -45,6 +46,12 @@ class SimConfig(StrictModel):
         8192, ge=1, description="token budget of one engine step (longer prefills are chunked)"
     )
     enable_prefix_caching: bool = Field(True, description="reuse cached blocks of earlier prompts")
+    prefix_caching_hash_algo: HashAlgo = Field(
+        HashAlgo.BUILTIN, description="block hash: vLLM's sha256, sha256_cbor, xxhash, xxhash_cbor (seeded by "
+                                      "PYTHONHASHSEED), or the kit's fast builtin")
+    kv_events_config: Annotated[KVEventsConfig | None, BeforeValidator(parse_kv_events_config)] = Field(
+        None, description="vLLM's KV-cache event publisher as JSON, e.g. "
+                          '\'{"enable_kv_cache_events":true,"endpoint":"tcp://*:5557","topic":"kv@IP:PORT@MODEL"}\'')
     hardware: Hardware = Field(
         Hardware.H100, description="GPU whose measured step times set the latency model's defaults: h100 or h200")
     step_overhead_ms: float = Field(_H100["step_overhead_ms"], ge=0, description="fixed cost of one engine step")

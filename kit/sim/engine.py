@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import time
-import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from kit.sim.config import SimConfig
+from kit.sim.kv_events import block_hasher
 from kit.sim.kvcache import Block, BlockPool, chain_hashes
-from kit.sim.tokenizer import OUTPUT_TOKENS
+from kit.tokenizer import OUTPUT_TOKENS
 
 # Sentinel put on a sequence's queue when it ends.
 DONE = -1
@@ -90,7 +91,9 @@ class Engine:
         self.cfg = cfg
         self.clock = clock
         self.pool = BlockPool(cfg.num_gpu_blocks, cfg.block_size)
-        self.root = zlib.crc32(cfg.model.encode())
+        self.root, self.hash_block = block_hasher(cfg.prefix_caching_hash_algo, cfg.model,
+                                                  os.environ.get("PYTHONHASHSEED"))
+        self.on_events: Callable[[list], None] | None = None
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.observer = observer
@@ -124,7 +127,7 @@ class Engine:
 
     def hash_prompt(self, prompt: list[int]) -> list[int]:
         """Chained hashes of the prompt's full blocks (the fleet simulator caches them per prompt)."""
-        return chain_hashes(prompt, self.cfg.block_size, self.root)
+        return chain_hashes(prompt, self.cfg.block_size, self.root, hash_block=self.hash_block)
 
     def abort(self, seq: Sequence) -> None:
         """Stop a sequence (client went away); frees its blocks."""
@@ -239,10 +242,10 @@ class Engine:
                 first, last = before // bs, seq.num_computed // bs
                 if last > len(seq.hashes):  # blocks filled by generated tokens
                     parent = seq.hashes[-1] if seq.hashes else None
-                    seq.hashes += chain_hashes(seq.tokens[: last * bs], bs, self.root, len(seq.hashes), parent)
+                    seq.hashes += chain_hashes(seq.tokens[: last * bs], bs, self.root, len(seq.hashes), parent,
+                                               self.hash_block)
                 if last > first:
-                    for idx in range(first, last):
-                        self.pool.commit(seq.blocks[idx], seq.hashes[idx])
+                    self.pool.commit_full(seq.blocks, seq.hashes, first, last, seq.tokens)
             if seq.num_computed < len(seq.tokens):
                 continue  # prefill chunk not finished yet
             token = OUTPUT_TOKENS[(seq.id + seq.output_len) % len(OUTPUT_TOKENS)]
@@ -291,6 +294,19 @@ class Engine:
                 await asyncio.sleep(0)
             self.complete(plan)
             self.steps += 1
+            self.flush_events()
+
+    # ------------------------------------------------------------------- events
+    def enable_events(self, sink: Callable[[list], None] | None) -> None:
+        """Record KV-cache events and hand each step's to ``sink`` (None stops recording)."""
+        self.on_events = sink
+        self.pool.events = [] if sink else None
+
+    def flush_events(self) -> None:
+        """Hand the events recorded since the last call to the sink (after a step, or a cache reset)."""
+        if self.pool.events and self.on_events:
+            events, self.pool.events = self.pool.events, []
+            self.on_events(events)
 
     @property
     def kv_usage(self) -> float:

@@ -9,12 +9,19 @@
   held a cached block, that entry is evicted. A request's blocks are freed in reverse order, so
   the end of a prompt is evicted before its shared beginning. Blocks that never filled (no hash)
   go to the head, since nothing can hit them.
+
+With ``events`` set to a list (``kit.sim.kv_events`` does it when ``--kv-events-config`` enables them)
+the pool records what changed, as vLLM's block pool does: ``("stored", hashes, parent, tokens)`` for
+each run of blocks a request filled (its hashes even where another block already held one, as vLLM
+reports duplicates too), ``("removed", [hash])`` for each cached block evicted for reuse, and on a
+reset ``("cleared",)`` when no cached block is left, or ``("removed", hashes)`` for the idle blocks
+forgotten while running requests keep theirs. With ``events`` None (the default) nothing is recorded.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 
 class Block:
@@ -23,16 +30,18 @@ class Block:
     def __init__(self, block_id: int):
         self.id = block_id
         self.ref = 0
-        self.hash: int | None = None
+        self.hash: Hashable | None = None
 
 
-def chain_hashes(tokens: Sequence[int], block_size: int, root: int, start: int = 0,
-                 parent: int | None = None) -> list[int]:
-    """Chained hashes of the full blocks of ``tokens`` from block index ``start``."""
+def chain_hashes(tokens: Sequence[int], block_size: int, root: Hashable, start: int = 0,
+                 parent: Hashable | None = None, hash_block: Callable | None = None) -> list:
+    """Chained hashes of the full blocks of ``tokens`` from block index ``start``;
+    ``hash_block(parent, block_tokens)`` (default: Python's tuple hash)."""
     prev = root if parent is None else parent
     out = []
     for i in range(start * block_size, len(tokens) - block_size + 1, block_size):
-        prev = hash((prev, *tokens[i : i + block_size]))
+        block = tokens[i : i + block_size]
+        prev = hash((prev, *block)) if hash_block is None else hash_block(prev, block)
         out.append(prev)
     return out
 
@@ -45,8 +54,9 @@ class BlockPool:
         self.block_size = block_size
         self.blocks = [Block(i) for i in range(num_blocks)]
         self.free: OrderedDict[int, Block] = OrderedDict((b.id, b) for b in self.blocks)
-        self.cached: dict[int, Block] = {}
+        self.cached: dict[Hashable, Block] = {}
         self.evictions = 0
+        self.events: list[tuple] | None = None  # a list records KV-cache events (module docstring)
 
     @property
     def num_free(self) -> int:
@@ -84,17 +94,29 @@ class BlockPool:
             _, b = self.free.popitem(last=False)
             if b.hash is not None:
                 del self.cached[b.hash]
+                if self.events is not None:
+                    self.events.append(("removed", [b.hash]))
                 b.hash = None
                 self.evictions += 1
             b.ref = 1
             out.append(b)
         return out
 
-    def commit(self, block: Block, h: int) -> None:
+    def commit(self, block: Block, h: Hashable) -> None:
         """Register a block that just became full under its chained hash."""
         if block.hash is None and h not in self.cached:
             block.hash = h
             self.cached[h] = block
+
+    def commit_full(self, blocks: Sequence[Block], hashes: Sequence[Hashable], first: int, last: int,
+                    tokens: Sequence[int]) -> None:
+        """Register blocks ``first..last-1`` of a request that just became full (``tokens``: the request's)."""
+        for idx in range(first, last):
+            self.commit(blocks[idx], hashes[idx])
+        if self.events is not None:
+            bs = self.block_size
+            self.events.append(("stored", list(hashes[first:last]), hashes[first - 1] if first else None,
+                                list(tokens[first * bs : last * bs])))
 
     def release(self, blocks: Sequence[Block]) -> None:
         """Drop a request's references, last block first."""
@@ -106,8 +128,12 @@ class BlockPool:
                     self.free.move_to_end(b.id, last=False)
 
     def reset(self) -> None:
-        """Forget every cached block (only when nothing runs)."""
+        """Forget every idle cached block (blocks of running requests keep their hash)."""
+        forgotten = []
         for b in self.blocks:
             if b.ref == 0 and b.hash is not None:
                 del self.cached[b.hash]
+                forgotten.append(b.hash)
                 b.hash = None
+        if self.events is not None and (forgotten or not self.cached):
+            self.events.append(("removed", forgotten) if self.cached else ("cleared",))

@@ -13,8 +13,9 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from kit import tokenizer
 from kit.http import HTTPError, error, json_errors, run_app, start_app
-from kit.sim import tokenizer
+from kit.sim import kv_publisher
 from kit.sim.config import SimConfig
 from kit.sim.engine import DONE, Engine, EngineFull, Sequence
 from kit.sim.metrics import SimMetrics
@@ -62,6 +63,7 @@ class SimServer:
             web.post("/reset_prefix_cache", self.reset_prefix_cache),
         ])
         self.app.cleanup_ctx.append(self._engine_task)
+        self.app.cleanup_ctx.append(kv_publisher.lifecycle(self.engine, cfg))
 
     async def _engine_task(self, _app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(self.engine.run())
@@ -88,6 +90,7 @@ class SimServer:
 
     async def reset_prefix_cache(self, _r: web.Request) -> web.Response:
         self.engine.pool.reset()
+        self.engine.flush_events()
         return web.Response(status=200)
 
     def _check_model(self, name: str | None) -> None:

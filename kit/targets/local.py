@@ -34,7 +34,7 @@ from kit.errors import KitError
 from kit.http import drain_grace
 from kit.manifests.environments import Environment
 from kit.picker import load_picker_file
-from kit.targets import Say, Status
+from kit.targets import Say, Status, kv_events
 from kit.targets.processes import Proc, healthy, marked, port_in_use, scrape, spawn, stop
 from kit.vllm_metrics import EndpointMetrics
 
@@ -188,8 +188,13 @@ class LocalTarget:
         host, gw_port = self.local.host, self.local.gateway_port
         config_path = str(Path(scheduler_config).resolve()) if scheduler_config else self.env.scheduler_path()
         load_picker_file(config_path)
+        # The precise scorer reads the simulators' KV-cache events: wire them (kit.targets.kv_events).
+        wiring = kv_events.wire(config_path, host, gw_port, self.env.replicas, self.env.model,
+                                paths.state_dir() / f"local-{self.env.release_postfix}-scheduler.yaml")
+        config_path = wiring.config
         sims = [{"role": "simulator", "url": f"http://{host}:{gw_port + 1 + i}", "port": gw_port + 1 + i,
-                 "args": self._sim_args(gw_port + 1 + i)} for i in range(self.env.replicas)]
+                 "args": self._sim_args(gw_port + 1 + i) + wiring.sim_args(gw_port + 1 + i)}
+                for i in range(self.env.replicas)]
         gateway = {"role": "gateway", "url": f"http://{host}:{gw_port}", "port": gw_port, "config": config_path,
                    "args": ["gateway", "--host", host, "--port", str(gw_port), "--model", self.env.model,
                             "--endpoints", ",".join(s["url"] for s in sims), "--config", config_path,

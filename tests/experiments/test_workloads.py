@@ -4,6 +4,7 @@ from collections import Counter
 
 import pytest
 
+from kit import tokenizer
 from kit.experiments.loadgen import WorkloadRun
 from kit.experiments.results import EndpointSummary, RequestResult
 from kit.experiments.workloads import (
@@ -17,7 +18,6 @@ from kit.experiments.workloads import (
     plan,
     shared_prefix_prompts,
 )
-from kit.sim import tokenizer
 from kit.vllm_metrics import EndpointMetrics
 
 

@@ -18,8 +18,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from kit import tokenizer
 from kit.http import INSTANCE_ENV, INSTANCE_HEADER, json_errors, start_app
-from kit.sim import tokenizer
 from kit.targets.processes import Proc, free_port, healthy, stop
 from tests.helpers import post
 

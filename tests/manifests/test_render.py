@@ -36,7 +36,7 @@ def decode(objects):
 
 def test_the_guide_environments_exist():
     assert set(CLUSTER_ENVS) == {"istio", "kgateway", "agentgateway", "gke", "digitalocean", "xpu", "gke_tpu",
-                                 "cpu", "sim"}
+                                 "cpu", "sim", "precise"}
 
 
 @pytest.mark.parametrize("name", CLUSTER_ENVS)

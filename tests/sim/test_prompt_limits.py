@@ -10,7 +10,7 @@ import urllib.request
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kit.sim import tokenizer
+from kit import tokenizer
 from tests.helpers import post
 
 MiB = 2**20

@@ -1,11 +1,12 @@
 """The built-in plugins: the one readable list of what the kit implements, by upstream type name."""
 
-from kit.picker.plugins import admission, approx_prefix, datalayer, filters, pickers, profile
+from kit.picker.plugins import admission, approx_prefix, datalayer, filters, pickers, profile, tokenizer
 from kit.picker.plugins.scorers import (
     active_request,
     kv_cache,
     load_aware,
     no_hit_lru,
+    precise_prefix,
     prefix,
     queue,
     running,
@@ -22,6 +23,9 @@ BUILTINS: dict[str, type] = {
     "prefix-cache-scorer": prefix.PrefixCacheScorer,
     "approx-prefix-cache-producer": approx_prefix.ApproxPrefixCacheProducer,
     "no-hit-lru-scorer": no_hit_lru.NoHitLRUScorer,
+    # Reads what the servers really cache, from vLLM's KV-cache events (llm-d-kv-cache's index).
+    "precise-prefix-cache-scorer": precise_prefix.PrecisePrefixCacheScorer,
+    "tokenizer": tokenizer.TokenizerPlugin,  # in process with kit.tokenizer instead of a sidecar
     "max-score-picker": pickers.MaxScorePicker,
     "random-picker": pickers.RandomPicker,
     "weighted-random-picker": pickers.WeightedRandomPicker,

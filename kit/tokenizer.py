@@ -1,5 +1,9 @@
 """A deterministic, reversible tokenizer that needs no download, and a ChatML chat template.
 
+Shared by the simulator (what the simulated model reads) and the endpoint picker (the precise prefix
+scorer tokenizes requests in process, as upstream tokenizes with the model's tokenizer), so it lives
+below both. It imports nothing of the kit.
+
 Text is split GPT-style into pieces (an optional leading space plus a word, a digit, a run of
 punctuation, or whitespace). Each ASCII piece is cut into chunks of up to four characters and each
 chunk is packed into one integer id, so English text averages close to the four characters per
@@ -17,6 +21,7 @@ Id layout (all ids fit in a signed 32-bit int):
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 from collections.abc import Iterable, Sequence
 
@@ -30,26 +35,50 @@ _SPECIAL_RE = re.compile("(" + "|".join(re.escape(s) for s in SPECIAL) + ")")
 _PIECE_RE = re.compile(r" ?[A-Za-z]+| ?[0-9]| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+")
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _piece_ids(piece: str) -> tuple[int, ...]:
-    """A short piece's ids, remembered: real text repeats its words, so most pieces are looked up, not packed."""
-    out: list[int] = []
-    _encode_piece(piece, out, len(piece.encode("utf-8")))
+def _pack(piece: str) -> tuple[int, ...]:
+    """The ids of one piece: ASCII in chunks of up to four characters, other text byte by byte."""
+    if not piece.isascii():
+        return tuple(BYTE_BASE + b for b in piece.encode("utf-8"))
+    out = []
+    for start in range(0, len(piece), 4):
+        chunk = piece[start : start + 4]
+        packed = 0
+        for i, ch in enumerate(chunk):
+            packed |= ord(ch) << (7 * i)
+        out.append(((len(chunk) - 1) << 28) | packed if len(chunk) > 1 else packed)
     return tuple(out)
 
 
-def _encode_piece(piece: str, out: list[int], room: int) -> None:
-    """Append the ids of ``piece``, at most ``room`` of them (each id holds at most four characters
-    or one byte, so only the piece's start is looked at when room is short)."""
-    if piece.isascii():
-        for start in range(0, min(len(piece), 4 * room), 4):
-            chunk = piece[start : start + 4]
-            packed = 0
-            for i, ch in enumerate(chunk):
-                packed |= ord(ch) << (7 * i)
-            out.append(((len(chunk) - 1) << 28) | packed if len(chunk) > 1 else packed)
-    else:
-        out.extend(BYTE_BASE + b for b in piece[:room].encode("utf-8")[:room])
+_pack_word = functools.lru_cache(maxsize=1 << 16)(_pack)  # text repeats its words
+
+
+def _piece_ids(piece: str) -> tuple[int, ...]:
+    """A piece's ids, memoised for words (a prompt is tokenized by the server and, for precise prefix
+    routing, by the picker too); a long run without spaces is packed without being remembered."""
+    return _pack_word(piece) if len(piece) <= 64 else _pack(piece)
+
+
+# A space between a non-space and a letter always starts a piece (" word"), so text split there encodes
+# to the concatenation of its halves; long text is encoded in chunks cut at such places, and a chunk seen
+# before (a shared system prompt, sent again and again) is not split into pieces again.
+_SAFE_CUT = re.compile(r"(?<=\S) (?=[A-Za-z])")
+_CHUNK = 256
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _chunk_ids(chunk: str) -> tuple[int, ...]:
+    return tuple(itertools.chain.from_iterable(map(_piece_ids, _PIECE_RE.findall(chunk))))
+
+
+def _encode_text(text: str, out: list[int]) -> None:
+    if len(text) <= 2 * _CHUNK:
+        out.extend(_chunk_ids(text))
+        return
+    start = 0
+    while (cut := _SAFE_CUT.search(text, start + _CHUNK)) is not None:
+        out.extend(_chunk_ids(text[start : cut.start()]))
+        start = cut.start()
+    out.extend(_chunk_ids(text[start:]))
 
 
 def encode(text: str, *, allow_special: bool = False, limit: int | None = None) -> list[int]:
@@ -63,28 +92,16 @@ def encode(text: str, *, allow_special: bool = False, limit: int | None = None) 
     characters (the slack covers the one piece the cut shortens).
     """
     out: list[int] = []
-    if limit is None:
-        cap = 4 * len(text) + 1  # more ids than the text can make
-    else:
-        cap = limit + 1
-        text = text[: MAX_ID_CHARS * cap + 8]
-    pos = 0
-    markers = _SPECIAL_RE.finditer(text) if allow_special else iter(())
-    while len(out) < cap:
-        marker = next(markers, None)
-        end = marker.start() if marker else len(text)
-        for piece in _PIECE_RE.finditer(text, pos, end):
-            p, room = piece.group(), cap - len(out)
-            if len(p) <= 32 and room >= 32:  # a word: remembered
-                out += _piece_ids(p)
-            else:
-                _encode_piece(p, out, room)
-            if len(out) >= cap:
-                return out
-        if marker is None:
-            break
-        out.append(SPECIAL[marker.group()])
-        pos = marker.end()
+    if limit is not None:
+        text = text[: MAX_ID_CHARS * (limit + 1) + 8]  # all the first limit + 1 ids can come from
+    parts = _SPECIAL_RE.split(text) if allow_special else [text]
+    for part in parts:
+        if allow_special and part in SPECIAL:
+            out.append(SPECIAL[part])
+            continue
+        _encode_text(part, out)
+    if limit is not None:
+        del out[limit + 1 :]
     return out
 
 

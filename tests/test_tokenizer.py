@@ -1,6 +1,6 @@
 import pytest
 
-from kit.sim import tokenizer as tok
+from kit import tokenizer as tok
 
 
 @pytest.mark.parametrize("text", [

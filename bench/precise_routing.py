@@ -1,0 +1,94 @@
+"""Approximate vs precise vs random prefix-cache routing under cache pressure on the local stack (issue #11).
+
+Starts the local environment on free ports with its own state folder; per repeat, runs one shared-prefix
+workload under each profile (cold caches; the gateway restarts with each profile) while an outside
+client sends its own long prompts straight to the servers (``--outside-rate``), and counts *stale picks*:
+requests sent where the prefix scorer believed the prompt was cached (score ≥ 0.9) and the server found
+less than half of it. The hit rate is that of the routed requests (cached prompt tokens the servers
+reported for them over their prompt tokens); the servers' own counters also count the outside traffic.
+Prints one JSON summary; the figures in docs/benchmarks.md come from it.
+
+    .venv/bin/python bench/precise_routing.py --repeat 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profiles", default="random,default-plugins,precise")
+    ap.add_argument("--replicas", type=int, default=4)
+    ap.add_argument("--groups", type=int, default=12)
+    ap.add_argument("--prompts-per-group", type=int, default=16)
+    ap.add_argument("--system-prompt-len", type=int, default=2000)
+    ap.add_argument("--question-len", type=int, default=100)
+    ap.add_argument("--output-len", type=int, default=16)
+    ap.add_argument("--rate", type=float, default=16.0)
+    ap.add_argument("--requests", type=int, default=192)
+    ap.add_argument("--outside-rate", type=float, default=8.0)
+    ap.add_argument("--repeat", type=int, default=1)
+    args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so the stack is destroyed on kill too
+    os.environ.setdefault("KIT_STATE_DIR", tempfile.mkdtemp(prefix="kit-precise-"))
+
+    import kit
+    from kit.targets.processes import port_in_use
+
+    # Below the ephemeral range, so no outgoing connection can take one of the stack's ports.
+    port = next(p for p in (random.randint(20000, 32000) for _ in range(1000))
+                if not any(port_in_use(p + i) for i in range(args.replicas + 3)))
+    s = kit.session("local", replicas=args.replicas, gateway_port=port, release_postfix="precise-bench")
+    workload = kit.SharedPrefix(groups=args.groups, prompts_per_group=args.prompts_per_group,
+                                system_prompt_len=args.system_prompt_len, question_len=args.question_len,
+                                output_len=args.output_len, seed=1)
+    load = kit.Load(rate=args.rate, requests=args.requests)
+    rows = []
+    try:
+        for rep in range(args.repeat):
+            with kit.outside_traffic(s.target, args.outside_rate) as outside:
+                for profile in kit.check_profiles(args.profiles):
+                    before = dict(outside)
+                    run = kit.run_profile(s.target, profile, workload, load, progress=False)
+                    sent = {k: outside[k] - before[k] for k in outside}
+                    stale = scored = 0
+                    for r in run.requests:
+                        d = s.decision(r.request_id) if r.request_id else None
+                        picked = [c for c in (d or {}).get("candidates", []) if c["endpoint"] in d["picked"]]
+                        score = [v for k, v in (picked[0]["scores"] if picked else {}).items() if "prefix" in k]
+                        if score and r.prompt_tokens:
+                            scored += 1
+                            stale += score[0] >= 0.9 and r.cached_tokens < 0.5 * r.prompt_tokens
+                    su = run.summary
+                    ok = [r for r in run.requests if r.ok and r.prompt_tokens]
+                    routed = sum(r.cached_tokens for r in ok) / max(1, sum(r.prompt_tokens for r in ok))
+                    rows.append({"repeat": rep, "profile": profile, "routed_hit_rate": round(routed, 4),
+                                 "server_hit_rate": su.prefix_cache_hit_rate,
+                                 "ttft_p50_ms": round(1000 * su.ttft_p50_s, 1),
+                                 "ttft_p90_ms": round(1000 * su.ttft_p90_s, 1),
+                                 "stale_picks": stale, "scored": scored, "errors": su.errors,
+                                 "outside_sent": sent["sent"], "outside_failed": sent["failed"]})
+                    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    finally:
+        s.destroy(say=lambda _m: None)
+    medians = {p: {k: statistics.median(r[k] for r in rows if r["profile"] == p)
+                   for k in ("routed_hit_rate", "ttft_p50_ms", "ttft_p90_ms", "stale_picks")}
+               for p in dict.fromkeys(r["profile"] for r in rows)}
+    print(json.dumps({"workload": workload.model_dump(), "load": load.model_dump(), "replicas": args.replicas,
+                      "outside_rate": args.outside_rate, "runs": rows, "medians": medians}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

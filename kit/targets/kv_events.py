@@ -1,0 +1,54 @@
+"""KV-cache event wiring for the local target, when the scheduler config uses ``precise-prefix-cache-scorer``.
+
+The local stack copies the topology of upstream's precise guide (central mode): the picker binds one
+ZMQ endpoint and every simulator connects to it and publishes its KV-cache events on the topic
+``kv@<host:port>@<model>``, so the index names endpoints as the gateway does. On loopback the
+endpoint is ``tcp://<host>:<gateway port + replicas + 1>``, the port after the simulators'. The
+gateway reads a copy of the config in the state folder whose precise scorers bind that endpoint
+(``discoverPods`` off: the endpoints share one host), everything else unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+PRECISE = "precise-prefix-cache-scorer"
+
+
+@dataclass
+class Wiring:
+    """What the local target adds: per-simulator flags, the gateway's config file, the events port."""
+
+    config: str
+    events_port: int | None = None
+    host: str = "127.0.0.1"
+    model: str = ""
+
+    def sim_args(self, port: int) -> list[str]:
+        if self.events_port is None:
+            return []
+        events = {"enable_kv_cache_events": True, "publisher": "zmq",
+                  "endpoint": f"tcp://{self.host}:{self.events_port}", "topic": f"kv@{self.host}:{port}@{self.model}"}
+        return ["--kv-events-config", json.dumps(events, separators=(",", ":"))]
+
+
+def wire(config_path: str, host: str, gateway_port: int, replicas: int, model: str, out: Path) -> Wiring:
+    """The wiring for ``config_path``; a config without the precise scorer is used as it is."""
+    doc = yaml.safe_load(Path(config_path).read_text()) or {}
+    scorers = [p for p in doc.get("plugins") or [] if isinstance(p, dict) and p.get("type") == PRECISE]
+    if not scorers:
+        return Wiring(config_path)
+    port = gateway_port + replicas + 1
+    for p in scorers:
+        params = p.setdefault("parameters", None) or {}
+        events = params.get("kvEventsConfig") or {}
+        params["kvEventsConfig"] = {**events, "zmqEndpoint": f"tcp://{host}:{port}", "discoverPods": False}
+        p["parameters"] = params
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(f"# {config_path}, with the KV-event endpoint of the local stack (kit.targets.kv_events)\n"
+                   + yaml.safe_dump(doc, sort_keys=False))
+    return Wiring(str(out), port, host, model)

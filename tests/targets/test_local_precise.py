@@ -1,0 +1,52 @@
+"""The local target wires the simulators' KV-cache events to the gateway when the profile uses the precise
+scorer: real processes, real ZMQ, and the picker's decisions follow what the servers really cache."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from kit import paths
+from kit.manifests.environments import load_environment
+from kit.targets.local import LocalTarget
+from tests.helpers import get_json, post
+from tests.targets.test_local import kit, status
+from tests.targets.test_local import local_env as local_env  # the fixture
+
+PRECISE = str(paths.scheduler_profile("precise"))
+pytestmark = pytest.mark.slow
+
+
+def test_the_plan_wires_events_only_for_the_precise_scorer(tmp_path, monkeypatch):
+    monkeypatch.setenv("KIT_STATE_DIR", str(tmp_path))
+    target = LocalTarget(load_environment("local", overrides={"local": {"gateway_port": 41000}}))
+    plain = target.plan()
+    assert not any("--kv-events-config" in p["command"] for p in plain)
+    sims, gateway = target.plan(PRECISE)[:-1], target.plan(PRECISE)[-1]
+    for i, p in enumerate(sims):
+        events = json.loads(p["command"].split("--kv-events-config ", 1)[1].split(" ")[0])
+        assert events == {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": "tcp://127.0.0.1:41003",
+                          "topic": f"kv@127.0.0.1:{41001 + i}@Qwen/Qwen3-0.6B"}
+    config = gateway["command"].split("--config ", 1)[1].split(" ")[0]
+    text = Path(config).read_text()
+    assert "tcp://127.0.0.1:41003" in text and "discoverPods: false" in text
+
+
+def test_a_group_follows_the_server_that_really_holds_its_prefix(local_env):
+    env, port = local_env
+    res = kit("deploy", "-e", "local", "--port", str(port), "--scheduler-config", PRECISE, env=env)
+    assert res.returncode == 0, res.stderr
+    gw = status(env)["gateway"]
+    system = "You are the support assistant of a large hardware store. Answer politely, briefly and precisely. " * 4
+    first = post(gw, "/v1/completions", {"prompt": system + "Where are the screws?", "max_tokens": 4})
+    served = first[2]["x-gateway-destination-endpoint"]
+    time.sleep(0.5)  # the server's BlockStored reaches the picker
+    for question in ("Do you sell paint?", "When do you open?", "Can I return a drill?"):
+        status_, _, headers = post(gw, "/v1/completions", {"prompt": system + question, "max_tokens": 4})
+        assert status_ == 200
+        decision = get_json(f"{gw}/decisions/{headers['x-request-id']}")
+        scores = {c["endpoint"]: c["scores"]["precise-prefix-cache-scorer"] for c in decision["candidates"]}
+        assert scores[served] == 1.0 and headers["x-gateway-destination-endpoint"] == served, scores

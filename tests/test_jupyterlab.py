@@ -113,10 +113,11 @@ def _run(page, command: str, cell: int | None = None, timeout: float = 300_000) 
 def _open(page, url: str, name: str) -> None:
     page.goto(f"{url}/lab/tree/{name}?token=kit-test")
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-    page.wait_for_function("() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
-                           " return w && w.sessionContext && w.sessionContext.session &&"
-                           " w.sessionContext.session.kernel && w.sessionContext.session.kernel.status === 'idle'; }",
-                           timeout=60_000)
+    # The reloaded lab may restore the previously open notebook first: wait for this one to be current.
+    page.wait_for_function("(name) => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
+                           " return w && w.context && w.context.path.endsWith(name) && w.sessionContext &&"
+                           " w.sessionContext.session && w.sessionContext.session.kernel &&"
+                           " w.sessionContext.session.kernel.status === 'idle'; }", arg=name, timeout=60_000)
 
 
 def _printed(page) -> str:

@@ -6,7 +6,7 @@ import json
 
 import yaml
 
-from kit.manifests import render
+from kit.manifests.render import render
 from kit.manifests.environments import load_environment
 from kit.picker import load_picker_config
 

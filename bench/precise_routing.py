@@ -62,22 +62,13 @@ def main() -> int:
                     before = dict(outside)
                     run = kit.run_profile(s.target, profile, workload, load, progress=False)
                     sent = {k: outside[k] - before[k] for k in outside}
-                    stale = scored = 0
-                    for r in run.requests:
-                        d = s.decision(r.request_id) if r.request_id else None
-                        picked = [c for c in (d or {}).get("candidates", []) if c["endpoint"] in d["picked"]]
-                        score = [v for k, v in (picked[0]["scores"] if picked else {}).items() if "prefix" in k]
-                        if score and r.prompt_tokens:
-                            scored += 1
-                            stale += score[0] >= 0.9 and r.cached_tokens < 0.5 * r.prompt_tokens
+                    beliefs = s.prefix_beliefs(run)
                     su = run.summary
-                    ok = [r for r in run.requests if r.ok and r.prompt_tokens]
-                    routed = sum(r.cached_tokens for r in ok) / max(1, sum(r.prompt_tokens for r in ok))
-                    rows.append({"repeat": rep, "profile": profile, "routed_hit_rate": round(routed, 4),
+                    rows.append({"repeat": rep, "profile": profile, "routed_hit_rate": round(run.routed_hit_rate(), 4),
                                  "server_hit_rate": su.prefix_cache_hit_rate,
                                  "ttft_p50_ms": round(1000 * su.ttft_p50_s, 1),
                                  "ttft_p90_ms": round(1000 * su.ttft_p90_s, 1),
-                                 "stale_picks": stale, "scored": scored, "errors": su.errors,
+                                 "stale_picks": run.stale_picks(beliefs), "scored": len(beliefs), "errors": su.errors,
                                  "outside_sent": sent["sent"], "outside_failed": sent["failed"]})
                     print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     finally:

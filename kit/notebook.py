@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 from kit import paths
 from kit.errors import ConfigError, UnknownChoiceError
 from kit.experiments.compare import DEFAULT_PROFILES, compare_profiles
+from kit.experiments.results import picked_prefix_score
 from kit.manifests.environments import Environment, available, load_environment
 from kit.targets import Status, Target, target_for
 from kit.vllm_metrics import EndpointMetrics
 
 if TYPE_CHECKING:
-    from kit.experiments.results import Comparison
+    from kit.experiments.results import Comparison, ProfileRun
     from kit.experiments.workloads import Load, Workload
     from kit.fleet import Fleet
 
@@ -98,6 +99,16 @@ class Session:
     def decision(self, request_id: str) -> dict[str, Any] | None:
         """Why the picker chose an endpoint for one request (the kit's gateway keeps recent decisions)."""
         return self.target.decision(request_id)
+
+    def prefix_beliefs(self, run: ProfileRun) -> dict[str, float]:
+        """Request id → the prefix score of the endpoint the picker chose: what its prefix index believed that
+        server held. Read from the gateway's recent decisions, so call it while that profile's gateway runs."""
+        out = {}
+        for r in run.requests:
+            score = picked_prefix_score(self.decision(r.request_id)) if r.request_id else None
+            if score is not None:
+                out[r.request_id] = score
+        return out
 
     # ------------------------------------------------------------- experiments
     def compare_profiles(self, workload: Workload, load: Load, profiles: tuple[str, ...] | None = None,

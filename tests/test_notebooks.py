@@ -23,7 +23,8 @@ REQUIRED = {"environment", "namespace", "release_postfix", "model", "replicas", 
 
 def test_each_notebook_has_one_parameters_cell_with_the_shared_parameters():
     assert [nb.stem for nb in NOTEBOOKS] == ["01-prerequisites", "02-deploy", "03-inference",
-                                            "04-routing-and-cache", "05-cleanup", "06-capacity"]
+                                            "04-routing-and-cache", "05-cleanup", "06-capacity",
+                                            "07-precise-routing"]
     for nb in NOTEBOOKS:
         cells = json.loads(nb.read_text())["cells"]
         tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]

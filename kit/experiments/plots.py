@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
 
-from kit.experiments.results import Comparison, Sweep
+from kit.experiments.results import Comparison, Sweep, is_stale
 
 PALETTE = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#EECA3B", "#B279A2", "#FF9DA6")
 
@@ -224,7 +224,7 @@ def stale_picks(cmp: Comparison, beliefs: dict[str, dict[str, float]], believed:
                       row=1, col=1)
         stale, ys = 0, []
         for _, b, c in rows:
-            stale += b >= believed and c < found
+            stale += is_stale(b, c, believed, found)
             ys.append(stale)
         fig.add_trace(go.Scatter(x=[t - t0 for t, _, _ in rows], y=ys, mode="lines", name=run.profile,
                                  legendgroup=run.profile, showlegend=False, line={"color": color}),

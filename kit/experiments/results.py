@@ -173,6 +173,32 @@ class ProfileRun:
     samples: list[MetricSample]
     decision: dict[str, Any] | None = None
 
+    def routed_hit_rate(self) -> float:
+        """Cached prompt tokens over prompt tokens of this run's own requests (the servers' counters, which
+        ``summary.prefix_cache_hit_rate`` reads, also count traffic that did not go through the gateway)."""
+        ok = [r for r in self.requests if r.ok and r.prompt_tokens]
+        return sum(r.cached_tokens for r in ok) / max(1, sum(r.prompt_tokens for r in ok))
+
+    def stale_picks(self, beliefs: dict[str, float], believed: float = 0.9, found: float = 0.5) -> int:
+        """Requests sent where the prefix scorer believed the prompt cached (score ≥ ``believed``) and the server
+        found less than ``found`` of it; ``beliefs``: request id → the chosen endpoint's prefix score."""
+        return sum(1 for r in self.requests if r.request_id in beliefs and r.prompt_tokens
+                   and is_stale(beliefs[r.request_id], r.cached_tokens / r.prompt_tokens, believed, found))
+
+
+def is_stale(belief: float, cached_share: float, believed: float = 0.9, found: float = 0.5) -> bool:
+    """A pick the prefix index believed warm (``belief`` ≥ ``believed``) that found less than ``found`` cached."""
+    return belief >= believed and cached_share < found
+
+
+def picked_prefix_score(decision: dict[str, Any] | None) -> float | None:
+    """The prefix scorer's score of the endpoint a recorded decision picked (None: no prefix scorer ran)."""
+    if not decision:
+        return None
+    picked = [c for c in decision.get("candidates", []) if c["endpoint"] in decision.get("picked", [])]
+    scores = [v for k, v in (picked[0]["scores"] if picked else {}).items() if "prefix" in k]
+    return scores[0] if scores else None
+
 
 @dataclass
 class Comparison:

@@ -6,8 +6,8 @@ import json
 
 import yaml
 
-from kit.manifests.render import render
 from kit.manifests.environments import load_environment
+from kit.manifests.render import render
 from kit.picker import load_picker_config
 
 

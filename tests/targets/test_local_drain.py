@@ -128,3 +128,29 @@ def test_a_bad_drain_grace_is_a_clear_error(stack):
     res = kit("deploy", "-e", "local", "--replicas", "1", "--port", str(port), env={**env, "KIT_DRAIN_GRACE": "soon"})
     assert res.returncode == 1 and "KIT_DRAIN_GRACE='soon': expected a number of seconds" in res.stderr
     assert not port_in_use(port + 1)
+
+
+def test_an_idle_keep_alive_connection_does_not_hold_a_stopping_server(tmp_path):
+    """A client's idle keep-alive connection (the gateway's pool to a simulator, say) closes at once on SIGTERM:
+    restarting the stack, e.g. to switch profiles, must not wait out the drain grace."""
+    port = free_port_block(1)
+    env = {**os.environ, "KIT_DRAIN_GRACE": "20"}
+    sim = subprocess.Popen([sys.executable, "-m", "kit", "sim", "--port", str(port)], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while not port_in_use(port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("POST", "/v1/completions", json.dumps({"prompt": "hi", "max_tokens": 2}),
+                     {"Content-Type": "application/json"})
+        assert conn.getresponse().read()  # answered; the connection stays open, idle
+        started = time.monotonic()
+        sim.terminate()
+        out, _ = sim.communicate(timeout=30)
+        assert time.monotonic() - started < 10, out  # not the 20 s grace
+        assert "cut off" not in out and "kit sim: stopped" in out
+        conn.close()
+    finally:
+        if sim.poll() is None:
+            sim.kill()

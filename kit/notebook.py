@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 from typing import TYPE_CHECKING, Any
 
 from kit import paths
@@ -34,6 +35,7 @@ class Session:
     env: Environment
     target: Target
     replicas_asked: bool = True  # False: use what is deployed (the notebook's replicas parameter is 0)
+    port_asked: bool = True  # False: a local stack that is up keeps its gateway port (gateway_port is 0)
     kubeconfig: str | None = None
     context: str | None = None
 
@@ -58,7 +60,7 @@ class Session:
         st = self.target.status()
         where = f"{self.env.name}/{self.env.release_postfix}"
         if st.ready and st.replicas and (not self.replicas_asked or st.replicas == self.env.replicas):
-            self._use(st.replicas)
+            self._use(st)
             say(f"using the stack that is up: {where} with {st.replicas} model servers (as deployed)")
             return st
         why = ("as asked" if self.replicas_asked else "the environment's default; nothing was up")
@@ -67,10 +69,19 @@ class Session:
         say(f"deploying {where} with {self.env.replicas} model servers ({why})")
         return self.deploy(say=say)
 
-    def _use(self, replicas: int) -> None:
-        """Follow the deployed replica count, so later deploys (profile switches) keep it."""
-        if replicas != self.env.replicas:
-            self.env = self.env.model_copy(update={"replicas": replicas})
+    def _use(self, st: Status) -> None:
+        """Follow the deployed stack's replica count, and locally its gateway port unless one was asked for, so
+        later deploys (profile switches) reshape that stack where it is rather than start one elsewhere."""
+        update: dict[str, Any] = {}
+        if st.replicas and st.replicas != self.env.replicas:
+            update["replicas"] = st.replicas
+        url = st.detail.get("gateway")
+        if self.env.local and not self.port_asked and isinstance(url, str):
+            port = urlsplit(url).port
+            if port and port != self.env.local.gateway_port:
+                update["local"] = self.env.local.model_copy(update={"gateway_port": port})
+        if update:
+            self.env = self.env.model_copy(update=update)
             self.target = target_for(self.env, kubeconfig=self.kubeconfig, context=self.context)
 
     def status(self) -> Status:
@@ -176,4 +187,4 @@ def session(environment: str = "local", namespace: str | None = None, release_po
                                                       "gateway port applies to the local environment only"])
         env = env.model_copy(update={"local": env.local.model_copy(update={"gateway_port": gateway_port})})
     return Session(env, target_for(env, kubeconfig=kubeconfig, context=context), replicas_asked=bool(replicas),
-                   kubeconfig=kubeconfig, context=context)
+                   port_asked=bool(gateway_port), kubeconfig=kubeconfig, context=context)

@@ -98,6 +98,26 @@ def test_a_notebook_kernel_and_the_cli_at_the_repository_root_see_the_same_stack
         kit("destroy", "-e", "local", env=env)
 
 
+def test_a_later_notebook_switching_profiles_keeps_the_stack_on_the_port_it_was_deployed_on(tmp_path):
+    """Workshop stacks live on ports of their own (``02`` set ``gateway_port``); a later notebook left at
+    ``gateway_port = 0`` uses that stack, and its profile switches reshape it there rather than on 8000."""
+    env = clean_env(KIT_STATE_DIR=str(tmp_path / "state"))
+    port = free_port_block(3)
+    later = ("import kit; s = kit.session('local', release_postfix='ws', replicas=0, gateway_port=0); "
+             "s.ensure(); s.deploy('random', say=print); print(s.status().detail['gateway'])")
+    try:
+        assert kit("deploy", "-e", "local", "--postfix", "ws", "--replicas", "2", "--port", str(port),
+                   env=env).returncode == 0
+        res = subprocess.run([sys.executable, "-c", later], capture_output=True, text=True, env=env, timeout=120)
+        assert res.returncode == 0, res.stderr
+        assert "using the stack that is up: local/ws with 2 model servers" in res.stdout
+        assert "started simulator" not in res.stdout  # the simulators stayed; only the gateway changed profile
+        assert res.stdout.strip().endswith(f"http://127.0.0.1:{port}"), res.stdout
+    finally:
+        kit("destroy", "-e", "local", "--postfix", "ws", env=env)
+    assert not [port + i for i in range(3) if port_in_use(port + i)]
+
+
 # ----------------------------------------------------------------------------------- one at a time
 @pytest.mark.slow
 def test_two_deploys_at_once_make_one_stack_that_destroy_removes_entirely(tmp_path):

@@ -36,9 +36,10 @@ import aiohttp
 import yaml
 
 from kit import paths, tokenizer
-from kit.experiments.client import make_body, send
+from kit.experiments.client import send
 from kit.experiments.results import RequestResult, percentile, summarize
-from kit.experiments.workloads import SharedPrefix, shared_prefix_prompts
+from kit.experiments.workloads import Load, MultiTurn, SharedPrefix, body, jobs, random_text
+from kit.targets.kv_events import wire
 from kit.targets.processes import free_port, healthy, scrape, spawn, stop
 
 LOG_DIR = Path(tempfile.mkdtemp(prefix="kit-routers-"))
@@ -46,7 +47,7 @@ MODEL = "Qwen/Qwen3-0.6B"
 BLOCK = 16
 
 # name → how to start it in front of worker URLs (kit profiles are scheduler configs).
-KIT_PROFILES = ("random", "round-robin", "load-only", "prefix-only", "default-plugins")
+KIT_PROFILES = ("random", "round-robin", "load-only", "prefix-only", "default-plugins", "precise")
 OTHERS = {"vllm-router cache_aware": ("vllm-router", "cache_aware"),
           "vllm-router round_robin": ("vllm-router", "round_robin"),
           "sglang-router cache_aware": ("sglang-router", "cache_aware"),
@@ -60,6 +61,10 @@ WORKLOADS = {
     # Every prompt unique: prefix-aware routing has nothing to gain and must not lose.
     "no-shared-prefix": SharedPrefix(groups=512, prompts_per_group=1, system_prompt_len=1200, question_len=40,
                                      output_len=24, seed=12),
+    # Chats that resend their history: 48 conversations × 4 turns, each turn after the previous answer. The
+    # answers in the history are canned (the same text for every router), so every router gets the same stream.
+    "multi-turn": MultiTurn(conversations=48, turns=4, system_prompt_len=600, question_len=60, output_len=24,
+                            seed=13),
 }
 
 
@@ -74,28 +79,34 @@ def simulator_flags() -> list[str]:
 
 
 class Fleet:
-    """N fresh simulators and one router in front of them; stops exactly what it started."""
+    """N fresh simulators and one router in front of them; stops exactly what it started. The kit's precise
+    profile needs its KV-event wiring before the simulators start, so the router is named here."""
 
-    def __init__(self, replicas: int, sim_flags: list[str]):
+    def __init__(self, replicas: int, sim_flags: list[str], router: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        ports = [free_port() for _ in range(replicas)]
+        self.wiring = None
+        if router in KIT_PROFILES:
+            self.wiring = wire(paths.scheduler_profile(router), "127.0.0.1", self.port, replicas, MODEL,
+                               LOG_DIR / f"config-{self.port}.yaml", events_port=free_port())
         self.sims = []
-        for _ in range(replicas):
-            port = free_port()
-            self.sims.append(spawn(["sim", "--port", str(port), "--model", MODEL, *sim_flags],
+        for port in ports:
+            events = self.wiring.sim_args(port) if self.wiring else []
+            self.sims.append(spawn(["sim", "--port", str(port), "--model", MODEL, *sim_flags, *events],
                                    f"http://127.0.0.1:{port}", LOG_DIR / f"sim-{port}.log", role="sim"))
         self.router: Any = None
-        self.url = ""
 
     @property
     def worker_urls(self) -> list[str]:
         return [s.url for s in self.sims]
 
     def start_router(self, name: str) -> str:
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        if name in KIT_PROFILES:
-            cfg = paths.scheduler_profile(name)
+        port = self.port
+        if self.wiring is not None:
             self.router = spawn(["gateway", "--port", str(port), "--endpoints", ",".join(self.worker_urls),
-                                 "--config", cfg], self.url, LOG_DIR / f"gw-{port}.log", role="gateway")
+                                 "--config", self.wiring.config], self.url, LOG_DIR / f"gw-{port}.log",
+                                role="gateway")
             return self.url
         exe, policy = OTHERS[name]
         binary = shutil.which(exe) or str(Path(sys.executable).with_name(exe))
@@ -131,9 +142,10 @@ class Fleet:
 # -------------------------------------------------------------------------------------- workload
 @dataclass
 class Stream:
-    """One request stream: bodies with their prompt group, and Poisson send times (seconds from start)."""
+    """One request stream: jobs (a request, or a conversation's turns sent one after another), each with its
+    prompt group and Poisson start time (seconds from the start)."""
 
-    bodies: list[dict]
+    jobs: list[list[dict]]
     groups: list[int]
     at: list[float]
     ideal_hit_rate: float
@@ -156,43 +168,51 @@ def ideal_hit_rate(prompts: list[list[int]]) -> float:
     return hits / queries if queries else 0.0
 
 
-def make_stream(workload: SharedPrefix, rate: float, duration: float, seed: int) -> Stream:
-    prompts = shared_prefix_prompts(workload)
+def make_stream(workload: SharedPrefix | MultiTurn, rate: float, duration: float, seed: int) -> Stream:
+    """Poisson arrivals for ``duration`` seconds; each arrival takes the workload's next job (cycling)."""
     rng = random.Random(seed)
     at, t = [], 0.0
     while t < duration:
         at.append(t)
         t += rng.expovariate(rate)
-    chosen = [prompts[i % len(prompts)] for i in range(len(at))]
-    bodies = []
-    for p in chosen:
-        body = make_body(p.text, chat=False, stream=True, model=MODEL, max_tokens=workload.output_len,
-                         ignore_eos=True)
-        bodies.append(body)
-    ideal = ideal_hit_rate([tokenizer.encode(p.text) for p in chosen])
-    return Stream(bodies, [p.group for p in chosen], at, ideal)
+    load = Load(rate=rate, stream=True)
+    canned = random.Random(workload.seed + 7)
+    out, groups, prompts = [], [], []
+    for job in jobs(workload, load, len(at)):
+        answers = [random_text(canned, workload.output_len) for _ in job.questions[:-1]]
+        turns = [job.prompt(i, answers[:i]) for i in range(len(job.questions))]
+        out.append([{**body(p, workload.output_len, load), "model": MODEL} for p in turns])
+        groups.append(job.group)
+        prompts += [tokenizer.encode(p.text) for p in turns]
+    return Stream(out, groups, at, ideal_hit_rate(prompts))
 
 
 async def _send_all(url: str, stream: Stream) -> tuple[list[RequestResult], float, float]:
-    """Send every body at its time; returns results, wall seconds and the p99 lateness of sends."""
+    """Start every job at its time (its turns one after another); returns results, wall seconds and the p99
+    lateness of the starts."""
     conn = aiohttp.TCPConnector(limit=0)
     late: list[float] = []
     async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=600)) as s:
         loop = asyncio.get_running_loop()
         start = loop.time()
 
-        async def one(i: int) -> RequestResult:
+        async def one(i: int) -> list[RequestResult]:
             delay = start + stream.at[i] - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             late.append(loop.time() - start - stream.at[i])
-            res = await send(s, url, stream.bodies[i])
-            res.group = stream.groups[i]
-            return res
+            done = []
+            for b in stream.jobs[i]:
+                res = await send(s, url, b)
+                res.group = stream.groups[i]
+                done.append(res)
+                if not res.ok:
+                    break
+            return done
 
-        results = await asyncio.gather(*(one(i) for i in range(len(stream.bodies))))
+        results = [r for rs in await asyncio.gather(*(one(i) for i in range(len(stream.jobs)))) for r in rs]
         wall = loop.time() - start
-    return list(results), wall, percentile(late, 0.99) or 0.0
+    return results, wall, percentile(late, 0.99) or 0.0
 
 
 # -------------------------------------------------------------------------------------- one point
@@ -211,7 +231,7 @@ class Point:
 
 def run_point(workload: str, rate: float, router: str, run: int, args: argparse.Namespace) -> Point:
     stream = make_stream(WORKLOADS[workload], rate, args.duration, seed=1000 + int(rate * 10))
-    fleet = Fleet(args.replicas, simulator_flags())
+    fleet = Fleet(args.replicas, simulator_flags(), router)
     try:
         url = fleet.start_router(router)
         time.sleep(0.3)  # let the router see its workers' first metrics
@@ -253,7 +273,8 @@ def tables(points: list[Point]) -> str:
                              "out tok/s": s["output_tokens_per_s"],
                              "hit rate": f"{s['prefix_cache_hit_rate']:.2f} of {p.ideal_hit_rate:.2f}",
                              "errors": s["errors"], "loadgen CPU": f"{100 * p.loadgen_cpu_share:.0f}%"})
-            out.append(f"### {w} at {rate:g} req/s\n\n" + _markdown(rows))
+            unit = "conversations/s" if isinstance(WORKLOADS[w], MultiTurn) else "req/s"
+            out.append(f"### {w} at {rate:g} {unit}\n\n" + _markdown(rows))
     return "\n\n".join(out)
 
 

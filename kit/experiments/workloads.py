@@ -122,7 +122,7 @@ class Load(StrictModel):
 _WORD_IDS = {w: tokenizer.encode(" " + w) for w in _WORDS}
 
 
-def _text(rng: random.Random, n: int) -> str:
+def random_text(rng: random.Random, n: int) -> str:
     """``n`` tokens of text: random words, each with its leading space (a word is one or more tokens)."""
     ids: list[int] = []
     for w in rng.choices(_WORDS, k=n):
@@ -179,9 +179,9 @@ def _shared_prefix_prompts(groups: int, per_group: int, system_len: int, questio
     rng = random.Random(w.seed)
     prompts = []
     for g in range(w.groups):
-        system = _text(rng, w.system_prompt_len)
+        system = random_text(rng, w.system_prompt_len)
         for _ in range(w.prompts_per_group):
-            prompts.append(Prompt(g, system, _text(rng, w.question_len)))
+            prompts.append(Prompt(g, system, random_text(rng, w.question_len)))
     rng.shuffle(prompts)
     return tuple(prompts)
 
@@ -224,8 +224,9 @@ def jobs(w: Workload, load: Load, count: int | None = None) -> list[Job]:
     cut short to match it), else every prompt (conversation) once."""
     if isinstance(w, MultiTurn):
         rng = random.Random(w.seed)
-        convs = [Job(c, _text(rng, w.system_prompt_len), [_text(rng, w.question_len) for _ in range(w.turns)],
-                     w.think_time) for c in range(w.conversations)]
+        convs = [Job(c, random_text(rng, w.system_prompt_len),
+                     [random_text(rng, w.question_len) for _ in range(w.turns)], w.think_time)
+                 for c in range(w.conversations)]
         left = load.requests if count is None and load.requests else None
         n = count or (-(-left // w.turns) if left else len(convs))
         out = []

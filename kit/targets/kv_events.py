@@ -36,13 +36,15 @@ class Wiring:
         return ["--kv-events-config", json.dumps(events, separators=(",", ":"))]
 
 
-def wire(config_path: str, host: str, gateway_port: int, replicas: int, model: str, out: Path) -> Wiring:
-    """The wiring for ``config_path``; a config without the precise scorer is used as it is."""
+def wire(config_path: str, host: str, gateway_port: int, replicas: int, model: str, out: Path,
+         events_port: int | None = None) -> Wiring:
+    """The wiring for ``config_path``; a config without the precise scorer is used as it is. The events bind
+    ``events_port`` if given, else the port after the simulators'."""
     doc = yaml.safe_load(Path(config_path).read_text()) or {}
     scorers = [p for p in doc.get("plugins") or [] if isinstance(p, dict) and p.get("type") == PRECISE]
     if not scorers:
         return Wiring(config_path)
-    port = gateway_port + replicas + 1
+    port = events_port or gateway_port + replicas + 1
     for p in scorers:
         params = p.setdefault("parameters", None) or {}
         events = params.get("kvEventsConfig") or {}

@@ -38,7 +38,7 @@ import yaml
 from kit import paths, tokenizer
 from kit.experiments.client import send
 from kit.experiments.results import RequestResult, percentile, summarize
-from kit.experiments.workloads import Load, MultiTurn, SharedPrefix, body, jobs, random_text
+from kit.experiments.workloads import Load, MultiTurn, SharedPrefix, body, ideal_hit_rate, jobs, random_text
 from kit.targets.kv_events import wire
 from kit.targets.processes import free_port, healthy, scrape, spawn, stop
 
@@ -47,7 +47,7 @@ MODEL = "Qwen/Qwen3-0.6B"
 BLOCK = 16
 
 # name → how to start it in front of worker URLs (kit profiles are scheduler configs).
-KIT_PROFILES = ("random", "round-robin", "load-only", "prefix-only", "default-plugins", "precise")
+KIT_PROFILES = ("random", "round-robin", "load-only", "prefix-only", "default-plugins", "prefix-active", "precise")
 OTHERS = {"vllm-router cache_aware": ("vllm-router", "cache_aware"),
           "vllm-router round_robin": ("vllm-router", "round_robin"),
           "sglang-router cache_aware": ("sglang-router", "cache_aware"),
@@ -151,23 +151,6 @@ class Stream:
     ideal_hit_rate: float
 
 
-def ideal_hit_rate(prompts: list[list[int]]) -> float:
-    """Hit rate of an unbounded prefix cache that has seen every earlier prompt (full blocks, the last
-    prompt token always computed, as the simulator and vLLM count it)."""
-    seen: set[tuple[int, ...]] = set()
-    hits = queries = 0
-    for ids in prompts:
-        blocks = [tuple(ids[: (i + 1) * BLOCK]) for i in range(len(ids) // BLOCK)]
-        usable = (len(ids) - 1) // BLOCK
-        n = 0
-        while n < usable and blocks[n] in seen:
-            n += 1
-        hits += n * BLOCK
-        queries += len(ids)
-        seen.update(blocks)
-    return hits / queries if queries else 0.0
-
-
 def make_stream(workload: SharedPrefix | MultiTurn, rate: float, duration: float, seed: int) -> Stream:
     """Poisson arrivals for ``duration`` seconds; each arrival takes the workload's next job (cycling)."""
     rng = random.Random(seed)
@@ -184,7 +167,7 @@ def make_stream(workload: SharedPrefix | MultiTurn, rate: float, duration: float
         out.append([{**body(p, workload.output_len, load), "model": MODEL} for p in turns])
         groups.append(job.group)
         prompts += [tokenizer.encode(p.text) for p in turns]
-    return Stream(out, groups, at, ideal_hit_rate(prompts))
+    return Stream(out, groups, at, ideal_hit_rate(prompts, BLOCK))
 
 
 async def _send_all(url: str, stream: Stream) -> tuple[list[RequestResult], float, float]:

@@ -282,3 +282,20 @@ def plan(w: Workload, load: Load) -> tuple[list[Job], list[float] | None]:
         return jobs(w, load, len(times)), times
     js = jobs(w, load)
     return js, arrival_times(load, len(js), w.seed)
+
+
+def ideal_hit_rate(prompts: list[list[int]], block: int = 16) -> float:
+    """Hit rate of an unbounded prefix cache that has seen every earlier prompt (full blocks, the last
+    prompt token always computed, as the simulator and vLLM count it)."""
+    seen: set[tuple[int, ...]] = set()
+    hits = queries = 0
+    for ids in prompts:
+        blocks = [tuple(ids[: (i + 1) * block]) for i in range(len(ids) // block)]
+        usable = (len(ids) - 1) // block
+        n = 0
+        while n < usable and blocks[n] in seen:
+            n += 1
+        hits += n * block
+        queries += len(ids)
+        seen.update(blocks)
+    return hits / queries if queries else 0.0

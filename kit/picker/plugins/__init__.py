@@ -27,6 +27,7 @@ BUILTINS: dict[str, type] = {
     "precise-prefix-cache-scorer": precise_prefix.PrecisePrefixCacheScorer,
     "tokenizer": tokenizer.TokenizerPlugin,  # in process with kit.tokenizer instead of a sidecar
     "max-score-picker": pickers.MaxScorePicker,
+    "least-recent-max-score-picker": pickers.LeastRecentMaxScorePicker,
     "random-picker": pickers.RandomPicker,
     "weighted-random-picker": pickers.WeightedRandomPicker,
     "round-robin-picker": pickers.RoundRobinPicker,  # kit-only baseline: what a plain Service does

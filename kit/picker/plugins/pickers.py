@@ -27,6 +27,14 @@ plain Kubernetes Service does, the baseline the guide compares against::
 
     plugins:
     - type: round-robin-picker
+
+``least-recent-max-score-picker`` (kit-only) picks the top score like ``max-score-picker`` but breaks ties
+by the endpoint it picked least recently (never-picked first, in name order) instead of at random. Among
+endpoints that look alike, arrivals then rotate as under round-robin, which spaces each server's
+prefills; random ties let two land together (docs/benchmarks.md, issue #12)::
+
+    plugins:
+    - type: least-recent-max-score-picker
 """
 
 from __future__ import annotations
@@ -96,3 +104,19 @@ class RoundRobinPicker(_Picker):
         ordered = sorted((ep for ep, _ in scored), key=lambda ep: ep.name)
         start = next(self._turn) % len(ordered)
         return (ordered[start:] + ordered[:start])[: self.n]
+
+
+class LeastRecentMaxScorePicker(_Picker):
+    type = "least-recent-max-score-picker"
+
+    def __init__(self, name: str | None = None, params: PickerParams | None = None, rng: random.Random | None = None):
+        super().__init__(name, params, rng)
+        self._picks = itertools.count(1)
+        self._last: dict[str, int] = {}  # endpoint name → the pick number that last chose it
+
+    def pick(self, state: CycleState, scored: list[tuple[Endpoint, float]]) -> list[Endpoint]:
+        ranked = sorted(scored, key=lambda es: (-es[1], self._last.get(es[0].name, 0), es[0].name))
+        chosen = [ep for ep, _ in ranked[: self.n]]
+        for ep in chosen:
+            self._last[ep.name] = next(self._picks)
+        return chosen

@@ -15,6 +15,7 @@ from kit.picker.plugins.filters import (
     PrefillFilter,
 )
 from kit.picker.plugins.pickers import (
+    LeastRecentMaxScorePicker,
     MaxScorePicker,
     PickerParams,
     RandomPicker,
@@ -93,6 +94,18 @@ def test_round_robin_cycles_in_name_order():
     picker = RoundRobinPicker()
     picks = [picker.pick(CycleState(), [(C, 1.0), (A, 0.0), (B, 0.5)])[0].name for _ in range(6)]
     assert picks == ["a:1", "b:1", "c:1"] * 2
+
+
+def test_least_recent_max_score_takes_the_top_score_and_rotates_among_ties():
+    picker = LeastRecentMaxScorePicker()
+    assert picker.pick(CycleState(), [(A, 0.2), (B, 0.9), (C, 0.5)]) == [B]  # the score decides first
+    tied = [(C, 1.0), (A, 1.0), (B, 1.0), (D, 0.0)]
+    picks = [picker.pick(CycleState(), tied)[0].name for _ in range(6)]
+    assert picks == ["a:1", "c:1", "b:1"] * 2  # never-picked first (a, c in name order), then the oldest pick
+    assert picker.pick(CycleState(), [(A, 0.5), (B, 0.5)]) == [A]  # a was picked longer ago than b
+    two = LeastRecentMaxScorePicker(params=PickerParams(maxNumOfEndpoints=2))
+    assert [e.name for e in two.pick(CycleState(), [(A, 1), (B, 1), (C, 2)])] == ["c:1", "a:1"]
+    assert [e.name for e in two.pick(CycleState(), [(A, 1), (B, 1), (C, 2)])] == ["c:1", "b:1"]
 
 
 ROLES = {"d": "decode", "p": "prefill", "pd": "prefill-decode", "none": None}

@@ -19,7 +19,8 @@ is the kit's default server (Qwen3-0.6B on an H100) with the guide's workload (1
 Profiles: shipped names or files, plus ``precise-speculative``: ``precise.yaml`` with ``speculativeIndexing``
 on and ``speculativeTTL`` from ``--speculative-ttl``. *Hit rate* is that of the routed requests; *stale
 picks* are requests sent where the prefix scorer believed ≥ 90% of the prompt cached and the server found
-< 50% (bench/precise_routing.py's definition). Points run in parallel processes (``--jobs``).
+< 50% (bench/precise_routing.py's definition); *servers per group*: the median number of servers a group's
+requests went to. Points run in parallel processes (``--jobs``).
 
     .venv/bin/python bench/precise_fleet.py --setting local --seeds 1,2 --out build/precise_fleet_local.json
 """
@@ -80,7 +81,7 @@ def point(task: dict) -> dict:
     elif task["scenario"] == "outside":
         extra["outside_rate"] = task["outside_share"] * rate
     fleet = Fleet(replicas=task["replicas"], profile=task["profile_file"], sim=SimConfig(**s["sim"]),
-                  seed=task["seed"], **extra)
+                  seed=task["seed"], event_lag=task["event_lag"], **extra)
     trace = Trace()
     start = time.perf_counter()
     run = simulate(w, Load(rate=rate, requests=task["requests"]), fleet, trace=trace)
@@ -88,10 +89,15 @@ def point(task: dict) -> dict:
     su = run.summary
     ok = [r for r in run.requests if r.ok]
     routed = sum(r.cached_tokens for r in ok) / max(1, sum(r.prompt_tokens for r in ok))
-    return {**{k: task[k] for k in ("setting", "scenario", "profile", "rate", "seed")},
+    servers: dict[int | None, set] = {}
+    for r in ok:
+        servers.setdefault(r.group, set()).add(r.endpoint)
+    return {**{k: task[k] for k in ("setting", "scenario", "profile", "rate", "seed", "event_lag")},
             "hit_rate": round(routed, 4), "server_hit_rate": su.prefix_cache_hit_rate,
             "ttft_p50_ms": round(1000 * (su.ttft_p50_s or 0), 1), "ttft_p90_ms": round(1000 * (su.ttft_p90_s or 0), 1),
             "stale_picks": trace.stale_picks(run) if trace.beliefs else None, "served_rps": su.requests_per_s,
+            "servers_per_group": statistics.median(len(v) for v in servers.values()),
+            "cold": sum(1 for r in ok if r.cached_tokens < 0.5 * r.prompt_tokens),
             "errors": su.errors, "outside_sent": trace.outside, "event_batches": trace.event_batches,
             "wall_s": round(wall, 1)}
 
@@ -106,7 +112,7 @@ def tables(rows: list[dict], seeds: list[int]) -> str:
 
     columns = [("hit_rate", "hit rate %", "{:.1f}", 100), ("ttft_p50_ms", "TTFT p50 ms", "{:.0f}", 1),
                ("ttft_p90_ms", "TTFT p90 ms", "{:.0f}", 1), ("stale_picks", "stale picks", "{:.0f}", 1),
-               ("served_rps", "served req/s", "{:.0f}", 1)]
+               ("servers_per_group", "servers per group", "{:g}", 1), ("served_rps", "served req/s", "{:.0f}", 1)]
     out = []
     for scenario in dict.fromkeys(r["scenario"] for r in rows):
         out += [f"\n**{scenario}**\n", "| rate (req/s) | profile | " + " | ".join(c[1] for c in columns) + " |",
@@ -131,6 +137,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, help="requests per point (default: the setting's)")
     ap.add_argument("--picker-replicas", type=int, default=4)
     ap.add_argument("--outside-share", type=float, default=0.5, help="outside requests per routed request")
+    ap.add_argument("--event-lag", type=float, default=0.003, help="seconds from a step to the precise index")
     ap.add_argument("--speculative-ttl", default="200ms", help=f"speculativeTTL of {SPECULATIVE}")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", default="build/precise_fleet.json")
@@ -149,7 +156,8 @@ def main() -> int:
         files[p] = speculative_profile(args.speculative_ttl, folder) if p == SPECULATIVE else paths.scheduler_profile(p)
     tasks = [{"setting": args.setting, "scenario": sc, "profile": p, "profile_file": files[p], "rate": r, "seed": seed,
               "replicas": args.replicas, "requests": args.requests or s["requests"],
-              "picker_replicas": args.picker_replicas, "outside_share": args.outside_share}
+              "picker_replicas": args.picker_replicas, "outside_share": args.outside_share,
+              "event_lag": args.event_lag}
              for sc in args.scenarios.split(",") for r in rates for p in files for seed in seeds]
     print(f"precise_fleet: {len(tasks)} simulations ({args.setting} setting, {args.replicas} servers, scenarios "
           f"{args.scenarios}, rates {rates}, profiles {', '.join(files)}, seeds {seeds}) on {args.jobs} processes",

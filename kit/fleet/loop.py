@@ -1,7 +1,9 @@
 """The fleet on one virtual clock: a workload, the endpoint picker, N simulated servers.
 
-A plain event heap orders three kinds of event: a node may finish a request (each node's lower bound,
-``Node.next_event``), a request arrives, a metrics sample is due. At equal times finishes come first.
+A plain event heap orders four kinds of event: a node may finish a request (each node's lower bound,
+``Node.next_event``), a request arrives, a metrics sample is due, an outside request arrives (a kit-only
+scenario, ``kit.fleet.scenario``). At equal times finishes come first. With a precise prefix scorer the
+servers' KV-cache events reach its index after ``event_lag`` (``kit.fleet.events``).
 
 The picker is the gateway's: built from the same scheduler config file, asked ``schedule`` for each
 request, told ``pre_request`` (the prefix index learns) and ``response_complete``, with each endpoint's

@@ -39,7 +39,8 @@ Parameters (upstream's names; Go's defaults apply to what a config leaves out):
 
 The subscriber starts with the scheduler (``Scheduler.start()``, which ``kit gateway`` calls before
 serving) or at the scorer's first scheduling cycle, and stops with ``close()`` or when the scorer is
-collected; loading a config opens no socket.
+collected; loading a config opens no socket. With ``in_process`` set (the fleet simulator sets it) no socket
+ever opens: the caller hands each message to ``receive``, which applies it as the subscriber thread does.
 ``AllBlocksCleared`` leaves the index as it is, as in every upstream release to v0.8.1.
 
 Example::

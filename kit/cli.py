@@ -253,6 +253,17 @@ def _floats(text: str, flag: str, kind: type = float) -> list:
     return values
 
 
+def _scenario(fleet) -> str:
+    """The kit-only scenario knobs a simulation uses, for its first line."""
+    parts = []
+    if fleet.picker_replicas > 1:
+        parts.append(f"{fleet.picker_replicas} picker replicas")
+    if fleet.outside_rate:
+        parts.append(f"outside traffic {fleet.outside_rate:g}/s ({fleet.outside_prompt_len} → "
+                     f"{fleet.outside_output_len} tokens)")
+    return "".join(f", {p}" for p in parts)
+
+
 def _simulate(args: argparse.Namespace) -> int:
     import json
     from dataclasses import asdict
@@ -273,7 +284,9 @@ def _simulate(args: argparse.Namespace) -> int:
                            + ", ".join(paths.scheduler_profiles()))
     sim = model_from_args(SimConfig, args, "kit simulate")
     fleet = Fleet(replicas=replicas[0], profile=profiles[0], sim=sim, refresh_interval=args.refresh_interval,
-                  sample_interval=args.sample_interval, seed=w.seed)
+                  sample_interval=args.sample_interval, seed=w.seed, event_lag=args.event_lag,
+                  picker_replicas=args.picker_replicas, outside_rate=args.outside_rate,
+                  outside_prompt_len=args.outside_prompt_len, outside_output_len=args.outside_output_len)
     if args.rate is None and args.concurrency is None and args.stages is None:
         raise KitError("give --rate (comma-separated for a sweep), --stages or --concurrency")
     args.rate = rates[0] if len(rates) == 1 else None
@@ -282,7 +295,8 @@ def _simulate(args: argparse.Namespace) -> int:
             raise KitError("a sweep over replicas needs --rate")
         load = model_from_args(Load, argparse.Namespace(**{**vars(args), "rate": rates[0]}), "kit simulate")
         print(f"kit simulate: sweep of {_describe(w)}: rates {rates}, replicas {replicas}, profiles "
-              f"{', '.join(profiles)} ({len(rates) * len(replicas) * len(profiles)} points)", file=sys.stderr)
+              f"{', '.join(profiles)} ({len(rates) * len(replicas) * len(profiles)} points){_scenario(fleet)}",
+              file=sys.stderr)
         result = sweep(w, load, rates, replicas, profiles, fleet, jobs=args.jobs)
         print(table(result.table()))
         if args.slo_ttft_p90:
@@ -293,7 +307,7 @@ def _simulate(args: argparse.Namespace) -> int:
         return 0
     load = model_from_args(Load, args, "kit simulate")
     print(f"kit simulate: {_describe(w)}, {load.describe()}, {fleet.replicas} simulated replicas, "
-          f"profile {', '.join(profiles)}, virtual clock", file=sys.stderr)
+          f"profile {', '.join(profiles)}, virtual clock{_scenario(fleet)}", file=sys.stderr)
     cmp = compare_profiles(w, load, profiles, fleet, progress=True,
                            say=lambda m: print(f"kit simulate: {m}", file=sys.stderr))
     if len(cmp.runs) == 1:
@@ -429,6 +443,19 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                     help="seconds between the picker's metric scrapes (default: 0.05, as the gateway)")
     sm.add_argument("--sample-interval", type=float, default=0.25,
                     help="seconds between the metric samples kept for plots (default: 0.25)")
+    sm.add_argument("--event-lag", type=float, default=0.003,
+                    help="seconds from a server's engine step to the precise prefix index having its KV-cache events "
+                         "(default: 0.003, the median measured on the local stack)")
+    sm.add_argument("--picker-replicas", type=int, default=1,
+                    help="kit-only scenario: endpoint pickers splitting the traffic at random, each with its own "
+                         "state (default: 1)")
+    sm.add_argument("--outside-rate", type=float, default=0.0,
+                    help="kit-only scenario: requests per second sent straight to the servers, around the picker "
+                         "(default: 0)")
+    sm.add_argument("--outside-prompt-len", type=int, default=1000,
+                    help="outside traffic: tokens of each fresh prompt (default: 1000)")
+    sm.add_argument("--outside-output-len", type=int, default=1,
+                    help="outside traffic: tokens each asks for (default: 1)")
     sm.add_argument("--slo-ttft-p90", type=float, help="sweep: report the capacity at this TTFT p90 (seconds)")
     sm.add_argument("--jobs", type=int, help="sweep: processes in parallel (default: one per core)")
     sm.add_argument("--out", help="write the results here (a comparison, or the sweep)")

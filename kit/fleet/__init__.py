@@ -4,12 +4,15 @@
 run through the local stack (``ProfileRun``: the ``kit bench`` summary, every request, metric samples, one
 decision), computed in virtual time: no HTTP, no processes, the same engine, KV cache and picker code.
 ``sweep`` runs a grid of rates × replicas × profiles in parallel processes and ``capacity`` reads off the
-highest rate that meets a TTFT objective. ``docs/fleet.md`` explains the model.
+highest rate that meets a TTFT objective. A precise prefix scorer reads the servers' KV-cache events
+(``kit.fleet.events``); kit-only scenarios (picker replicas, outside traffic) and ``Trace`` (stale picks)
+are in ``kit.fleet.scenario``. ``docs/fleet.md`` explains the model.
 """
 
 from kit.fleet.compare import compare_profiles
 from kit.fleet.loop import Fleet, simulate
+from kit.fleet.scenario import Trace
 from kit.fleet.sweep import sweep
 from kit.sim.config import SimConfig
 
-__all__ = ["Fleet", "SimConfig", "compare_profiles", "simulate", "sweep"]
+__all__ = ["Fleet", "SimConfig", "Trace", "compare_profiles", "simulate", "sweep"]

@@ -1,7 +1,9 @@
 """The fleet on one virtual clock: a workload, the endpoint picker, N simulated servers.
 
-A plain event heap orders three kinds of event: a node may finish a request (each node's lower bound,
-``Node.next_event``), a request arrives, a metrics sample is due. At equal times finishes come first.
+A plain event heap orders four kinds of event: a node may finish a request (each node's lower bound,
+``Node.next_event``), a request arrives, a metrics sample is due, an outside request arrives (a kit-only
+scenario, ``kit.fleet.scenario``). At equal times finishes come first. With a precise prefix scorer the
+servers' KV-cache events reach its index after ``event_lag`` (``kit.fleet.events``).
 
 The picker is the gateway's: built from the same scheduler config file, asked ``schedule`` for each
 request, told ``pre_request`` (the prefix index learns) and ``response_complete``, with each endpoint's
@@ -19,7 +21,6 @@ import gc
 import heapq
 import itertools
 import math
-import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ from kit import paths, tokenizer
 from kit.errors import KitError
 from kit.experiments.results import MetricSample, ProfileRun, RequestResult, Summary, summarize
 from kit.experiments.workloads import Job, Load, MultiTurn, Workload, body, plan
+from kit.fleet import events, scenario
 from kit.fleet.node import Node
 from kit.picker import Endpoint, InferenceRequest, load_picker_file
 from kit.sim.config import SimConfig
@@ -36,7 +38,7 @@ from kit.sim.engine import EngineFull, Sequence
 from kit.sim.kvcache import chain_hashes
 from kit.vllm_metrics import EndpointMetrics
 
-NODE, ARRIVAL, SAMPLE = 0, 1, 2
+NODE, ARRIVAL, SAMPLE, OUTSIDE = 0, 1, 2, 3
 
 # Kept across runs in one process (a sweep runs many points of one workload): the jobs of a workload and
 # load, each distinct prompt's tokens, and their block hashes per (block size, model).
@@ -63,6 +65,7 @@ class _Request:
     at: float
     endpoint: Endpoint
     req: InferenceRequest
+    sched: Any  # the picker (replica) that routed it
 
 
 @dataclass
@@ -76,26 +79,39 @@ class Fleet:
     sample_interval: float = 0.25
     seed: int = 0
     fast: bool = True
+    # KV-cache events reach a precise prefix scorer this many seconds after the step (kit.fleet.events)
+    event_lag: float = events.DEFAULT_LAG
+    # Kit-only scenarios (kit.fleet.scenario, docs/fleet.md): pickers splitting the traffic, and outside traffic
+    picker_replicas: int = 1
+    outside_rate: float = 0.0
+    outside_prompt_len: int = 1000
+    outside_output_len: int = 1
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
             raise KitError(f"replicas: need at least one server, got {self.replicas}")
         if self.refresh_interval <= 0 or self.sample_interval <= 0:
             raise KitError("refresh_interval and sample_interval must be positive")
+        if self.event_lag < 0:
+            raise KitError(f"event_lag: a delay cannot be negative, got {self.event_lag}")
+        if self.picker_replicas < 1:
+            raise KitError(f"picker_replicas: need at least one endpoint picker, got {self.picker_replicas}")
+        if self.outside_rate < 0:
+            raise KitError(f"outside_rate: requests per second cannot be negative, got {self.outside_rate}")
+        if self.outside_rate and (self.outside_prompt_len < 1 or self.outside_output_len < 1
+                                  or self.outside_prompt_len + self.outside_output_len > self.sim.max_model_len):
+            raise KitError(f"outside traffic: prompt {self.outside_prompt_len} + output {self.outside_output_len} "
+                           f"tokens must be at least 1 each and fit max_model_len ({self.sim.max_model_len})")
 
 
 class _Run:
-    def __init__(self, fleet: Fleet, w: Workload, load: Load, progress: bool):
+    def __init__(self, fleet: Fleet, w: Workload, load: Load, progress: bool, trace: scenario.Trace | None = None):
         self.fleet, self.w, self.load = fleet, w, load
         cfg = fleet.sim
         self.t = 0.0  # virtual now: the picker's clock (staleness, saturation, time-to-live)
-        self.loaded = load_picker_file(paths.scheduler_profile(fleet.profile), clock=lambda: self.t)
+        self.loaded = self.load_picker()
         self.sched = self.loaded.scheduler
-        # Seed every random choice the picker makes (ties, random pickers), including a defaulted picker.
-        plugins = {id(p): p for p in [*self.sched.plugins, *(pr.picker for pr in self.sched.profiles.values())]}
-        for i, p in enumerate(plugins.values()):
-            if isinstance(getattr(p, "rng", None), random.Random):
-                p.rng = random.Random(f"{fleet.seed}/{i}")
+        scenario.seed_picker(self.sched, str(fleet.seed))
         if len(_TOKENS) > _MAX_PROMPTS:
             _TOKENS.clear()
             _HASHES.clear()
@@ -106,6 +122,13 @@ class _Run:
         self.eps = [Endpoint(name=n.name, url=f"sim://{n.name}", metrics=EndpointMetrics(
             block_size=cfg.block_size, num_gpu_blocks=cfg.num_gpu_blocks)) for n in self.nodes]
         self.index = {ep.name: i for i, ep in enumerate(self.eps)}
+        self.replicas = (scenario.Replicas(fleet.picker_replicas, lambda: self.load_picker().scheduler, self.eps,
+                                           fleet.seed) if fleet.picker_replicas > 1 else None)
+        self.feed = events.attach([self.sched, *(self.replicas.schedulers if self.replicas else [])], self.nodes,
+                                  fleet.event_lag)
+        self.outside = (scenario.Outside(fleet.outside_rate, fleet.outside_prompt_len, fleet.outside_output_len,
+                                         fleet.seed) if fleet.outside_rate else None)
+        self.trace = trace
         self.cache_tokens = not isinstance(w, MultiTurn)  # conversations never repeat a prompt
         self.heap: list[tuple[float, int, int, Any]] = []
         self.count = itertools.count()
@@ -125,6 +148,9 @@ class _Run:
         self.end = 0.0
         self.bar = tqdm(total=sum(len(j.questions) for j in self.jobs), desc=f"{fleet.profile} ×{fleet.replicas}",
                         unit="req", disable=not progress, leave=False, mininterval=0.5)
+
+    def load_picker(self) -> Any:
+        return load_picker_file(paths.scheduler_profile(self.fleet.profile), clock=lambda: self.t)
 
     # ------------------------------------------------------------ events
     def push(self, t: float, kind: int, data: Any) -> None:
@@ -200,9 +226,14 @@ class _Run:
         b = body(job.prompt(turn, answers), self.w.output_len, self.load)
         req = InferenceRequest.from_body(b, self.fleet.sim.model, request_id=f"req-{rid}")
         self.scrape_all(t)
-        decision, state = self.sched.schedule(req, self.eps)
-        ep = self.eps[self.index[decision.picked[0]]]
-        self.sched.pre_request(state, req, ep)
+        if self.feed is not None:
+            self.feed.catch_up(self, t)
+        sched, eps = self.replicas.choose(self.sched) if self.replicas else (self.sched, self.eps)
+        decision, state = sched.schedule(req, eps)
+        ep = eps[self.index[decision.picked[0]]]
+        sched.pre_request(state, req, ep)
+        if self.trace is not None and (belief := scenario.believed(state, ep.name)) is not None:
+            self.trace.beliefs[req.request_id] = belief
         self.decision, self.decision_at = decision, t
         ep.in_flight += 1
         i = self.index[ep.name]
@@ -211,22 +242,24 @@ class _Run:
             seq = self.nodes[i].submit(t, self.prompt_tokens(b), self.w.output_len)
         except EngineFull as err:
             ep.in_flight -= 1
-            self.sched.response_complete(req, ep)
+            sched.response_complete(req, ep)
             self.results.append(RequestResult(status=400, started=t, endpoint=ep.name, request_id=req.request_id,
                                               error=str(err), group=job.group))
             self.bar.update()
             self.job_done(t)
             return
-        self.pending[id(seq)] = _Request(rid, job, turn, answers, t, ep, req)
+        self.pending[id(seq)] = _Request(rid, job, turn, answers, t, ep, req, sched)
         self.rebound(i)
 
     def finish(self, i: int) -> None:
         node = self.nodes[i]
         done, node.finished = node.finished, []
         for seq in done:
-            r = self.pending.pop(id(seq))
+            r = self.pending.pop(id(seq), None)
+            if r is None:
+                continue  # outside traffic
             r.endpoint.in_flight -= 1
-            self.sched.response_complete(r.req, r.endpoint)
+            r.sched.response_complete(r.req, r.endpoint)
             end = seq.last_token_at
             self.end = max(self.end, end)
             self.results.append(RequestResult(
@@ -263,6 +296,8 @@ class _Run:
                 self.push(at, ARRIVAL, (job, 0, []))
             self.next_job = len(self.jobs)
         self.push(0.0, SAMPLE, None)
+        if self.outside is not None:
+            self.push(self.outside.first(), OUTSIDE, None)
         last_t = 0.0
         while self.heap:
             t, kind, _, data = heapq.heappop(self.heap)
@@ -276,11 +311,19 @@ class _Run:
                 self.rebound(i)
             elif kind == ARRIVAL:
                 self.arrive(t, *data)
+            elif kind == OUTSIDE:
+                assert self.outside is not None
+                nxt = self.outside.send(self, t)
+                if nxt is not None:
+                    self.push(nxt, OUTSIDE, None)
             elif self.left > 0:
                 self.sample(t)
                 self.push(t + self.fleet.sample_interval, SAMPLE, None)
         self.sample(max(self.end, last_t))
         self.bar.close()
+        if self.trace is not None:
+            self.trace.outside = self.outside.sent if self.outside else 0
+            self.trace.event_batches = self.feed.delivered if self.feed else 0
         return self.profile_run()
 
     def profile_run(self) -> ProfileRun:
@@ -298,13 +341,15 @@ class _Run:
         return ProfileRun(self.fleet.profile, summary, self.results, self.samples, decision)
 
 
-def simulate(workload: Workload, load: Load, fleet: Fleet | None = None, progress: bool = False) -> ProfileRun:
+def simulate(workload: Workload, load: Load, fleet: Fleet | None = None, progress: bool = False,
+             trace: scenario.Trace | None = None) -> ProfileRun:
     """Run ``workload`` under ``load`` through the picker and ``fleet.replicas`` simulated servers on a virtual
-    clock; the same inputs give the same result, to the byte."""
+    clock; the same inputs give the same result, to the byte. ``trace`` collects what the pickers believed
+    (stale picks) and the scenario's counts."""
     enabled = gc.isenabled()
     gc.disable()  # millions of long-lived blocks and tokens: the cyclic collector would rescan them all
     try:
-        return _Run(fleet or Fleet(), workload, load, progress).run()
+        return _Run(fleet or Fleet(), workload, load, progress, trace).run()
     finally:
         if enabled:
             gc.enable()

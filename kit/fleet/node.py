@@ -12,7 +12,9 @@ state back when the stretch ends. A stretch ends before any step that would fini
 preempt one, or could admit a waiting one (a block of the queue head's cached prefix about to be
 evicted, or the next block of that prefix being committed); those steps run through the engine
 itself. The results are the same as stepping every step (``fast=False``), to the byte:
-``tests/fleet/test_node.py`` checks it.
+``tests/fleet/test_node.py`` checks it, KV-cache events included: with ``engine.pool.events`` a list,
+each step's events (what ``Engine.complete`` and ``schedule`` record) go to ``on_events(time, events)``
+(``kit.fleet.events`` feeds them to the precise prefix scorer).
 
 ``next_event()`` is a lower bound of when the node can next finish a request (``inf`` when idle): the
 fleet's event loop does not look at a node before then unless it sends it a request.
@@ -101,6 +103,8 @@ class Node:
         self.itl: dict[float, int] = defaultdict(int)  # inter-token gap (µs resolution) → tokens
         self.snap_tick = -math.inf  # virtual time of the last scrape
         self.snap_idle = False  # idle at that scrape, and sent nothing since
+        # KV-cache events (kit.fleet.events sets both): each step's batch goes to on_events(time, events)
+        self.on_events: Callable[[float, list], None] | None = None
 
     # ------------------------------------------------------------- observer
     def on_schedule(self, seq: Sequence) -> None:
@@ -146,6 +150,8 @@ class Node:
     def _schedule(self) -> None:
         eng = self.engine
         plan = eng.schedule()
+        if eng.pool.events:
+            self.flush_events()
         if not plan:
             if eng.running or eng.waiting:
                 raise RuntimeError(f"{self.name}: the engine scheduled nothing with work queued")
@@ -164,6 +170,13 @@ class Node:
         self.engine.complete(self.plan)
         self.engine.steps += 1
         self._schedule()
+
+    def flush_events(self) -> None:
+        """Hand the KV-cache events recorded since the last flush to ``on_events``, stamped now."""
+        pool = self.engine.pool
+        if pool.events and self.on_events is not None:
+            events, pool.events = pool.events, []
+            self.on_events(self.now, events)
 
     def advance(self, t: float) -> None:
         """Run every step that ends by ``t``."""
@@ -247,6 +260,9 @@ class Node:
                         parent = seq.hashes[-1] if seq.hashes else None
                         seq.hashes += chain_hashes(seq.tokens, bs, eng.root, len(seq.hashes), parent)  # len == nc
                     pool.commit(seq.blocks[last - 1], seq.hashes[last - 1])
+                    if pool.events is not None:  # what Engine.complete records for the block (commit_full)
+                        pool.events.append(("stored", seq.hashes[last - 1 : last], seq.hashes[last - 2] if last > 1
+                                            else None, seq.tokens[(last - 1) * bs : last * bs]))
                     if ff.watch_hash is not None and seq.hashes[last - 1] == ff.watch_hash:
                         rescan = True
             # schedule the next step: every sequence decodes again; those that filled a block take a new one
@@ -257,6 +273,8 @@ class Node:
                 return
             for i in bucket:
                 seqs[i].blocks += pool.allocate(1)
+            if pool.events:
+                self.flush_events()
             ff.ctx += b
             ff.longest += 1
             self.step_start = end

@@ -5,8 +5,9 @@ Pure scheduling logic: no network, no server, no plotting.
 """
 
 from kit.picker.config import LoadedConfig, load_picker_config, load_picker_file
-from kit.picker.framework import CycleState, Endpoint, InferenceRequest
+from kit.picker.framework import CycleState, Endpoint, InferenceRequest, KVEventsConsumer
+from kit.picker.plugins.approx_prefix import PrefixMatch
 from kit.picker.scheduler import Decision, NoEndpoints, Scheduler
 
-__all__ = ["CycleState", "Decision", "Endpoint", "InferenceRequest", "LoadedConfig", "NoEndpoints", "Scheduler",
-           "load_picker_config", "load_picker_file"]
+__all__ = ["CycleState", "Decision", "Endpoint", "InferenceRequest", "KVEventsConsumer", "LoadedConfig", "NoEndpoints",
+           "PrefixMatch", "Scheduler", "load_picker_config", "load_picker_file"]

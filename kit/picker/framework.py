@@ -127,6 +127,17 @@ class PrepareData(Protocol):
 
 
 @runtime_checkable
+class KVEventsConsumer(Protocol):
+    """Reads vLLM's KV-cache events (``precise-prefix-cache-scorer``). With ``in_process`` set it opens no
+    socket and its caller hands it each message through ``receive`` (the fleet simulator does)."""
+
+    in_process: bool
+    block_size: int  # tokens per KV block the events must use
+
+    def receive(self, topic: str, payload: bytes) -> None: ...
+
+
+@runtime_checkable
 class DataSource(Protocol):
     """A data-layer source; ``produces`` names what its extractors receive."""
 

@@ -49,3 +49,15 @@ def test_bad_input_is_named():
     assert "expected positive numbers" in kit("simulate", "--rate", "1,-2").stderr
     bad = kit("simulate", "--rate", "1", "--num-gpu-blocks", "0")
     assert bad.returncode == 1 and "num_gpu_blocks" in bad.stderr
+
+
+def test_precise_profile_and_scenarios_from_the_command_line():
+    res = kit("simulate", "--replicas", "3", *SMALL, "--rate", "30", "--profile", "default-plugins,precise",
+              "--picker-replicas", "2", "--outside-rate", "10", "--outside-prompt-len", "300", "--event-lag", "0.01")
+    assert res.returncode == 0, res.stderr
+    assert "2 picker replicas, outside traffic 10/s (300 → 1 tokens)" in res.stderr
+    summaries = json.loads(res.stdout)
+    assert summaries["precise"]["ok"] == summaries["default-plugins"]["ok"] == 16
+    assert summaries["precise"]["prefix_cache_hit_rate"] > 0.3
+    bad = kit("simulate", "--rate", "1", "--picker-replicas", "0")
+    assert bad.returncode == 1 and "picker_replicas: need at least one endpoint picker" in bad.stderr

@@ -18,10 +18,14 @@ CONFIGS = {
 }
 
 
-def drive(cfg: SimConfig, fast: bool, seed: int, n: int = 60):
-    """Requests sharing a few prefixes at random times, with the state probed between them."""
+def drive(cfg: SimConfig, fast: bool, seed: int, n: int = 60, events: list | None = None):
+    """Requests sharing a few prefixes at random times, with the state probed between them (and the node's
+    KV-cache events, stamped, appended to ``events`` when given)."""
     rng = random.Random(seed)
     node = Node("n", cfg, fast=fast)
+    if events is not None:
+        node.engine.pool.events = []
+        node.on_events = lambda t, batch: events.append((t, batch))
     prefixes = [[rng.randrange(1, 5000) for _ in range(rng.randint(20, 300))] for _ in range(5)]
     seqs, probes, t = [], [], 0.0
     for _ in range(n):
@@ -46,6 +50,28 @@ def drive(cfg: SimConfig, fast: bool, seed: int, n: int = 60):
 @pytest.mark.parametrize("seed", range(6))
 def test_fast_forward_gives_what_stepping_gives(name, seed):
     assert drive(CONFIGS[name], True, seed) == drive(CONFIGS[name], False, seed)
+
+
+@pytest.mark.parametrize("name", ["roomy", "preempting", "chunked"])
+@pytest.mark.parametrize("seed", range(4))
+def test_fast_forward_publishes_the_kv_events_stepping_publishes(name, seed):
+    fast, slow = [], []
+    assert drive(CONFIGS[name], True, seed, events=fast) == drive(CONFIGS[name], False, seed, events=slow)
+    assert fast == slow
+    kinds = {e[0] for _, batch in fast for e in batch}
+    assert kinds == ({"stored"} if name == "roomy" else {"stored", "removed"})  # the small caches evict
+    times = [t for t, _ in fast]
+    assert times == sorted(times) and len(set(times)) == len(times)  # one batch per step, in order
+    # Replaying the events gives the cache's contents at the end
+    held: set = set()
+    for _, batch in fast:
+        for ev in batch:
+            if ev[0] == "stored":
+                held.update(ev[1])
+            elif ev[0] == "removed":
+                held.difference_update(ev[1])
+    node_cache = drive(CONFIGS[name], True, seed)[-1]
+    assert held == set(node_cache)
 
 
 def test_the_cases_exercise_preemption_and_stretches():

@@ -39,7 +39,8 @@ Parameters (upstream's names; Go's defaults apply to what a config leaves out):
 
 The subscriber starts with the scheduler (``Scheduler.start()``, which ``kit gateway`` calls before
 serving) or at the scorer's first scheduling cycle, and stops with ``close()`` or when the scorer is
-collected; loading a config opens no socket.
+collected; loading a config opens no socket. With ``in_process`` set (the fleet simulator sets it) no socket
+ever opens: the caller hands each message to ``receive``, which applies it as the subscriber thread does.
 ``AllBlocksCleared`` leaves the index as it is, as in every upstream release to v0.8.1.
 
 Example::
@@ -159,6 +160,11 @@ class PreciseParams(Params):
         return self
 
 
+def _apply(index: KVBlockIndex, processor: TokenProcessor, topic: str, payload: bytes) -> None:
+    pod, model = parse_topic(topic)
+    apply_events(index, processor, pod, model, parse_batch(payload))
+
+
 class PreciseState:
     """One cycle's keys and raw per-endpoint counts, shared by the hooks."""
 
@@ -184,20 +190,29 @@ class PrecisePrefixCacheScorer(PluginBase):
         self.seen: dict[str, float] = {}  # endpoint → when it was last scored (pod discovery)
         self.subscriber: Subscriber | None = None
         self._finalizer: weakref.finalize | None = None
+        self.in_process = False  # True: events arrive through receive() (the fleet simulator), no socket opens
 
     def start(self) -> None:
         """Start the event subscriber (once): bind ``zmqEndpoint`` if set; endpoints join as they are scored."""
-        if self.subscriber is not None:
+        if self.subscriber is not None or self.in_process:
             return
         index, processor = self.index, self.processor  # the handler must not hold the scorer
 
         def handle(topic: str, _seq: int, payload: bytes) -> None:
-            pod, model = parse_topic(topic)
-            apply_events(index, processor, pod, model, parse_batch(payload))
+            _apply(index, processor, topic, payload)
 
         ev = self.p.kv_events_config
         self.subscriber = Subscriber(handle, ev.topic_filter, ev.zmq_endpoint)
         self._finalizer = weakref.finalize(self, self.subscriber.close)
+
+    @property
+    def block_size(self) -> int:
+        return self.processor.block_size
+
+    def receive(self, topic: str, payload: bytes) -> None:
+        """Apply one message of vLLM's KV-cache events (topic ``kv@<endpoint>@<model>``, msgpack payload) as
+        the subscriber thread applies each it reads; the fleet simulator calls it with ``in_process`` set."""
+        _apply(self.index, self.processor, topic, payload)
 
     def close(self) -> None:
         """Stop the event subscriber (its sockets close)."""
@@ -223,6 +238,8 @@ class PrecisePrefixCacheScorer(PluginBase):
                 self.index.evict(k, [entry], engine_key=False)
 
     def _subscribe(self, eps: list[Endpoint]) -> None:
+        if self.in_process:
+            return
         self.start()
         ev = self.p.kv_events_config
         if not ev.discover_pods:

@@ -46,7 +46,8 @@ from kit.picker import Endpoint, InferenceRequest, LoadedConfig, NoEndpoints
 
 SCHED_BUCKETS = (5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1)
 _RETRY = object()
-PASSED_HEADERS = ("Cache-Control", "Content-Encoding")  # passed on from the endpoint's answer, with Content-Type
+# Passed on from the endpoint's answer besides Content-Type: (name, as the upstream client keys it).
+PASSED_HEADERS = (("Cache-Control", "cache-control"), ("Content-Encoding", "content-encoding"))
 
 
 class Gateway:
@@ -224,9 +225,9 @@ class Gateway:
             up = answer.headers
             headers = {"Content-Type": up.get("content-type", "application/json"), ENDPOINT_HEADER: ep.name,
                        REQUEST_ID_HEADER: req.request_id, **self.scheduler.response_headers(req, ep)}
-            for name in PASSED_HEADERS:
-                if name.lower() in up:
-                    headers[name] = up[name.lower()]
+            for name, key in PASSED_HEADERS:
+                if key in up:
+                    headers[name] = up[key]
             if answer.complete:  # the whole answer is in: pass it on in one write, with its length
                 self.requests.inc(ep.name, str(answer.status))
                 return web.Response(status=answer.status, headers=headers, body=first)

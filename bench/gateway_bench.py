@@ -32,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -339,14 +340,15 @@ def profile(name: str, workers: list[str], seconds: float, prompt_chars: int, ba
         body = {"model": MODEL, "prompt": (PROMPT * (prompt_chars // len(PROMPT) + 1))[:prompt_chars],
                 "max_tokens": 1}
         wrk(r.url + "/v1/completions", 64, 1, body)
-        script = LOG_DIR / "post.lua"
-        script.write_text(WRK_SCRIPT % json.dumps(body))
-        load = subprocess.Popen(["wrk", "-t1", "-c64", f"-d{seconds + 2:g}s", "-s", str(script),
-                                 r.url + "/v1/completions"], stdout=subprocess.DEVNULL)
+        load: dict = {}
+        cpu0 = r.cpu()
+        driver = threading.Thread(target=lambda: load.update(wrk(r.url + "/v1/completions", 64, seconds + 2, body)))
+        driver.start()
         time.sleep(1)
         subprocess.run([spy, "record", "-p", str(r.pid), "-r", "200", "-d", f"{seconds:g}",
                         "-f", "raw", "-o", str(out)], check=True, capture_output=True)
-        load.wait()
+        driver.join()
+        cpu_per_request = 1e6 * (r.cpu() - cpu0) / load["requests"]
     finally:
         r.stop()
     parts: dict[str, int] = {}
@@ -358,6 +360,7 @@ def profile(name: str, workers: list[str], seconds: float, prompt_chars: int, ba
         leaf = _part(stack.split(";")[-1])
         parts[leaf] = parts.get(leaf, 0) + n
     return {"router": name, "prompt_chars": prompt_chars, "samples": total,
+            "cpu_us_per_req": round(cpu_per_request, 1),
             "parts": {k: round(v / total, 3) for k, v in sorted(parts.items(), key=lambda kv: -kv[1])}}
 
 
@@ -409,9 +412,9 @@ def main() -> None:
     print(markdown(picker, rows))
     for p in result.get("profile", []):
         print(f"\nWhere the CPU of {p['router']} goes ({p['prompt_chars']:,}-character prompts, {p['samples']} "
-              "samples):\n")
-        print("| part | share |\n|---|---|")
-        print("\n".join(f"| {k} | {100 * v:.0f}% |" for k, v in p["parts"].items()))
+              f"samples, {p['cpu_us_per_req']:.0f} µs per request while sampled):\n")
+        print("| part | share | µs per request |\n|---|---|---|")
+        print("\n".join(f"| {k} | {100 * v:.0f}% | {v * p['cpu_us_per_req']:.0f} |" for k, v in p["parts"].items()))
     if args.out:
         Path(args.out).write_text(text)
         print(f"gateway_bench: wrote {args.out}", file=sys.stderr)

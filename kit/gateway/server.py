@@ -231,11 +231,11 @@ class Gateway:
             if answer.complete:  # the whole answer is in: pass it on in one write, with its length
                 self.requests.inc(ep.name, str(answer.status))
                 return web.Response(status=answer.status, headers=headers, body=first)
-            resp = web.StreamResponse(status=answer.status, headers=headers)
+            resp = _Stream(status=answer.status, headers=headers)
             await resp.prepare(request)
             try:
                 chunk = first
-                while chunk:
+                while chunk and not answer.complete:  # each piece as it arrives; the last one with the end
                     await resp.write(chunk)
                     chunk = await answer.read()
             except UpstreamError:
@@ -244,11 +244,18 @@ class Gateway:
                 if request.transport is not None:
                     request.transport.abort()
                 return resp
-            await resp.write_eof()
+            await resp.write_eof(chunk)
             self.requests.inc(ep.name, str(answer.status))
             return resp
         finally:
             answer.close()
+
+
+class _Stream(web.StreamResponse):
+    """A streamed answer whose headers go out with its first piece, in one write, as aiohttp's ``Response``
+    sends them (a ``StreamResponse`` sends them alone at ``prepare``: one more packet before the first token)."""
+
+    _send_headers_immediately = False
 
 
 def _parse_body(raw: bytes) -> Any:

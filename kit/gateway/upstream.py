@@ -201,12 +201,18 @@ class Pool:
         self._idle: dict[str, list[_Connection]] = {}
         self._open: set[_Connection] = set()
         self._targets: dict[str, tuple[str, int, str, bool]] = {}  # base URL → host, port, path prefix, TLS
+        self._heads: dict[tuple[str, str, bytes], bytes] = {}  # (base URL, path, type) → request head up to the length
 
     async def post(self, url: str, path: str, body: bytes, content_type: bytes = b"application/json") -> Answer:
         """POST ``body`` to ``url`` + ``path``; the answer once its status and headers arrived."""
         host, port, prefix, tls = self._target(url)
-        data = [b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
-                % ((prefix + path).encode(), host.encode(), port, content_type, len(body)), body]
+        head = self._heads.get((url, path, content_type))
+        if head is None:
+            name = f"[{host}]" if ":" in host else host  # an IPv6 address
+            head = self._heads[url, path, content_type] = (
+                f"POST {prefix}{path} HTTP/1.1\r\nHost: {name}:{port}\r\nContent-Type: ".encode()
+                + content_type + b"\r\nContent-Length: ")
+        data = [head, b"%d\r\n\r\n" % len(body), body]
         conn = self._take(url)
         reused = conn is not None
         while True:

@@ -1,11 +1,13 @@
 """Gateway and picker benchmarks: picker cost per pick, and the cost of the gateway hop next to the Rust routers.
 
-Run: ``make bench`` (or ``.venv/bin/python bench/gateway_bench.py [--out FILE] [--rounds 2]``). Needs
-``wrk`` (Debian/Ubuntu: ``apt-get install wrk``); the Rust routers are measured when the ``routers``
+Run: ``make bench`` (or ``.venv/bin/python bench/gateway_bench.py [--out FILE] [--rounds 2] [--baseline DIR]
+[--profile]``; ``--rounds 0`` measures the picker alone). The hop needs ``wrk`` (Debian/Ubuntu: ``apt-get
+install wrk``; without it only the picker is measured); the Rust routers are measured when the ``routers``
 extra is installed (``pip install -e '.[routers]'``), else skipped with a note. Results print as JSON
 and as Markdown tables.
 
-* picker: ``kit bench-picker`` in process, 4 to 256 endpoints, 1k to 128k-character prompts.
+* picker: ``kit bench-picker`` in process, 4 to 256 endpoints, 1k to 128k-character prompts, timed in
+  wall-clock and in CPU time (a busy machine stretches the former whenever it deschedules the process).
 * the hop: four zero-latency upstreams (``bench/upstream.py``, one process) answer at once, so the
   router in front of them is what is measured. Per router, started fresh in each round:
 
@@ -16,6 +18,10 @@ and as Markdown tables.
   - rate: ``wrk`` with 64 connections (closed loop); requests/s, errors, and CPU seconds per request
     of the router (all its threads and children), the upstream and ``wrk`` itself (the load
     generator's share shows it was not the bottleneck).
+
+* ``--baseline DIR``: the kit gateway of another checkout too (e.g. before a change), in every round.
+* ``--profile``: py-spy samples of the kit gateway (default profile) under 64 connections, with short
+  and 32k-character prompts: the share of its CPU, and µs per request, in each part of the code.
 
 Everything shares the machine's cores: compare routers within a round, as ratios.
 """
@@ -392,10 +398,12 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true",
                     help="also sample the kit gateway with py-spy under load: where its CPU goes")
     args = ap.parse_args()
-    if not shutil.which("wrk"):
-        sys.exit("gateway_bench: needs wrk on PATH (Debian/Ubuntu: apt-get install wrk)")
     print(f"gateway_bench: logs in {LOG_DIR}", file=sys.stderr)
     picker = [] if args.skip_picker else picker_table()
+    if not shutil.which("wrk"):
+        print("gateway_bench: skipping the hop: it needs wrk on PATH (Debian/Ubuntu: apt-get install wrk)",
+              file=sys.stderr)
+        args.rounds, args.profile = 0, False
     rows = hop(args)
     result: dict = {"picker": picker, "hop": rows}
     if args.profile:

@@ -131,6 +131,8 @@ class _Connection(asyncio.Protocol):
             return
         self.answer = None
         if answer.complete and self.keep_alive and self.transport is not None and not self.transport.is_closing():
+            if answer._size > HIGH_WATER:  # left unread with reading paused: the next answer must get through
+                self.transport.resume_reading()
             self.pool._put_back(self)
         elif self.transport is not None:
             self.transport.close()

@@ -108,8 +108,9 @@ class Datastore:
                     watcher.reschedule(now)
 
     def watch(self, ep: Endpoint, timeout: float) -> _Watch:
-        """``async with``: raise TimeoutError in the block after ``timeout`` seconds (give or take the
-        watchdog's ``LOOP_TICK``), or as soon as ``ep`` leaves rotation as hung."""
+        """``async with``: raise TimeoutError in the block after ``timeout`` seconds (to within the
+        watchdog's ``LOOP_TICK``; the watchdog runs once ``start`` has), or as soon as ``ep`` leaves
+        rotation as hung."""
         waiting = self._waiting.get(timeout)
         if waiting is None:
             waiting = self._waiting[timeout] = {}

@@ -397,8 +397,10 @@ def drain_grace(raw: str | None = None) -> float:
     return grace
 
 
-def run_app(app: web.Application, host: str, port: int, name: str, banner: Callable[[], list[str]]) -> None:
-    """Serve until SIGTERM or SIGINT, printing ``banner()`` lines once up, then drain and stop.
+def run_app(app: web.Application, host: str, port: int, name: str, banner: Callable[[], list[str]],
+            loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, printing ``banner()`` lines once up, then drain and stop; on an event
+    loop from ``loop_factory`` if given (the gateway runs on uvloop).
 
     Draining: stop accepting connections, close idle keep-alive ones, and let the requests in progress finish
     for up to ``drain_grace()`` seconds; whatever is still open then (or at a second signal) is cut off.
@@ -443,4 +445,5 @@ def run_app(app: web.Application, host: str, port: int, name: str, banner: Calla
         await runner.cleanup()
         print(f"{name}: stopped", flush=True)
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main())

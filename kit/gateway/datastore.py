@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 
@@ -38,16 +38,19 @@ class Datastore:
 
     def __init__(self, endpoints: list[Endpoint], settings: GatewaySettings | None = None):
         self.endpoints = endpoints
+        self._by_name = {ep.name: ep for ep in endpoints}
         self.settings = settings or GatewaySettings()
         self.problems: dict[str, str] = {}  # endpoint name → its latest scrape or proxy failure
         self._failures = {ep.name: 0 for ep in endpoints}  # scrapes failed in a row
-        self._watchers: dict[str, set[asyncio.Timeout]] = {ep.name: set() for ep in endpoints}
+        # Requests waiting for a first byte, per timeout length, oldest first: timeout → {its Timeout: (deadline,
+        # endpoint)}. The watchdog expires them (no timer per request, which cost more than the rest of the wait).
+        self._waiting: dict[float, dict[asyncio.Timeout, tuple[float, str]]] = {}
         self._tasks: list[asyncio.Task] = []
         self._session: aiohttp.ClientSession | None = None
         self._tick = self._lagged_at = 0.0  # the watchdog's last tick; when it last found the loop late
 
     def get(self, name: str) -> Endpoint | None:
-        return next((ep for ep in self.endpoints if ep.name == name), None)
+        return self._by_name.get(name)
 
     def healthy(self) -> list[Endpoint]:
         return [ep for ep in self.endpoints if ep.healthy]
@@ -99,27 +102,38 @@ class Datastore:
         elif failures >= 2 and time.monotonic() - ep.updated >= self.settings.unhealthy_after:
             ep.healthy = False  # hung: the requests waiting on it would wait until their own timeout
             now = asyncio.get_running_loop().time()
-            for watcher in list(self._watchers.get(ep.name, ())):
+            for watcher in [cm for waiting in self._waiting.values() for cm, (_, name) in waiting.items()
+                            if name == ep.name]:
                 with contextlib.suppress(RuntimeError):  # already expiring
                     watcher.reschedule(now)
 
-    @contextlib.asynccontextmanager
-    async def watch(self, ep: Endpoint, timeout: float) -> AsyncIterator[None]:
-        """Raise TimeoutError in the block after ``timeout`` seconds, or as soon as ``ep`` leaves rotation as hung."""
-        async with asyncio.timeout(timeout) as cm:
-            watchers = self._watchers.setdefault(ep.name, set())
-            watchers.add(cm)
-            try:
-                yield
-            finally:
-                watchers.discard(cm)
+    def watch(self, ep: Endpoint, timeout: float) -> _Watch:
+        """``async with``: raise TimeoutError in the block after ``timeout`` seconds (to within the
+        watchdog's ``LOOP_TICK``; the watchdog runs once ``start`` has), or as soon as ``ep`` leaves
+        rotation as hung."""
+        waiting = self._waiting.get(timeout)
+        if waiting is None:
+            waiting = self._waiting[timeout] = {}
+        return _Watch(waiting, time.monotonic() + timeout, ep.name)
 
     async def _watchdog(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             self._tick = time.monotonic()
             await asyncio.sleep(LOOP_TICK)
-            if time.monotonic() - self._tick > LOOP_TICK + LOOP_LAG_LIMIT:
-                self._lagged_at = time.monotonic()
+            now = time.monotonic()
+            if now - self._tick > LOOP_TICK + LOOP_LAG_LIMIT:
+                self._lagged_at = now
+            for waiting in self._waiting.values():  # oldest first: stop at the first one still in time
+                expired = []
+                for cm, (deadline, _) in waiting.items():
+                    if deadline > now:
+                        break
+                    expired.append(cm)
+                for cm in expired:
+                    del waiting[cm]
+                    with contextlib.suppress(RuntimeError):  # already expiring
+                        cm.reschedule(loop.time())
 
     async def _poll(self, ep: Endpoint) -> None:
         while True:
@@ -145,3 +159,25 @@ class Datastore:
                 await t
         if self._session:
             await self._session.close()
+
+
+class _Watch:
+    """``asyncio.timeout`` without a timer: the watchdog expires it at its deadline, and ``_failed`` as soon
+    as its endpoint leaves rotation as hung (a class, not a generator: this runs on every request)."""
+
+    __slots__ = ("_cm", "_deadline", "_name", "_waiting")
+
+    def __init__(self, waiting: dict[asyncio.Timeout, tuple[float, str]], deadline: float, name: str):
+        self._waiting, self._deadline, self._name = waiting, deadline, name
+        self._cm: asyncio.Timeout | None = None
+
+    async def __aenter__(self) -> None:
+        self._cm = cm = asyncio.timeout(None)
+        await cm.__aenter__()
+        self._waiting[cm] = (self._deadline, self._name)
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        cm = self._cm
+        assert cm is not None
+        self._waiting.pop(cm, None)
+        return await cm.__aexit__(*exc)

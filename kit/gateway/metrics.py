@@ -1,0 +1,56 @@
+"""The gateway's own Prometheus metrics: counters kept as plain numbers, and the pool's gauges read at scrape time.
+
+prometheus_client's counters take a lock and look their labels up on every increment; the gateway
+counts on every request from one event loop, so ``Tally`` keeps a dict of numbers and hands them to
+the registry only when ``/metrics`` is read (exposed as ``<name>_total``, as a prometheus_client
+counter is, without the ``_created`` series).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from kit.picker import Endpoint
+
+
+class Tally(Collector):
+    """A counter by label values, for one thread."""
+
+    def __init__(self, name: str, documentation: str, labels: list[str]):
+        self.name, self.documentation, self.labels = name, documentation, labels
+        self.counts: dict[tuple[str, ...], float] = {}
+
+    def inc(self, *values: str) -> None:
+        counts = self.counts
+        counts[values] = counts.get(values, 0.0) + 1.0
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        for values, n in list(self.counts.items()):
+            family.add_metric(list(values), n)
+        yield family
+
+
+class PoolGauges(Collector):
+    """Each endpoint's requests in flight and health, and the scheduling plugins' gauges."""
+
+    def __init__(self, endpoints: list[Endpoint], plugin_gauges: Callable[[], dict[str, float]]):
+        self.endpoints, self.plugin_gauges = endpoints, plugin_gauges
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        in_flight = GaugeMetricFamily("kit_gateway_in_flight", "Requests proxied and not finished.",
+                                      labels=["endpoint"])
+        healthy = GaugeMetricFamily("kit_gateway_endpoint_healthy", "1 if the endpoint is in rotation.",
+                                    labels=["endpoint"])
+        for ep in self.endpoints:
+            in_flight.add_metric([ep.name], ep.in_flight)
+            healthy.add_metric([ep.name], 1.0 if ep.healthy else 0.0)
+        yield in_flight
+        yield healthy
+        for name, value in sorted(self.plugin_gauges().items()):
+            g = GaugeMetricFamily(name, "Reported by a scheduling plugin.")
+            g.add_metric([], value)
+            yield g

@@ -80,6 +80,24 @@ class Decision:
                 "at": self.at}
 
 
+def _weighted_totals(eps: list[Endpoint], scored: list[tuple[float, dict[Endpoint, float]]]) -> dict[Endpoint, float]:
+    """Each endpoint's Σ weight × score, in ``eps`` order; a score outside [0, 1] is clamped (NaN counts 0).
+
+    While the scorers return one score per endpoint in ``eps`` order (all of the kit's do), the sums run
+    over lists, one pass per scorer; the additions are the same, in the same order, either way."""
+    acc = [0.0] * len(eps)
+    for done, (w, sc) in enumerate(scored):
+        if list(sc) != eps:  # a scorer skipped or reordered endpoints: sum by endpoint from here on
+            totals = dict(zip(eps, acc, strict=True))
+            for weight, scores in scored[done:]:
+                for ep, s in scores.items():
+                    totals[ep] += weight * (s if 0.0 <= s <= 1.0 else float(s > 1.0))
+            return totals
+        acc = [t + w * (s if 0.0 <= s <= 1.0 else float(s > 1.0))
+               for t, s in zip(acc, sc.values(), strict=True)]
+    return dict(zip(eps, acc, strict=True))
+
+
 class Scheduler:
     """Holds the configured profiles and plugins; ``schedule`` returns the decision, and the lifecycle
     calls (``pre_request``, ``response_headers``, ``response_complete``) reach every configured plugin
@@ -128,7 +146,8 @@ class Scheduler:
                  exclude: frozenset[str] = frozenset()) -> tuple[Decision, CycleState]:
         start = time.perf_counter()
         state = CycleState()
-        eps = [ep for ep in endpoints if ep.healthy and ep.name not in exclude]
+        eps = [ep for ep in endpoints if ep.healthy and ep.name not in exclude] if exclude else \
+            [ep for ep in endpoints if ep.healthy]
         if not eps:
             raise NoEndpoints("no healthy endpoint is available")
         for producer in self._prepare:
@@ -144,13 +163,8 @@ class Scheduler:
             eps = kept
             if not eps:
                 raise NoEndpoints(f"filter {f.name} left no endpoint")
-        totals = dict.fromkeys(eps, 0.0)
-        scores = []
-        for scorer, weight in profile.scorers:
-            sc = scorer.score(state, req, eps)
-            scores.append((scorer.name, sc))
-            for ep, s in sc.items():  # scores outside [0, 1] are clamped
-                totals[ep] += weight * s if 0.0 <= s <= 1.0 else weight * (1.0 if s > 1.0 else 0.0)
+        scores = [(scorer.name, scorer.score(state, req, eps)) for scorer, _ in profile.scorers]
+        totals = _weighted_totals(eps, [(w, sc) for (_, w), (_, sc) in zip(profile.scorers, scores, strict=True)])
         picked = profile.picker.pick(state, list(totals.items()))
         decision = Decision(
             request_id=req.request_id, profile=name, picked=[ep.name for ep in picked],

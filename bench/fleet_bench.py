@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
+import os
 import random
 import resource
 import statistics
@@ -88,13 +89,14 @@ def speed(args: argparse.Namespace) -> dict:
                      question_len=args.question, output_len=args.output, seed=1)
     fleet = Fleet(replicas=args.replicas, profile=args.profile, sample_interval=args.sample_interval, seed=1,
                   sim=SimConfig(num_gpu_blocks=args.kv_blocks, max_model_len=min(40960, 16 * args.kv_blocks)))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     run = simulate(w, Load(rate=args.rate, requests=args.requests), fleet, progress=True)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     s = run.summary
     return {"replicas": args.replicas, "requests": args.requests, "rate": args.rate, "profile": args.profile,
             "kv_blocks": args.kv_blocks,
-            "workload": w.model_dump(), "wall_s": round(wall, 1), "simulated_s": s.duration_s,
+            "workload": w.model_dump(), "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+            "load_avg_1min": round(os.getloadavg()[0], 1), "simulated_s": s.duration_s,
             "requests_per_wall_s": round(args.requests / wall), "picker_share": round(spent[0] / wall, 3),
             "picker_us_per_request": round(1e6 * spent[0] / args.requests),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),

@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable
-from itertools import islice
 
 from kit.sim.config import SimConfig
 from kit.sim.engine import Engine, Sequence
@@ -47,6 +46,8 @@ Hashes = dict[int, tuple[list[int], list[int]]]
 class FleetEngine(Engine):
     """The simulator's engine, taking a prompt's block hashes from the fleet's cache when it holds that very
     token list (``id(prompt)`` → (prompt, hashes); the entry keeps the list alive, so the id stays its own)."""
+
+    streams = False  # nobody reads the tokens as they come
 
     def __init__(self, cfg: SimConfig, observer: object, clock: Callable[[], float], hashes: Hashes):
         super().__init__(cfg, observer, clock)  # type: ignore[arg-type]
@@ -251,7 +252,7 @@ class Node:
                         rescan = True
             # schedule the next step: every sequence decodes again; those that filled a block take a new one
             m = len(bucket)
-            if rescan or m > pool.num_free or (ff.watch_ids and any(k in ff.watch_ids for k in islice(pool.free, m))):
+            if rescan or m > pool.num_free or (ff.watch_ids and any(k in ff.watch_ids for k in pool.upcoming(m))):
                 self._leave_stretch(completed=True)
                 self._schedule()
                 return

@@ -279,10 +279,14 @@ class Engine:
             if seq.out is not None:
                 seq.out.put_nowait(token)
             if out_len + 1 >= seq.target_len:
-                self.running.remove(seq)
-                self.pool.release(seq.blocks)
-                seq.blocks = []
-                self._finish(seq, "stop" if seq.natural_stop else "length")
+                self.retire(seq)
+
+    def retire(self, seq: Sequence) -> None:
+        """``seq`` got its last token: it leaves the running list, frees its blocks and finishes."""
+        self.running.remove(seq)
+        self.pool.release(seq.blocks)
+        seq.blocks = []
+        self._finish(seq, "stop" if seq.natural_stop else "length")
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         seq.finish_reason = reason

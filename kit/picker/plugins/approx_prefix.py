@@ -40,10 +40,10 @@ Example::
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
-from itertools import chain, takewhile
+from itertools import groupby, takewhile
 from typing import Annotated, Any
 
 import xxhash
@@ -125,7 +125,13 @@ class PrefixIndex:
 
     def match(self, hashes: list[int]) -> dict[str, int]:
         """Per endpoint, how many of the hashes it holds, walking the chain until a hash nobody holds."""
-        return dict(Counter(chain.from_iterable(takewhile(bool, map(self.owners.get, hashes)))))
+        counts: dict[str, int] = {}
+        # Consecutive hashes mostly have the same holders: count each run of equal holder sets at once.
+        for owners, run in groupby(takewhile(bool, map(self.owners.get, hashes))):
+            k = len(list(run))
+            for name in owners:
+                counts[name] = counts.get(name, 0) + k
+        return counts
 
     def add(self, name: str, hashes: list[int], capacity: int) -> None:
         lru = self.lrus.get(name)

@@ -306,10 +306,16 @@ class Node:
                     nc = base[seq] + c
                     last = nc // bs
                     if last > len(seq.hashes):
-                        _extend(seq, nc)
                         parent = seq.hashes[-1] if seq.hashes else None
-                        seq.hashes += chain_hashes(seq.tokens, bs, eng.root, len(seq.hashes), parent,
-                                                   eng.hash_block)  # len(tokens) == nc
+                        out = nc - bs - seq.prompt_len  # the block's first generated token, if all are
+                        if out >= 0 and last == len(seq.hashes) + 1:  # hash it without writing the tokens
+                            start = (seq.id + out) % len(OUTPUT_TOKENS)
+                            seq.hashes += chain_hashes(_CYCLE[start : start + bs], bs, eng.root, 0, parent,
+                                                       eng.hash_block)
+                        else:
+                            _extend(seq, nc)
+                            seq.hashes += chain_hashes(seq.tokens, bs, eng.root, len(seq.hashes), parent,
+                                                       eng.hash_block)  # len(tokens) == nc
                     pool.commit(seq.blocks[last - 1], seq.hashes[last - 1])
                     if seq.hashes[last - 1] == ff.watch_hash:
                         ff.recheck = True
@@ -319,7 +325,19 @@ class Node:
                 eng.complete(ff.active)
                 ff.recheck = True
                 self._absorb()
-            if not base or not self._plan_stretch():
+            running, due = eng.running, ff.buckets[c % bs]
+            if base and len(running) == len(base) and not (eng.waiting and (ff.recheck or ff.watch_ids)) \
+                    and len(due) <= pool.num_free:
+                # the usual step: only the lazy decoders, nobody to admit; those that filled a block take one
+                if due:
+                    for seq, block in zip(due, pool.allocate(len(due)), strict=True):
+                        seq.blocks.append(block)
+                if ff.active:
+                    ff.active = self.plan = []
+                b = len(base)
+                self.step_start = end
+                self.step_end = end + eng.decode_seconds(b, ff.total + b * c, ff.longest + c) * self.scale
+            elif not base or not self._plan_stretch():
                 self._leave_stretch()
                 self._schedule()
                 return
@@ -368,7 +386,9 @@ class Node:
             steps = min(s.target_len - s.output_len for s in self.engine.running) - 1
         if self.engine.waiting:
             steps = min(steps, min(s.target_len for s in self.engine.waiting))
-        steps = min(steps, self._steps_to_preemption())
+        # In ``steps`` completes each running sequence fills at most steps // block_size + 1 blocks.
+        if self.engine.pool.num_free < len(self.engine.running) * (steps // self.cfg.block_size + 1):
+            steps = min(steps, self._steps_to_preemption())
         return self.step_end + max(0, steps) * (self.step_end - self.step_start)
 
     def _steps_to_preemption(self) -> int:

@@ -61,7 +61,7 @@ class Decision:
     endpoints: list[Endpoint] = field(default_factory=list, repr=False)  # every candidate, before filters
     filtered_by: dict[str, str] = field(default_factory=dict, repr=False)  # endpoint → the filter that dropped it
     scores: list[tuple[str, dict[Endpoint, float]]] = field(default_factory=list, repr=False)  # per scorer
-    totals: dict[Endpoint, float] = field(default_factory=dict, repr=False)
+    totals: list[tuple[Endpoint, float]] = field(default_factory=list, repr=False)  # every candidate's, in order
 
     @cached_property
     def candidates(self) -> list[dict[str, Any]]:
@@ -70,7 +70,7 @@ class Decision:
         for name, scores in self.scores:
             for ep, s in scores.items():
                 rows[ep]["scores"][name] = round(min(1.0, max(0.0, s)), 6)
-        for ep, t in self.totals.items():
+        for ep, t in self.totals:
             rows[ep]["total"] = round(t, 6)
         return list(rows.values())
 
@@ -80,7 +80,8 @@ class Decision:
                 "at": self.at}
 
 
-def _weighted_totals(eps: list[Endpoint], scored: list[tuple[float, dict[Endpoint, float]]]) -> dict[Endpoint, float]:
+def _weighted_totals(eps: list[Endpoint], scored: list[tuple[float, dict[Endpoint, float]]]) \
+        -> list[tuple[Endpoint, float]]:
     """Each endpoint's Σ weight × score, in ``eps`` order; a score outside [0, 1] is clamped (NaN counts 0).
 
     While the scorers return one score per endpoint in ``eps`` order (all of the kit's do), the sums run
@@ -92,10 +93,10 @@ def _weighted_totals(eps: list[Endpoint], scored: list[tuple[float, dict[Endpoin
             for weight, scores in scored[done:]:
                 for ep, s in scores.items():
                     totals[ep] += weight * (s if 0.0 <= s <= 1.0 else float(s > 1.0))
-            return totals
+            return list(totals.items())
         acc = [t + w * (s if 0.0 <= s <= 1.0 else float(s > 1.0))
                for t, s in zip(acc, sc.values(), strict=True)]
-    return dict(zip(eps, acc, strict=True))
+    return list(zip(eps, acc, strict=True))
 
 
 class Scheduler:
@@ -165,7 +166,7 @@ class Scheduler:
                 raise NoEndpoints(f"filter {f.name} left no endpoint")
         scores = [(scorer.name, scorer.score(state, req, eps)) for scorer, _ in profile.scorers]
         totals = _weighted_totals(eps, [(w, sc) for (_, w), (_, sc) in zip(profile.scorers, scores, strict=True)])
-        picked = profile.picker.pick(state, list(totals.items()))
+        picked = profile.picker.pick(state, list(totals))
         decision = Decision(
             request_id=req.request_id, profile=name, picked=[ep.name for ep in picked],
             weights={s.name: w for s, w in profile.scorers}, duration_s=time.perf_counter() - start,

@@ -203,7 +203,7 @@ class Engine:
             cached = len(hit) * cfg.block_size
             n = min(len(seq.tokens) - cached, budget)
             need = self._blocks_for(cached + n) - len(hit)
-            if need > pool.num_free - sum(1 for b in hit if b.ref == 0):
+            if need > pool.num_free - [b.ref for b in hit].count(0):  # idle cached blocks are free blocks too
                 break
             pool.touch(hit)
             seq.blocks = hit + pool.allocate(need)

@@ -25,6 +25,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
+from functools import partial
+from itertools import takewhile
+from operator import is_not
 
 
 class Block:
@@ -50,6 +53,7 @@ def chain_hashes(tokens: Sequence[int], block_size: int, root: Hashable, start: 
 
 
 _UNUSED = -1  # the free queue's key for the run of blocks never used yet
+_is_block = partial(is_not, None)
 
 
 class BlockPool:
@@ -87,13 +91,7 @@ class BlockPool:
 
     def lookup(self, hashes: Sequence[int]) -> list[Block]:
         """The cached blocks for the longest prefix of ``hashes``."""
-        hit = []
-        for h in hashes:
-            block = self.cached.get(h)
-            if block is None:
-                break
-            hit.append(block)
-        return hit
+        return list(takewhile(_is_block, map(self.cached.get, hashes)))
 
     def touch(self, blocks: Sequence[Block]) -> None:
         """Take a reference on cached blocks (removing idle ones from the free queue)."""

@@ -292,25 +292,27 @@ class Node:
         assert ff is not None
         eng, pool, bs = self.engine, self.engine.pool, self.cfg.block_size
         caching = self.cfg.enable_prefix_caching
-        base, itl = ff.base, self.itl
-        while self.step_end <= t:
-            self.now = end = self.step_end
-            ff.c += 1
-            c = ff.c
+        base, buckets, ends, itl = ff.base, ff.buckets, ff.ends, self.itl
+        running, waiting, decode_seconds, scale = eng.running, eng.waiting, eng.decode_seconds, self.scale
+        start, end = self.step_start, self.step_end
+        while end <= t:
+            self.now = end
+            c = ff.c = ff.c + 1
             b = len(base)
-            itl[round(end - self.step_start, 6)] += b
+            itl[round(end - start, 6)] += b
             self.generation_tokens += b
             eng.steps += 1
-            if caching:  # the lazy decoders that filled a block commit it, in running order
-                for seq in ff.buckets[c % bs]:
+            due = buckets[c % bs]  # the lazy decoders that filled a block; at the next step each takes a new one
+            if caching:  # they commit it, in running order
+                for seq in due:
                     nc = base[seq] + c
                     last = nc // bs
                     if last > len(seq.hashes):
                         parent = seq.hashes[-1] if seq.hashes else None
                         out = nc - bs - seq.prompt_len  # the block's first generated token, if all are
                         if out >= 0 and last == len(seq.hashes) + 1:  # hash it without writing the tokens
-                            start = (seq.id + out) % len(OUTPUT_TOKENS)
-                            seq.hashes += chain_hashes(_CYCLE[start : start + bs], bs, eng.root, 0, parent,
+                            first = (seq.id + out) % len(OUTPUT_TOKENS)
+                            seq.hashes += chain_hashes(_CYCLE[first : first + bs], bs, eng.root, 0, parent,
                                                        eng.hash_block)
                         else:
                             _extend(seq, nc)
@@ -319,25 +321,26 @@ class Node:
                     pool.commit(seq.blocks[last - 1], seq.hashes[last - 1])
                     if seq.hashes[last - 1] == ff.watch_hash:
                         ff.recheck = True
-            if ff.ends[0] == c:
+            if ends[0] == c:
                 self._finish_lazy(c)
             if ff.active:  # after the lazy ones, as they follow them in the running list
                 eng.complete(ff.active)
                 ff.recheck = True
                 self._absorb()
-            running, due = eng.running, ff.buckets[c % bs]
-            if base and len(running) == len(base) and not (eng.waiting and (ff.recheck or ff.watch_ids)) \
+            if base and len(running) == len(base) and not (waiting and (ff.recheck or ff.watch_ids)) \
                     and len(due) <= pool.num_free:
-                # the usual step: only the lazy decoders, nobody to admit; those that filled a block take one
+                # the usual step: only the lazy decoders, nobody to admit
                 if due:
                     for seq, block in zip(due, pool.allocate(len(due)), strict=True):
                         seq.blocks.append(block)
                 if ff.active:
                     ff.active = self.plan = []
                 b = len(base)
-                self.step_start = end
-                self.step_end = end + eng.decode_seconds(b, ff.total + b * c, ff.longest + c) * self.scale
-            elif not base or not self._plan_stretch():
+                start, end = end, end + decode_seconds(b, ff.total + b * c, ff.longest + c) * scale
+                self.step_start, self.step_end = start, end
+            elif base and self._plan_stretch():
+                start, end = self.step_start, self.step_end
+            else:
                 self._leave_stretch()
                 self._schedule()
                 return

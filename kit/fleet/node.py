@@ -4,15 +4,15 @@ A ``Node`` holds an ``Engine`` (the code ``kit sim`` runs) and the step in fligh
 every step that ends by ``t``, exactly as ``Engine.run()`` would: complete the step, schedule the
 next, charge it ``step_cost`` (times the time scale, as ``replay()`` does).
 
-Most steps of a busy server do nothing but decode: every running sequence gains one token, the
-queue cannot be admitted, nobody finishes. ``advance`` fast-forwards such *decode stretches* without
-touching each sequence each step: it counts steps, commits and allocates only the KV blocks that fill
-(one per sequence every ``block_size`` steps, in the engine's order), and writes each sequence's
-state back when the stretch ends. A stretch ends before any step that would finish a sequence,
-preempt one, or could admit a waiting one (a block of the queue head's cached prefix about to be
-evicted, or the next block of that prefix being committed); those steps run through the engine
-itself. The results are the same as stepping every step (``fast=False``), to the byte:
-``tests/fleet/test_node.py`` checks it.
+Most of a busy server's work is decoding: each running sequence gains one token per step. ``advance``
+keeps such sequences *lazy* (``_Stretch``): it counts steps, commits and allocates only the KV blocks
+that fill (one per sequence every ``block_size`` steps, in the engine's order), and writes a sequence's
+state only when it finishes or the fast-forward ends. Everything else a step does (admitting, prefill
+chunks, a new request's first token) runs through the engine's own code beside the lazy decoders, and a
+prefilled request joins them. The fast-forward ends only where the engine would preempt, or could not
+fit every lazy decoder in the token budget; the engine then steps itself until it can resume. The
+results are the same as stepping every step (``fast=False``), to the byte: ``tests/fleet/test_node.py``
+checks it.
 
 ``next_event()`` is a lower bound of when the node can next finish a request (``inf`` when idle): the
 fleet's event loop does not look at a node before then unless it sends it a request.

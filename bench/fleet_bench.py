@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/fleet_bench.py core              # SimPy against a plain event heap
     .venv/bin/python bench/fleet_bench.py speed --replicas 16 --requests 10000 --rate 35
-    .venv/bin/python bench/fleet_bench.py speed --replicas 256 --requests 100000 --rate 560
+    .venv/bin/python bench/fleet_bench.py speed --replicas 256 --requests 100000 --rate 4000 --system 1500 \
+        --question 300 --output 200
     .venv/bin/python bench/fleet_bench.py fidelity          # the virtual clock against the HTTP stack
-    .venv/bin/python bench/fleet_bench.py picker --endpoints 256   # where the picker's time goes
+    .venv/bin/python bench/fleet_bench.py picker --endpoints 256   # the picker's time per request
 
 ``speed`` runs one simulation of the guide's workload shape (shared prefix, 150 groups × 5 prompts,
 system 6,000 + question 1,200 → 1,000 tokens, unless flags say otherwise) and reports wall time,
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
+import os
 import random
 import resource
 import statistics
@@ -88,23 +90,23 @@ def speed(args: argparse.Namespace) -> dict:
                      question_len=args.question, output_len=args.output, seed=1)
     fleet = Fleet(replicas=args.replicas, profile=args.profile, sample_interval=args.sample_interval, seed=1,
                   sim=SimConfig(num_gpu_blocks=args.kv_blocks, max_model_len=min(40960, 16 * args.kv_blocks)))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     run = simulate(w, Load(rate=args.rate, requests=args.requests), fleet, progress=True)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     s = run.summary
     return {"replicas": args.replicas, "requests": args.requests, "rate": args.rate, "profile": args.profile,
             "kv_blocks": args.kv_blocks,
-            "workload": w.model_dump(), "wall_s": round(wall, 1), "simulated_s": s.duration_s,
+            "workload": w.model_dump(), "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+            "load_avg_1min": round(os.getloadavg()[0], 1), "simulated_s": s.duration_s,
             "requests_per_wall_s": round(args.requests / wall), "picker_share": round(spent[0] / wall, 3),
             "picker_us_per_request": round(1e6 * spent[0] / args.requests),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "ttft_p90_s": s.ttft_p90_s, "hit_rate": s.prefix_cache_hit_rate, "errors": s.errors}
 
 
-def picker(endpoints: int = 256, requests: int = 2000, prompt_chars: int = 8000) -> dict:
-    """Where the picker's time goes at fleet scale: ``Scheduler.schedule`` as it is, against the same cycle
-    (filters, clamped weighted scores, the picker) without the per-candidate explanation rows it builds.
-    The second is a measurement prototype only; the kit keeps one scheduling path."""
+def picker(endpoints: int = 256, requests: int = 2000, prompt_chars: int = 7200) -> dict:
+    """Where the picker's time goes at fleet scale: the median of ``Scheduler.schedule`` (default profile) over
+    ``endpoints`` candidates, and of each of its scorers alone, on prompts that share 32 prefixes."""
     from kit import paths
     from kit.picker import CycleState, Endpoint, InferenceRequest, load_picker_file
     from kit.vllm_metrics import EndpointMetrics
@@ -116,30 +118,19 @@ def picker(endpoints: int = 256, requests: int = 2000, prompt_chars: int = 8000)
         num_gpu_blocks=40000)) for i in range(endpoints)]
     prompts = [f"group {g} " * (prompt_chars // 8) for g in range(32)]
     profile = next(iter(sched.profiles.values()))
-
-    def lean(req: InferenceRequest) -> Endpoint:
-        state, cands = CycleState(), eps
-        for f in profile.filters:
-            cands = f.filter(state, req, cands)
-        totals = dict.fromkeys(cands, 0.0)
-        for scorer, weight in profile.scorers:
-            for ep, v in scorer.score(state, req, cands).items():
-                totals[ep] += weight * min(1.0, max(0.0, v))
-        return profile.picker.pick(state, list(totals.items()))[0]
-
-    out = {"endpoints": endpoints, "prompt_chars": prompt_chars}
-    for name in ("schedule", "lean"):
-        times = []
-        for i in range(requests):
-            req = InferenceRequest(model="m", prompt=prompts[i % 32], request_id=str(i))
+    times: dict[str, list[float]] = {"schedule": [], **{s.name: [] for s, _ in profile.scorers}}
+    for i in range(requests):
+        req = InferenceRequest(model="m", prompt=prompts[i % 32], request_id=str(i))
+        start = time.perf_counter()
+        _, state = sched.schedule(req, eps)
+        times["schedule"].append(time.perf_counter() - start)
+        sched.pre_request(state, req, eps[0])
+        for scorer, _ in profile.scorers:
             start = time.perf_counter()
-            if name == "schedule":
-                sched.schedule(req, eps)
-            else:
-                lean(req)
-            times.append(time.perf_counter() - start)
-        out[f"{name}_median_us"] = round(1e6 * statistics.median(times))
-    out["lean_share"] = round(out["lean_median_us"] / out["schedule_median_us"], 2)
+            scorer.score(CycleState(), req, eps)
+            times[scorer.name].append(time.perf_counter() - start)
+    out = {"endpoints": endpoints, "prompt_chars": prompt_chars}
+    out.update({f"{k}_median_us": round(1e6 * statistics.median(v)) for k, v in times.items()})
     return out
 
 
@@ -218,7 +209,7 @@ def main() -> None:
     s.add_argument("--output", type=int, default=1000)
     s.add_argument("--sample-interval", type=float, default=1.0)
     s.add_argument("--kv-blocks", type=int, default=40_000, help="KV blocks per server (kit sim's default)")
-    pk = sub.add_parser("picker", help="the picker's cycle with and without its explanation rows")
+    pk = sub.add_parser("picker", help="the picker's time per request, and each scorer's")
     pk.add_argument("--endpoints", type=int, default=256)
     f = sub.add_parser("fidelity", help="the virtual clock against the HTTP stack")
     f.add_argument("--replicas", type=int, default=4)

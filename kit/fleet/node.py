@@ -4,17 +4,17 @@ A ``Node`` holds an ``Engine`` (the code ``kit sim`` runs) and the step in fligh
 every step that ends by ``t``, exactly as ``Engine.run()`` would: complete the step, schedule the
 next, charge it ``step_cost`` (times the time scale, as ``replay()`` does).
 
-Most steps of a busy server do nothing but decode: every running sequence gains one token, the
-queue cannot be admitted, nobody finishes. ``advance`` fast-forwards such *decode stretches* without
-touching each sequence each step: it counts steps, commits and allocates only the KV blocks that fill
-(one per sequence every ``block_size`` steps, in the engine's order), and writes each sequence's
-state back when the stretch ends. A stretch ends before any step that would finish a sequence,
-preempt one, or could admit a waiting one (a block of the queue head's cached prefix about to be
-evicted, or the next block of that prefix being committed); those steps run through the engine
-itself. The results are the same as stepping every step (``fast=False``), to the byte:
-``tests/fleet/test_node.py`` checks it, KV-cache events included: with ``engine.pool.events`` a list,
-each step's events (what ``Engine.complete`` and ``schedule`` record) go to ``on_events(time, events)``
-(``kit.fleet.events`` feeds them to the precise prefix scorer).
+Most of a busy server's work is decoding: each running sequence gains one token per step. ``advance``
+keeps such sequences *lazy* (``_Stretch``): it counts steps, commits and allocates only the KV blocks
+that fill (one per sequence every ``block_size`` steps, in the engine's order), and writes a sequence's
+state only when it finishes or the fast-forward ends. Everything else a step does (admitting, prefill
+chunks, a new request's first token) runs through the engine's own code beside the lazy decoders, and a
+prefilled request joins them. The fast-forward ends only where the engine would preempt, or could not
+fit every lazy decoder in the token budget; the engine then steps itself until it can resume. The
+results are the same as stepping every step (``fast=False``), to the byte: ``tests/fleet/test_node.py``
+checks it, KV-cache events included: with ``engine.pool.events`` a list, each step's events (what
+``Engine.complete`` and ``schedule`` record) go to ``on_events(time, events)`` (``kit.fleet.events`` feeds
+them to the precise prefix scorer).
 
 ``next_event()`` is a lower bound of when the node can next finish a request (``inf`` when idle): the
 fleet's event loop does not look at a node before then unless it sends it a request.
@@ -22,10 +22,10 @@ fleet's event loop does not look at a node before then unless it sends it a requ
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import defaultdict
 from collections.abc import Callable
-from itertools import islice
 
 from kit.sim.config import SimConfig
 from kit.sim.engine import Engine, Sequence
@@ -50,6 +50,8 @@ class FleetEngine(Engine):
     """The simulator's engine, taking a prompt's block hashes from the fleet's cache when it holds that very
     token list (``id(prompt)`` → (prompt, hashes); the entry keeps the list alive, so the id stays its own)."""
 
+    streams = False  # nobody reads the tokens as they come
+
     def __init__(self, cfg: SimConfig, observer: object, clock: Callable[[], float], hashes: Hashes):
         super().__init__(cfg, observer, clock)  # type: ignore[arg-type]
         self._hashes = hashes
@@ -62,23 +64,29 @@ class FleetEngine(Engine):
 
 
 class _Stretch:
-    """A decode stretch in progress: per-sequence state at its start, and the steps completed since."""
+    """The lazy decoders (running sequences that decode one token every step, tracked without being
+    touched) and the step in flight's other work.
 
-    __slots__ = ("base", "buckets", "c", "ctx", "limit", "longest", "seqs", "watch_hash", "watch_ids")
+    A lazy sequence's ``num_computed`` is ``base[seq] + c`` after ``c`` steps completed in the stretch;
+    its fields are written back when it finishes or the stretch ends. The lazy sequences are the head
+    of the engine's running list, in its order; the rest (``active``: prefill chunks, the first step of
+    an admitted request) runs through the engine's own per-sequence code."""
 
-    def __init__(self, seqs: list[Sequence], bs: int, ctx: int, limit: int, watch_ids: set[int],
-                 watch_hash: int | None):
-        self.seqs = seqs
-        self.base = [s.num_computed for s in seqs]
-        self.buckets: list[list[int]] = [[] for _ in range(bs)]
-        for i, s in enumerate(seqs):  # the complete after which each fills a block and needs a new one
-            self.buckets[(len(s.blocks) * bs - s.num_computed) % bs].append(i)
+    __slots__ = ("active", "base", "buckets", "c", "ends", "finishing", "longest", "recheck", "total",
+                 "watch_hash", "watch_ids")
+
+    def __init__(self, bs: int):
+        self.base: dict[Sequence, int] = {}  # lazy sequence → num_computed - c, in running order
+        self.buckets: list[list[Sequence]] = [[] for _ in range(bs)]  # c % bs → who fills a block at complete c
+        self.finishing: dict[int, list[Sequence]] = {}  # complete → who gets its last token then
+        self.ends: list[int] = []  # heap of finishing's keys
         self.c = 0  # steps completed in the stretch
-        self.ctx = ctx  # KV tokens the step in flight reads
-        self.longest = max(self.base, default=0)  # the longest context among them
-        self.limit = limit  # completes allowed (the next one would finish a sequence)
-        self.watch_ids = watch_ids
-        self.watch_hash = watch_hash
+        self.total = 0  # Σ base
+        self.longest = 0  # max base
+        self.active: list[tuple[Sequence, int]] = []  # the step in flight's work besides the lazy decoders
+        self.recheck = True  # the queue head may be admissible: ask the engine at the next schedule
+        self.watch_ids: set[int] = set()  # else it stays blocked unless one of these idle blocks is evicted
+        self.watch_hash: int | None = None  # ... or this block of its prefix is committed
 
 
 class Node:
@@ -138,10 +146,11 @@ class Node:
 
     def submit(self, t: float, prompt: list[int], max_tokens: int) -> Sequence:
         """A request arrives at ``t`` (the node must have been advanced to ``t``)."""
-        self._leave_stretch()
         self.now = t
         self.snap_idle = False
         seq = self.engine.submit(prompt, max_tokens)
+        if self.ff is not None:
+            self.ff.recheck = True
         if self.plan is None:
             self._schedule()
         return seq
@@ -164,12 +173,15 @@ class Node:
         self.step_start, self.step_end = self.now, self.now + st.duration * self.scale
 
     def _step(self) -> None:
-        """Complete the step in flight through the engine and schedule the next."""
+        """Complete the step in flight through the engine and schedule the next (fast-forwarding, if it can)."""
         self.now = self.step_end
         assert self.plan is not None
         self.engine.complete(self.plan)
         self.engine.steps += 1
-        self._schedule()
+        if not (self.fast and self._enter_stretch()):
+            self._schedule()
+        elif self.engine.pool.events:
+            self.flush_events()  # what the step recorded, as _schedule would have handed it over
 
     def flush_events(self) -> None:
         """Hand the KV-cache events recorded since the last flush to ``on_events``, stamped now."""
@@ -181,144 +193,238 @@ class Node:
     def advance(self, t: float) -> None:
         """Run every step that ends by ``t``."""
         while self.plan is not None and self.step_end <= t:
-            if self.ff is None and not (self.fast and self.decode and self._enter_stretch()):
+            if self.ff is None:
                 self._step()
-                continue
-            self._fast_forward(t)
+            else:
+                self._fast_forward(t)
 
     # ---------------------------------------------------------- fast-forward
-    def _enter_stretch(self) -> bool:
-        eng, cfg = self.engine, self.cfg
-        seqs = eng.running
-        if not seqs:
-            return False
-        limit = min(s.target_len - s.output_len for s in seqs) - 1
-        if limit < 1 or any(s.last_token_at != self.step_start for s in seqs):
-            return False
-        bs = cfg.block_size
-        if any(not 0 < len(s.blocks) * bs - s.num_computed <= bs for s in seqs):
-            return False
-        watch_ids: set[int] = set()
-        watch_hash = None
-        if eng.waiting:
-            budget = cfg.max_num_batched_tokens - len(seqs)
-            if budget > 0 and len(seqs) < cfg.max_num_seqs:
-                # The queue head is not admitted now and, with fewer free blocks, will not be, unless its
-                # cached prefix changes: watch its idle cached blocks and the next hash of its prefix.
-                head = eng.waiting[0]
-                usable = (head.prompt_len - 1) // bs if head.hashes else 0
-                # However much of its prefix is cached, the head needs at least this many new blocks.
-                floor = min(-(-len(head.tokens) // bs) - usable, -(-budget // bs))
-                if floor > eng.pool.num_free:
-                    return self._start(seqs, bs, limit, set(), None)
-                hit = []
-                if head.hashes:
-                    hit = eng.pool.lookup(head.hashes[:usable])
-                cached = len(hit) * bs
-                n = min(len(head.tokens) - cached, budget)
-                need = -(-(cached + n) // bs) - len(hit)
-                idle = [b.id for b in hit if b.ref == 0]
-                if need <= eng.pool.num_free - len(idle):
-                    return False
-                watch_ids = set(idle)
-                watch_hash = head.hashes[len(hit)] if len(hit) < usable else None
-        return self._start(seqs, bs, limit, watch_ids, watch_hash)
+    def _lazy(self, seq: Sequence) -> bool:
+        """``seq`` (running, just completed a step) decodes one token per step from here on."""
+        nc = seq.num_computed
+        return (len(seq.tokens) == nc + 1 and nc >= seq.prompt_len and seq.last_token_at == self.now
+                and len(seq.blocks) == -(-nc // self.cfg.block_size))
 
-    def _start(self, seqs: list[Sequence], bs: int, limit: int, watch_ids: set[int], watch_hash: int | None) -> bool:
-        self.ff = _Stretch(list(seqs), bs, sum(s.num_computed for s in seqs), limit, watch_ids, watch_hash)
+    def _join(self, seq: Sequence) -> None:
+        ff = self.ff
+        assert ff is not None
+        base = seq.num_computed - ff.c
+        ff.base[seq] = base
+        ff.total += base
+        if len(ff.base) == 1 or base > ff.longest:
+            ff.longest = base
+        ff.buckets[-base % self.cfg.block_size].append(seq)
+        end = ff.c + seq.target_len - (len(seq.tokens) - seq.prompt_len)
+        if end not in ff.finishing:
+            ff.finishing[end] = []
+            heapq.heappush(ff.ends, end)
+        ff.finishing[end].append(seq)
+
+    def _absorb(self) -> None:
+        """Make lazy the running sequences after the lazy ones that now only decode (in running order)."""
+        ff, running = self.ff, self.engine.running
+        assert ff is not None
+        while len(ff.base) < len(running) and self._lazy(running[len(ff.base)]):
+            self._join(running[len(ff.base)])
+
+    def _enter_stretch(self) -> bool:
+        """Between steps: fast-forward from here if the first running sequences only decode."""
+        running = self.engine.running
+        if not running or not self._lazy(running[0]):
+            return False
+        self.ff = _Stretch(self.cfg.block_size)
+        self._absorb()
+        if self._plan_stretch():
+            return True
+        self.ff = None  # nothing was changed: the engine schedules
+        return False
+
+    def _plan_stretch(self) -> bool:
+        """Schedule the next step as ``Engine.schedule`` would, the lazy decoders without touching them; False
+        (and nothing changed) if a sequence would have to be preempted or not every lazy one fits the budget."""
+        ff, eng, cfg = self.ff, self.engine, self.cfg
+        assert ff is not None
+        pool, bs = eng.pool, cfg.block_size
+        b = len(ff.base)
+        budget = cfg.max_num_batched_tokens - b
+        if budget < 0:
+            return False
+        due = ff.buckets[ff.c % bs]
+        need = len(due)
+        work: list[tuple[Sequence, int, int]] = []
+        running = eng.running
+        for i in range(b, len(running)):  # the others, as Engine.schedule takes them
+            if budget <= 0:
+                break
+            seq = running[i]
+            n = min(len(seq.tokens) - seq.num_computed, budget)
+            k = -(-(seq.num_computed + n) // bs) - len(seq.blocks)
+            work.append((seq, n, k))
+            need += max(k, 0)
+            budget -= n
+        if need > pool.num_free:
+            return False  # the engine would preempt
+        if ff.watch_ids and any(k in ff.watch_ids for k in pool.upcoming(need)):
+            ff.recheck = True  # an idle block of the queue head's prefix is about to be evicted
+        if due:
+            for seq, block in zip(due, pool.allocate(len(due)), strict=True):
+                seq.blocks.append(block)
+        plan: list[tuple[Sequence, int]] = []
+        for seq, n, k in work:
+            if k > 0:
+                seq.blocks += pool.allocate(k)
+            plan.append((seq, n))
+        if eng.waiting and (ff.recheck or plan):
+            eng.admit(plan, budget)
+            ff.recheck = False
+            ff.watch_ids, ff.watch_hash = self._watch()
+        ff.active = plan
+        c = ff.c
+        if plan:
+            duration = eng.step_cost(plan, b, ff.total + b * c, ff.longest + c).duration
+        else:
+            duration = eng.decode_seconds(b, ff.total + b * c, ff.longest + c)
+        self.plan = plan
+        self.step_start, self.step_end = self.now, self.now + duration * self.scale
         return True
 
+    def _watch(self) -> tuple[set[int], int | None]:
+        """What could let the blocked queue head in while free blocks only shrink: its cached prefix's idle
+        blocks (if one is evicted) and the next block hash of its prefix (if it is committed)."""
+        eng = self.engine
+        if not eng.waiting:
+            return set(), None
+        head, bs = eng.waiting[0], self.cfg.block_size
+        if not head.hashes:
+            return set(), None
+        usable = (head.prompt_len - 1) // bs
+        hit = eng.pool.lookup(head.hashes[:usable])
+        return {b.id for b in hit if b.ref == 0}, head.hashes[len(hit)] if len(hit) < usable else None
+
     def _fast_forward(self, t: float) -> None:
-        """Complete decode steps that end by ``t`` while nothing but decoding happens."""
+        """Complete the steps that end by ``t``: the lazy decoders in bulk, the rest through the engine."""
         ff = self.ff
         assert ff is not None
         eng, pool, bs = self.engine, self.engine.pool, self.cfg.block_size
         caching = self.cfg.enable_prefix_caching
-        seqs, base, buckets = ff.seqs, ff.base, ff.buckets
-        b = len(seqs)
-        itl = self.itl
-        while self.step_end <= t:
-            if ff.c >= ff.limit:
-                self._leave_stretch()  # the next complete finishes a sequence: the engine does it
-                self._step()
-                return
-            # complete the step in flight
-            self.now = end = self.step_end
-            ff.c += 1
-            c = ff.c
-            itl[round(end - self.step_start, 6)] += b
+        base, buckets, ends, itl = ff.base, ff.buckets, ff.ends, self.itl
+        running, waiting, decode_seconds, scale = eng.running, eng.waiting, eng.decode_seconds, self.scale
+        start, end = self.step_start, self.step_end
+        while end <= t:
+            self.now = end
+            c = ff.c = ff.c + 1
+            b = len(base)
+            itl[round(end - start, 6)] += b
             self.generation_tokens += b
-            bucket = buckets[c % bs]
-            rescan = False
-            if caching:
-                for i in bucket:
-                    seq = seqs[i]
-                    nc = base[i] + c
+            eng.steps += 1
+            due = buckets[c % bs]  # the lazy decoders that filled a block; at the next step each takes a new one
+            if caching:  # they commit it, in running order
+                for seq in due:
+                    nc = base[seq] + c
                     last = nc // bs
                     if last > len(seq.hashes):
-                        _extend(seq, nc)
                         parent = seq.hashes[-1] if seq.hashes else None
-                        seq.hashes += chain_hashes(seq.tokens, bs, eng.root, len(seq.hashes), parent)  # len == nc
+                        out = nc - bs - seq.prompt_len  # the block's first generated token, if all are
+                        if out >= 0 and last == len(seq.hashes) + 1:  # hash it without writing the tokens
+                            first = (seq.id + out) % len(OUTPUT_TOKENS)
+                            seq.hashes += chain_hashes(_CYCLE[first : first + bs], bs, eng.root, 0, parent,
+                                                       eng.hash_block)
+                        else:
+                            _extend(seq, nc)
+                            seq.hashes += chain_hashes(seq.tokens, bs, eng.root, len(seq.hashes), parent,
+                                                       eng.hash_block)  # len(tokens) == nc
                     pool.commit(seq.blocks[last - 1], seq.hashes[last - 1])
                     if pool.events is not None:  # what Engine.complete records for the block (commit_full)
+                        _extend(seq, nc)
                         pool.events.append(("stored", seq.hashes[last - 1 : last], seq.hashes[last - 2] if last > 1
                                             else None, seq.tokens[(last - 1) * bs : last * bs]))
-                    if ff.watch_hash is not None and seq.hashes[last - 1] == ff.watch_hash:
-                        rescan = True
-            # schedule the next step: every sequence decodes again; those that filled a block take a new one
-            m = len(bucket)
-            if rescan or m > pool.num_free or (ff.watch_ids and any(k in ff.watch_ids for k in islice(pool.free, m))):
-                self._leave_stretch(completed=True)
+                    if seq.hashes[last - 1] == ff.watch_hash:
+                        ff.recheck = True
+            if ends[0] == c:
+                self._finish_lazy(c)
+            if ff.active:  # after the lazy ones, as they follow them in the running list
+                eng.complete(ff.active)
+                ff.recheck = True
+                self._absorb()
+            if base and len(running) == len(base) and not (waiting and (ff.recheck or ff.watch_ids)) \
+                    and len(due) <= pool.num_free:
+                # the usual step: only the lazy decoders, nobody to admit
+                if due:
+                    for seq, block in zip(due, pool.allocate(len(due)), strict=True):
+                        seq.blocks.append(block)
+                if ff.active:
+                    ff.active = self.plan = []
+                b = len(base)
+                start, end = end, end + decode_seconds(b, ff.total + b * c, ff.longest + c) * scale
+                self.step_start, self.step_end = start, end
+                if pool.events:
+                    self.flush_events()
+            elif base and self._plan_stretch():
+                start, end = self.step_start, self.step_end
+                if pool.events:
+                    self.flush_events()
+            else:
+                self._leave_stretch()
                 self._schedule()
                 return
-            for i in bucket:
-                seqs[i].blocks += pool.allocate(1)
-            if pool.events:
-                self.flush_events()
-            ff.ctx += b
-            ff.longest += 1
-            self.step_start = end
-            self.step_end = end + eng.decode_seconds(b, ff.ctx, ff.longest) * self.scale
 
-    def _leave_stretch(self, completed: bool = False) -> None:
-        """Write the stretch back into the sequences. The step in flight stays in flight (as a plan the
-        engine can complete), unless ``completed``: then it was completed and the next is not scheduled."""
+    def _finish_lazy(self, c: int) -> None:
+        """The lazy decoders that got their last token at complete ``c`` finish, as ``Engine.complete`` does."""
+        ff, eng = self.ff, self.engine
+        assert ff is not None
+        heapq.heappop(ff.ends)
+        for seq in ff.finishing.pop(c):
+            base = ff.base.pop(seq)
+            ff.buckets[-base % self.cfg.block_size].remove(seq)
+            ff.total -= base
+            seq.num_computed = base + c
+            _extend(seq, base + c + 1)
+            seq.last_token_at = self.now
+            eng.retire(seq)
+        if ff.base:
+            ff.longest = max(ff.base.values())
+        ff.recheck = True
+
+    def _leave_stretch(self) -> None:
+        """Between steps: write the lazy decoders back; the engine takes over."""
         ff = self.ff
-        if ff is None:
-            return
+        assert ff is not None
         self.ff = None
-        c, when = ff.c, self.now
-        for seq, nc in zip(ff.seqs, ff.base, strict=True):
-            if c:
-                seq.num_computed = nc + c
-                _extend(seq, nc + c + 1)
-                seq.last_token_at = when
-        self.engine.steps += c
-        self.plan = None if completed else [(s, 1) for s in ff.seqs]
+        c, now = ff.c, self.now
+        for seq, base in ff.base.items():
+            seq.num_computed = base + c
+            _extend(seq, base + c + 1)
+            seq.last_token_at = now
+        self.plan = None
 
     def next_event(self) -> float:
         """No request can finish on this node before this time unless it is sent another."""
         if self.plan is None:
             return math.inf
-        if not self.fast or not self.decode:
-            return self.step_end
-        seqs = self.engine.running
         ff = self.ff
-        steps = (ff.limit - ff.c) if ff else min(s.target_len - s.output_len for s in seqs) - 1
+        if ff is not None:
+            if ff.active:
+                return self.step_end
+            steps = ff.ends[0] - ff.c - 1  # completes before the first lazy decoder's last
+        elif not self.fast or not self.decode:
+            return self.step_end
+        else:
+            steps = min(s.target_len - s.output_len for s in self.engine.running) - 1
         if self.engine.waiting:
             steps = min(steps, min(s.target_len for s in self.engine.waiting))
-        steps = min(steps, self._steps_to_preemption())
+        # In ``steps`` completes each running sequence fills at most steps // block_size + 1 blocks.
+        if self.engine.pool.num_free < len(self.engine.running) * (steps // self.cfg.block_size + 1):
+            steps = min(steps, self._steps_to_preemption())
         return self.step_end + max(0, steps) * (self.step_end - self.step_start)
 
     def _steps_to_preemption(self) -> int:
         """Completes before the one after which the free blocks no longer cover the decode steps."""
         bs = self.cfg.block_size
-        seqs = self.engine.running
         if self.ff is not None:
             due = [len(self.ff.buckets[(self.ff.c + k) % bs]) for k in range(1, bs + 1)]
         else:
             due = [0] * bs
-            for s in seqs:
+            for s in self.engine.running:
                 due[(len(s.blocks) * bs - s.num_computed - 1) % bs] += 1
         free = self.engine.pool.num_free
         per_cycle = sum(due)

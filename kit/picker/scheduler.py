@@ -61,7 +61,7 @@ class Decision:
     endpoints: list[Endpoint] = field(default_factory=list, repr=False)  # every candidate, before filters
     filtered_by: dict[str, str] = field(default_factory=dict, repr=False)  # endpoint → the filter that dropped it
     scores: list[tuple[str, dict[Endpoint, float]]] = field(default_factory=list, repr=False)  # per scorer
-    totals: dict[Endpoint, float] = field(default_factory=dict, repr=False)
+    totals: list[tuple[Endpoint, float]] = field(default_factory=list, repr=False)  # every candidate's, in order
 
     @cached_property
     def candidates(self) -> list[dict[str, Any]]:
@@ -70,7 +70,7 @@ class Decision:
         for name, scores in self.scores:
             for ep, s in scores.items():
                 rows[ep]["scores"][name] = round(min(1.0, max(0.0, s)), 6)
-        for ep, t in self.totals.items():
+        for ep, t in self.totals:
             rows[ep]["total"] = round(t, 6)
         return list(rows.values())
 
@@ -78,6 +78,25 @@ class Decision:
         return {"request_id": self.request_id, "profile": self.profile, "picked": self.picked,
                 "weights": self.weights, "candidates": self.candidates, "duration_s": self.duration_s,
                 "at": self.at}
+
+
+def _weighted_totals(eps: list[Endpoint], scored: list[tuple[float, dict[Endpoint, float]]]) \
+        -> list[tuple[Endpoint, float]]:
+    """Each endpoint's Σ weight × score, in ``eps`` order; a score outside [0, 1] is clamped (NaN counts 0).
+
+    While the scorers return one score per endpoint in ``eps`` order (all of the kit's do), the sums run
+    over lists, one pass per scorer; the additions are the same, in the same order, either way."""
+    acc = [0.0] * len(eps)
+    for done, (w, sc) in enumerate(scored):
+        if list(sc) != eps:  # a scorer skipped or reordered endpoints: sum by endpoint from here on
+            totals = dict(zip(eps, acc, strict=True))
+            for weight, scores in scored[done:]:
+                for ep, s in scores.items():
+                    totals[ep] += weight * (s if 0.0 <= s <= 1.0 else float(s > 1.0))
+            return list(totals.items())
+        acc = [t + w * (s if 0.0 <= s <= 1.0 else float(s > 1.0))
+               for t, s in zip(acc, sc.values(), strict=True)]
+    return list(zip(eps, acc, strict=True))
 
 
 class Scheduler:
@@ -128,7 +147,8 @@ class Scheduler:
                  exclude: frozenset[str] = frozenset()) -> tuple[Decision, CycleState]:
         start = time.perf_counter()
         state = CycleState()
-        eps = [ep for ep in endpoints if ep.healthy and ep.name not in exclude]
+        eps = [ep for ep in endpoints if ep.healthy and ep.name not in exclude] if exclude else \
+            [ep for ep in endpoints if ep.healthy]
         if not eps:
             raise NoEndpoints("no healthy endpoint is available")
         for producer in self._prepare:
@@ -144,14 +164,9 @@ class Scheduler:
             eps = kept
             if not eps:
                 raise NoEndpoints(f"filter {f.name} left no endpoint")
-        totals = dict.fromkeys(eps, 0.0)
-        scores = []
-        for scorer, weight in profile.scorers:
-            sc = scorer.score(state, req, eps)
-            scores.append((scorer.name, sc))
-            for ep, s in sc.items():  # scores outside [0, 1] are clamped
-                totals[ep] += weight * s if 0.0 <= s <= 1.0 else weight * (1.0 if s > 1.0 else 0.0)
-        picked = profile.picker.pick(state, list(totals.items()))
+        scores = [(scorer.name, scorer.score(state, req, eps)) for scorer, _ in profile.scorers]
+        totals = _weighted_totals(eps, [(w, sc) for (_, w), (_, sc) in zip(profile.scorers, scores, strict=True)])
+        picked = profile.picker.pick(state, list(totals))
         decision = Decision(
             request_id=req.request_id, profile=name, picked=[ep.name for ep in picked],
             weights={s.name: w for s, w in profile.scorers}, duration_s=time.perf_counter() - start,

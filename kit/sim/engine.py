@@ -39,7 +39,7 @@ class Sequence:
     target_len: int
     natural_stop: bool
     arrival: float
-    out: asyncio.Queue[int] = field(default_factory=asyncio.Queue)
+    out: asyncio.Queue[int] | None = field(default_factory=asyncio.Queue)  # None: nobody streams the tokens
     num_computed: int = 0
     blocks: list[Block] = field(default_factory=list)
     hashes: list[int] = field(default_factory=list)
@@ -86,6 +86,8 @@ class EngineFull(Exception):
 class Engine:
     """Runs sequences through simulated engine steps; ``run()`` is the loop task."""
 
+    streams = True  # each sequence's tokens go to its ``out`` queue (the server reads them; the fleet does not)
+
     def __init__(self, cfg: SimConfig, observer: Observer | None = None,
                  clock: Callable[[], float] = time.monotonic):
         self.cfg = cfg
@@ -117,7 +119,7 @@ class Engine:
         seq = Sequence(
             id=next(self._ids), prompt_len=len(prompt), tokens=list(prompt),
             target_len=natural_len if natural else max_tokens, natural_stop=natural,
-            arrival=self.clock(),
+            arrival=self.clock(), out=asyncio.Queue() if self.streams else None,
         )
         if cfg.enable_prefix_caching:
             seq.hashes = self.hash_prompt(prompt)
@@ -159,14 +161,18 @@ class Engine:
     def schedule(self) -> list[tuple[Sequence, int]]:
         """Pick this step's work: (sequence, tokens to compute) pairs."""
         cfg, pool = self.cfg, self.pool
+        bs = cfg.block_size
         budget = cfg.max_num_batched_tokens
         plan: list[tuple[Sequence, int]] = []
         preempted = False
+        running = self.running
         i = 0
-        while i < len(self.running) and budget > 0:
-            seq = self.running[i]
-            n = min(len(seq.tokens) - seq.num_computed, budget)
-            need = self._blocks_for(seq.num_computed + n) - len(seq.blocks)
+        while i < len(running) and budget > 0:
+            seq = running[i]
+            n = len(seq.tokens) - seq.num_computed
+            if n > budget:
+                n = budget
+            need = -(-(seq.num_computed + n) // bs) - len(seq.blocks)
             while need > pool.num_free:
                 preempted = True
                 if self._preempt() is seq:
@@ -179,8 +185,14 @@ class Engine:
                 i += 1
                 continue
             break  # ``seq`` itself was preempted; everything after it already was too
-        if preempted:
-            return plan
+        if not preempted:
+            self.admit(plan, budget)
+        return plan
+
+    def admit(self, plan: list[tuple[Sequence, int]], budget: int) -> None:
+        """Admit waiting sequences first-come first-served while there are free sequence slots, ``budget``
+        tokens and blocks, reusing cached prefix blocks; each admitted one is added to ``plan``."""
+        cfg, pool = self.cfg, self.pool
         while self.waiting and budget > 0 and len(self.running) < cfg.max_num_seqs:
             seq = self.waiting[0]
             hit: list[Block] = []
@@ -191,7 +203,7 @@ class Engine:
             cached = len(hit) * cfg.block_size
             n = min(len(seq.tokens) - cached, budget)
             need = self._blocks_for(cached + n) - len(hit)
-            if need > pool.num_free - sum(1 for b in hit if b.ref == 0):
+            if need > pool.num_free - [b.ref for b in hit].count(0):  # idle cached blocks are free blocks too
                 break
             pool.touch(hit)
             seq.blocks = hit + pool.allocate(need)
@@ -205,22 +217,26 @@ class Engine:
                 self.observer.on_schedule(seq)
             plan.append((seq, n))
             budget -= n
-        return plan
 
-    def step_cost(self, plan: list[tuple[Sequence, int]]) -> StepStats:
-        """Latency-model inputs and simulated duration of ``plan``."""
-        st = StepStats()
+    def step_cost(self, plan: list[tuple[Sequence, int]], decode: int = 0, context: int = 0,
+                  longest: int = 0) -> StepStats:
+        """Latency-model inputs and simulated duration of ``plan``, plus ``decode`` sequences outside it that
+        decode one token each, reading ``context`` KV tokens in all, ``longest`` for the longest (the fleet
+        simulator's fast-forwarded ones)."""
+        prefill = pairs = 0
         for seq, n in plan:
-            if n == 1 and seq.output_len > 0:  # decoding: one token, reads its whole context
-                st.decode_seqs += 1
-                st.context_tokens += seq.num_computed
-                st.longest_context = max(st.longest_context, seq.num_computed)
+            nc = seq.num_computed
+            if n == 1 and len(seq.tokens) > seq.prompt_len:  # decoding: one token, reads its whole context
+                decode += 1
+                context += nc
+                if nc > longest:
+                    longest = nc
             else:  # prefilling n tokens after num_computed earlier ones (cached or computed)
-                st.prefill_tokens += n
-                st.prefill_pairs += n * n + 2 * n * seq.num_computed
-        st.duration = self.cfg.step_seconds(st.prefill_tokens, st.decode_seqs, st.context_tokens,
-                                            st.prefill_pairs, st.longest_context)
-        return st
+                prefill += n
+                pairs += n * n + 2 * n * nc
+        return StepStats(prefill_tokens=prefill, decode_seqs=decode, context_tokens=context, prefill_pairs=pairs,
+                         longest_context=longest,
+                         duration=self.cfg.step_seconds(prefill, decode, context, pairs, longest))
 
     def decode_seconds(self, seqs: int, context_tokens: int, longest_context: int) -> float:
         """What ``step_cost`` gives a plan in which ``seqs`` sequences each decode one token, reading
@@ -233,39 +249,49 @@ class Engine:
         """Apply a finished step: commit full blocks, sample tokens, finish sequences."""
         now = self.clock()
         bs = self.cfg.block_size
+        caching = self.cfg.enable_prefix_caching
+        observer = self.observer
         for seq, n in plan:
-            if seq.finished:  # aborted while the step ran
+            if seq.finish_reason is not None:  # aborted while the step ran
                 continue
             before = seq.num_computed
-            seq.num_computed += n
-            if self.cfg.enable_prefix_caching:
-                first, last = before // bs, seq.num_computed // bs
+            seq.num_computed = computed = before + n
+            tokens = seq.tokens
+            if caching:
+                first, last = before // bs, computed // bs
                 if last > len(seq.hashes):  # blocks filled by generated tokens
                     parent = seq.hashes[-1] if seq.hashes else None
-                    seq.hashes += chain_hashes(seq.tokens[: last * bs], bs, self.root, len(seq.hashes), parent,
+                    seq.hashes += chain_hashes(tokens[: last * bs], bs, self.root, len(seq.hashes), parent,
                                                self.hash_block)
                 if last > first:
-                    self.pool.commit_full(seq.blocks, seq.hashes, first, last, seq.tokens)
-            if seq.num_computed < len(seq.tokens):
+                    self.pool.commit_full(seq.blocks, seq.hashes, first, last, tokens)
+            if computed < len(tokens):
                 continue  # prefill chunk not finished yet
-            token = OUTPUT_TOKENS[(seq.id + seq.output_len) % len(OUTPUT_TOKENS)]
-            seq.tokens.append(token)
+            out_len = len(tokens) - seq.prompt_len
+            token = OUTPUT_TOKENS[(seq.id + out_len) % len(OUTPUT_TOKENS)]
+            tokens.append(token)
             gap = None if seq.last_token_at is None else now - seq.last_token_at
             if seq.first_token_at is None:
                 seq.first_token_at = now
             seq.last_token_at = now
-            if self.observer:
-                self.observer.on_token(seq, gap)
-            seq.out.put_nowait(token)
-            if seq.output_len >= seq.target_len:
-                self.running.remove(seq)
-                self.pool.release(seq.blocks)
-                seq.blocks = []
-                self._finish(seq, "stop" if seq.natural_stop else "length")
+            if observer:
+                observer.on_token(seq, gap)
+            if seq.out is not None:
+                seq.out.put_nowait(token)
+            if out_len + 1 >= seq.target_len:
+                self.retire(seq)
+
+    def retire(self, seq: Sequence) -> None:
+        """``seq`` got its last token: it leaves the running list, frees its blocks and finishes."""
+        self.running.remove(seq)
+        self.pool.release(seq.blocks)
+        seq.blocks = []
+        self._finish(seq, "stop" if seq.natural_stop else "length")
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         seq.finish_reason = reason
-        seq.out.put_nowait(DONE)
+        if seq.out is not None:
+            seq.out.put_nowait(DONE)
         if self.observer:
             self.observer.on_finish(seq)
 

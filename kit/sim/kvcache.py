@@ -9,6 +9,9 @@
   held a cached block, that entry is evicted. A request's blocks are freed in reverse order, so
   the end of a prompt is evicted before its shared beginning. Blocks that never filled (no hash)
   go to the head, since nothing can hit them.
+* Blocks are created on first use: the free queue holds one placeholder for the run of blocks never used
+  yet (initially every block, in id order), so a pool of 40,000 blocks that a run touches 5,000 of costs
+  5,000 objects. It changes nothing the pool does: the placeholder sits where those blocks would.
 
 With ``events`` set to a list (``kit.sim.kv_events`` does it when ``--kv-events-config`` enables them)
 the pool records what changed, as vLLM's block pool does: ``("stored", hashes, parent, tokens)`` for
@@ -22,6 +25,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
+from functools import partial
+from itertools import takewhile
+from operator import is_not
 
 
 class Block:
@@ -46,52 +52,76 @@ def chain_hashes(tokens: Sequence[int], block_size: int, root: Hashable, start: 
     return out
 
 
+_UNUSED = -1  # the free queue's key for the run of blocks never used yet
+_is_block = partial(is_not, None)
+
+
 class BlockPool:
     """Fixed pool of KV blocks with a prefix-cache index and an LRU free queue."""
 
     def __init__(self, num_blocks: int, block_size: int):
         self.num_blocks = num_blocks
         self.block_size = block_size
-        self.blocks = [Block(i) for i in range(num_blocks)]
-        self.free: OrderedDict[int, Block] = OrderedDict((b.id, b) for b in self.blocks)
+        self.blocks: list[Block] = []  # every block used so far, by id (the others do not exist yet)
+        # Free blocks, least recently freed first; the placeholder (key _UNUSED, value None) stands for the
+        # blocks never used, len(blocks) to num_blocks - 1.
+        self.free: OrderedDict[int, Block | None] = OrderedDict({_UNUSED: None} if num_blocks else {})
+        self.num_free = num_blocks  # blocks not referenced by any running request (cached or empty)
         self.cached: dict[Hashable, Block] = {}
         self.evictions = 0
         self.events: list[tuple] | None = None  # a list records KV-cache events (module docstring)
 
     @property
-    def num_free(self) -> int:
-        """Blocks not referenced by any running request (cached or empty)."""
-        return len(self.free)
-
-    @property
     def usage(self) -> float:
         """Share of blocks referenced by running requests, as ``vllm:kv_cache_usage_perc``."""
-        return 1.0 - len(self.free) / self.num_blocks
+        return 1.0 - self.num_free / self.num_blocks
+
+    def upcoming(self, n: int) -> list[int]:
+        """The ids of the next ``n`` blocks ``allocate`` would take (fewer if fewer are free)."""
+        out: list[int] = []
+        for bid in self.free:
+            if bid == _UNUSED:
+                start = len(self.blocks)
+                out += range(start, min(self.num_blocks, start + n - len(out)))
+            else:
+                out.append(bid)
+            if len(out) >= n:
+                break
+        return out
 
     def lookup(self, hashes: Sequence[int]) -> list[Block]:
         """The cached blocks for the longest prefix of ``hashes``."""
-        hit = []
-        for h in hashes:
-            block = self.cached.get(h)
-            if block is None:
-                break
-            hit.append(block)
-        return hit
+        return list(takewhile(_is_block, map(self.cached.get, hashes)))
 
     def touch(self, blocks: Sequence[Block]) -> None:
         """Take a reference on cached blocks (removing idle ones from the free queue)."""
         for b in blocks:
             if b.ref == 0:
                 del self.free[b.id]
+                self.num_free -= 1
             b.ref += 1
 
     def allocate(self, n: int) -> list[Block] | None:
         """``n`` fresh blocks, evicting least recently freed cached blocks; None if too few are free."""
-        if n > len(self.free):
+        if n > self.num_free:
             return None
-        out = []
-        for _ in range(n):
-            _, b = self.free.popitem(last=False)
+        self.num_free -= n
+        out: list[Block] = []
+        free = self.free
+        while len(out) < n:
+            _, b = free.popitem(last=False)
+            if b is None:  # blocks never used: create the next ones, in id order
+                start = len(self.blocks)
+                end = min(self.num_blocks, start + n - len(out))
+                new = [Block(i) for i in range(start, end)]
+                for nb in new:
+                    nb.ref = 1
+                self.blocks += new
+                out += new
+                if end < self.num_blocks:  # the rest of the run stays where it was: at the head
+                    free[_UNUSED] = None
+                    free.move_to_end(_UNUSED, last=False)
+                continue
             if b.hash is not None:
                 del self.cached[b.hash]
                 if self.events is not None:
@@ -123,6 +153,7 @@ class BlockPool:
         for b in reversed(blocks):
             b.ref -= 1
             if b.ref == 0:
+                self.num_free += 1
                 self.free[b.id] = b
                 if b.hash is None:
                     self.free.move_to_end(b.id, last=False)

@@ -74,6 +74,29 @@ def test_fast_forward_publishes_the_kv_events_stepping_publishes(name, seed):
     assert held == set(node_cache)
 
 
+def test_fast_forward_hashes_generated_blocks_with_the_engines_algorithm(monkeypatch):
+    # vLLM's sha256 block hashes: the fast-forward once committed generated blocks under Python's tuple hash
+    monkeypatch.setenv("PYTHONHASHSEED", "0")  # the root of vLLM's hashes; unset, every engine draws its own
+    cfg = CONFIGS["roomy"].model_copy(update={"prefix_caching_hash_algo": "sha256"})
+    fast = drive(cfg, True, 1)
+    assert fast == drive(cfg, False, 1)
+    assert all(isinstance(h, bytes) for h in fast[-1])
+
+
+def test_the_fast_forward_goes_on_through_arrivals_prefills_and_finishes():
+    node = Node("n", CONFIGS["roomy"])  # steps of 2.5 ms
+    for i in range(8):
+        node.submit(0.0, list(range(10 * i, 10 * i + 50)), 100 + 2 * i)
+    node.advance(0.05)
+    ff = node.ff
+    assert ff is not None and len(ff.base) == 8  # every sequence decodes lazily
+    node.submit(0.05, list(range(500, 560)), 200)  # an arrival: admitted and prefilled beside them
+    node.advance(0.1)
+    assert node.ff is ff and len(ff.base) == 9 and not node.finished
+    node.advance(0.27)
+    assert node.ff is ff and 0 < len(node.finished) < 8 and len(ff.base) == 9 - len(node.finished)  # in place
+
+
 def test_the_cases_exercise_preemption_and_stretches():
     seqs = drive(CONFIGS["preempting"], True, 0)[0]
     assert any(s[3] for s in seqs)  # some sequence was preempted

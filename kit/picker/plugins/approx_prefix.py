@@ -42,6 +42,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import lru_cache
+from itertools import groupby, takewhile
 from typing import Annotated, Any
 
 import xxhash
@@ -81,13 +83,17 @@ class PrefixParams(Params):
 def block_hashes(text: str, seed: str, block_bytes: int, max_blocks: int) -> list[int]:
     """Chained xxhash64 of the full ``block_bytes`` blocks of ``text`` (at most ``max_blocks``), rooted
     at the hash of ``seed`` (the model name followed by the cache salt)."""
-    data = text.encode()[: block_bytes * max_blocks]
+    return list(_chain(text.encode()[: block_bytes * max_blocks], seed, block_bytes))
+
+
+@lru_cache(maxsize=1024)  # whole prompts repeat (a fleet's workload, retries); keys are at most 16 KiB by default
+def _chain(data: bytes, seed: str, block_bytes: int) -> tuple[int, ...]:
     prev = xxhash.xxh64_intdigest(seed.encode())
     out = []
     for i in range(0, len(data) - block_bytes + 1, block_bytes):
         prev = xxhash.xxh64_intdigest(data[i : i + block_bytes] + prev.to_bytes(8, "little"))
         out.append(prev)
-    return out
+    return tuple(out)
 
 
 @dataclass
@@ -118,13 +124,13 @@ class PrefixIndex:
         self.capacity: dict[str, int] = {}
 
     def match(self, hashes: list[int]) -> dict[str, int]:
+        """Per endpoint, how many of the hashes it holds, walking the chain until a hash nobody holds."""
         counts: dict[str, int] = {}
-        for h in hashes:
-            owners = self.owners.get(h)
-            if not owners:
-                break
+        # Consecutive hashes mostly have the same holders: count each run of equal holder sets at once.
+        for owners, run in groupby(takewhile(bool, map(self.owners.get, hashes))):
+            k = len(list(run))
             for name in owners:
-                counts[name] = counts.get(name, 0) + 1
+                counts[name] = counts.get(name, 0) + k
         return counts
 
     def add(self, name: str, hashes: list[int], capacity: int) -> None:
@@ -133,12 +139,17 @@ class PrefixIndex:
             lru = self.lrus[name] = OrderedDict()
             self.capacity[name] = capacity  # fixed when first created, as upstream
         cap = self.capacity[name]
+        owners_of, move = self.owners, lru.move_to_end
         for h in hashes:
             if h in lru:
-                lru.move_to_end(h)
+                move(h)
                 continue
             lru[h] = None
-            self.owners.setdefault(h, set()).add(name)
+            owners = owners_of.get(h)
+            if owners is None:
+                owners_of[h] = {name}
+            else:
+                owners.add(name)
             if len(lru) > cap:
                 old, _ = lru.popitem(last=False)
                 owners = self.owners[old]

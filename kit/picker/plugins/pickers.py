@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from operator import itemgetter
 from typing import Annotated
 
 from pydantic import Field
@@ -66,7 +67,7 @@ class MaxScorePicker(_Picker):
 
     def pick(self, state: CycleState, scored: list[tuple[Endpoint, float]]) -> list[Endpoint]:
         if self.n == 1:  # the same choice as shuffle-then-sort, in one pass: uniform among the top scores
-            top = max((s for _, s in scored), default=0.0)
+            top = max(map(itemgetter(1), scored), default=0.0)
             best = [ep for ep, s in scored if s == top]
             return [best[0] if len(best) == 1 else self.rng.choice(best)] if best else []
         shuffled = list(scored)

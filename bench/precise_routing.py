@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import signal
 import statistics
 import sys
@@ -44,11 +43,9 @@ def main() -> int:
     os.environ.setdefault("KIT_STATE_DIR", tempfile.mkdtemp(prefix="kit-precise-"))
 
     import kit
-    from kit.targets.processes import port_in_use
+    from kit.targets.processes import free_port_block
 
-    # Below the ephemeral range, so no outgoing connection can take one of the stack's ports.
-    port = next(p for p in (random.randint(20000, 32000) for _ in range(1000))
-                if not any(port_in_use(p + i) for i in range(args.replicas + 3)))
+    port = free_port_block(args.replicas + 3)  # gateway, simulators, the events port
     s = kit.session("local", replicas=args.replicas, gateway_port=port, release_postfix="precise-bench")
     workload = kit.SharedPrefix(groups=args.groups, prompts_per_group=args.prompts_per_group,
                                 system_prompt_len=args.system_prompt_len, question_len=args.question_len,

@@ -37,14 +37,10 @@ WORKLOADS = {  # the routers bench's three, and rates from light to past saturat
 REQUESTS = 768
 
 
-def ideal(w: SharedPrefix | MultiTurn, load: Load) -> float:
-    """The ideal hit rate of the run's prompts in arrival order. Shared-prefix workloads only: a conversation's
-    history holds the servers' own answers, re-tokenized, which no canned text reproduces."""
-    prompts = []
-    for job in plan(w, load)[0]:
-        answers = ["x" * 4 * w.output_len] * (len(job.questions) - 1)
-        prompts += [tokenizer.encode(job.prompt(i, answers[:i]).text) for i in range(len(job.questions))]
-    return ideal_hit_rate(prompts)
+def ideal(w: SharedPrefix, load: Load) -> float:
+    """The ideal hit rate of the run's prompts in arrival order (shared-prefix workloads: a conversation's
+    history holds the servers' own answers, re-tokenized, which no canned text reproduces)."""
+    return ideal_hit_rate([tokenizer.encode(job.prompt(0, []).text) for job in plan(w, load)[0]])
 
 
 def main() -> int:

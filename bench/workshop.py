@@ -23,6 +23,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from kit.targets.processes import free_port_block
+
 KERNEL = ("import kit, kit.notebook, kit.experiments.plots, plotly.graph_objects, ipywidgets, ipykernel.kernelapp; "
           "kit.experiments.plots.setup(); print(open('/proc/self/status').read())")
 
@@ -42,15 +44,6 @@ def _kit(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.Co
                           timeout=timeout)
 
 
-def _free_base(n_ports: int) -> int:
-    from kit.targets.processes import port_in_use
-
-    for base in range(21000, 32000, 500):
-        if not any(port_in_use(base + i) for i in range(n_ports)):
-            return base
-    raise RuntimeError("no free block of ports between 21000 and 32000")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stacks", type=int, default=4, help="participants (default: 4)")
@@ -60,7 +53,7 @@ def main() -> int:
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
     env = {**os.environ, "KIT_STATE_DIR": tempfile.mkdtemp(prefix="kit-workshop-")}
-    base = _free_base(10 * args.stacks)
+    base = free_port_block(10 * args.stacks)
     people = [(f"p{i}", base + 10 * i) for i in range(args.stacks)]
     print(f"deploying {args.stacks} stacks of {args.replicas} simulators (ports {base}..{base + 10 * args.stacks - 1})",
           file=sys.stderr)

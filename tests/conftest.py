@@ -46,21 +46,3 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
     yield start
     for proc in started:
         stop(proc)
-
-
-def free_port_block(n: int) -> int:
-    """A base port such that base..base+n-1 are all free right now, below the kernel's ephemeral range (a
-    client connection anywhere on the machine can hold a port in that range, and a server then fails to bind)."""
-    import random
-
-    from kit.targets.processes import port_in_use
-
-    try:
-        top = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]) - n
-    except (OSError, ValueError, IndexError):
-        top = 32768 - n
-    for _ in range(200):
-        base = random.randint(20000, max(top, 21000))
-        if all(not port_in_use(base + i) for i in range(n)):
-            return base
-    raise RuntimeError("no block of free ports found")

@@ -13,7 +13,7 @@ from kit.experiments.loadgen import run_workload
 from kit.experiments.workloads import Load, SharedPrefix
 from kit.manifests.environments import load_environment, parse_set
 from kit.targets.local import LocalTarget
-from tests.conftest import free_port_block
+from kit.targets.processes import free_port_block
 from tests.helpers import get_json
 
 # Sized so that caches and queues matter: 8 system prompts of 3,000 tokens are 24k tokens, but each

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from kit.errors import UnknownChoiceError
+from kit.targets.processes import free_port_block
 from kit.ui import Selection
-from tests.conftest import free_port_block
 
 
 @pytest.fixture(autouse=True)

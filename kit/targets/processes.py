@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -42,6 +43,20 @@ def free_port(host: str = "127.0.0.1") -> int:
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         return s.connect_ex((host, port)) == 0
+
+
+def free_port_block(n: int) -> int:
+    """A base port such that base..base+n-1 are all free right now, below the kernel's ephemeral range (a
+    client connection anywhere on the machine can hold a port in that range, and a server then fails to bind)."""
+    try:
+        top = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]) - n
+    except (OSError, ValueError, IndexError):
+        top = 32768 - n
+    for _ in range(200):
+        base = random.randint(20000, max(top, 21000))
+        if all(not port_in_use(base + i) for i in range(n)):
+            return base
+    raise KitError(f"no block of {n} free ports found between 20000 and {max(top, 21000) + n}")
 
 
 def healthy(url: str, timeout: float = 1.0, instance: str | None = None) -> bool:

@@ -11,8 +11,7 @@ import sys
 
 import pytest
 
-from kit.targets.processes import port_in_use
-from tests.conftest import free_port_block
+from kit.targets.processes import free_port_block, port_in_use
 from tests.helpers import running
 
 pytestmark = pytest.mark.slow  # every test here starts and stops several processes

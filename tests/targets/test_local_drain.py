@@ -16,8 +16,7 @@ import pytest
 
 from kit.manifests.environments import load_environment
 from kit.targets.local import LocalTarget
-from kit.targets.processes import port_in_use
-from tests.conftest import free_port_block
+from kit.targets.processes import free_port_block, port_in_use
 
 pytestmark = pytest.mark.slow
 

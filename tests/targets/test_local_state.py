@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from kit import paths
-from kit.targets.processes import port_in_use
-from tests.conftest import free_port_block
+from kit.targets.processes import free_port_block, port_in_use
 from tests.helpers import running
 
 ROOT = Path(__file__).resolve().parents[2]

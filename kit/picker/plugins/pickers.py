@@ -116,8 +116,15 @@ class LeastRecentMaxScorePicker(_Picker):
         self._last: dict[str, int] = {}  # endpoint name → the pick number that last chose it
 
     def pick(self, state: CycleState, scored: list[tuple[Endpoint, float]]) -> list[Endpoint]:
-        ranked = sorted(scored, key=lambda es: (-es[1], self._last.get(es[0].name, 0), es[0].name))
-        chosen = [ep for ep, _ in ranked[: self.n]]
+        last = self._last
+
+        def rank(es: tuple[Endpoint, float]) -> tuple[float, int, str]:
+            return -es[1], last.get(es[0].name, 0), es[0].name
+
+        if self.n == 1:  # the first of the sorted order, without sorting every candidate
+            chosen = [min(scored, key=rank)[0]] if scored else []
+        else:
+            chosen = [ep for ep, _ in sorted(scored, key=rank)[: self.n]]
         for ep in chosen:
             self._last[ep.name] = next(self._picks)
         return chosen

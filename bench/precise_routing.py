@@ -37,6 +37,8 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=16.0)
     ap.add_argument("--requests", type=int, default=192)
     ap.add_argument("--outside-rate", type=float, default=8.0)
+    ap.add_argument("--picker-replicas", type=int, default=1,
+                    help="kit-only: endpoint pickers in the gateway splitting the requests, each with its own index")
     ap.add_argument("--repeat", type=int, default=1)
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so the stack is destroyed on kill too
@@ -47,6 +49,7 @@ def main() -> int:
 
     port = free_port_block(args.replicas + 3)  # gateway, simulators, the events port
     s = kit.session("local", replicas=args.replicas, gateway_port=port, release_postfix="precise-bench")
+    s = s.with_pickers(args.picker_replicas)
     workload = kit.SharedPrefix(groups=args.groups, prompts_per_group=args.prompts_per_group,
                                 system_prompt_len=args.system_prompt_len, question_len=args.question_len,
                                 output_len=args.output_len, seed=1)
@@ -74,7 +77,8 @@ def main() -> int:
                    for k in ("routed_hit_rate", "ttft_p50_ms", "ttft_p90_ms", "stale_picks")}
                for p in dict.fromkeys(r["profile"] for r in rows)}
     print(json.dumps({"workload": workload.model_dump(), "load": load.model_dump(), "replicas": args.replicas,
-                      "outside_rate": args.outside_rate, "runs": rows, "medians": medians}, indent=2))
+                      "picker_replicas": args.picker_replicas, "outside_rate": args.outside_rate, "runs": rows,
+                      "medians": medians}, indent=2))
     return 0
 
 

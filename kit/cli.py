@@ -82,7 +82,15 @@ def _gateway(args: argparse.Namespace) -> int:
     from kit.paths import default_scheduler_config
     from kit.picker import load_picker_file
 
-    config = load_picker_file(args.config or default_scheduler_config())
+    path = args.config or default_scheduler_config()
+    config = load_picker_file(path)
+    if args.picker_replicas < 1:
+        raise KitError(f"--picker-replicas: need at least one endpoint picker, got {args.picker_replicas}")
+    if args.picker_replicas > 1:  # kit-only: replicas splitting the requests, each with its own state
+        from kit.picker.replicas import ReplicatedScheduler
+
+        more = [load_picker_file(path).scheduler for _ in range(args.picker_replicas - 1)]
+        config.scheduler = ReplicatedScheduler([config.scheduler, *more])
     endpoints = endpoints_from_urls(args.endpoints.split(","))
     if not endpoints:
         raise KitError("--endpoints: give at least one model-server URL")
@@ -368,6 +376,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--objective", action="append", default=[], metavar="NAME=PRIORITY",
                    help="priority of requests naming this objective in x-gateway-inference-objective "
                         "(negative = sheddable)")
+    g.add_argument("--picker-replicas", type=int, default=1,
+                   help="kit-only: endpoint pickers splitting the requests at random, each with its own state "
+                        "(prefix index); precise indexes all read every KV event (default: 1)")
     if command in (None, "gateway"):
         from kit.gateway.settings import GatewaySettings
 

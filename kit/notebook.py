@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -84,6 +84,18 @@ class Session:
             self.env = self.env.model_copy(update=update)
             self.target = target_for(self.env, kubeconfig=self.kubeconfig, context=self.context)
 
+    def with_pickers(self, n: int) -> Session:
+        """This session with ``n`` endpoint pickers in the local gateway (kit-only, ``local.picker_replicas``):
+        they split the requests, each with its own prefix index. The next deploy (a profile switch) restarts
+        the gateway with them; the simulators and their caches stay."""
+        if self.env.local is None:
+            raise ConfigError("picker replicas", [f"{self.env.name} is a cluster environment; picker replicas "
+                                                  "apply to the local gateway only"])
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 16:
+            raise ConfigError("picker replicas", [f"expected 1 to 16 endpoint pickers, got {n!r}"])
+        env = self.env.model_copy(update={"local": self.env.local.model_copy(update={"picker_replicas": n})})
+        return replace(self, env=env, target=target_for(env, kubeconfig=self.kubeconfig, context=self.context))
+
     def status(self) -> Status:
         return self.target.status()
 
@@ -136,11 +148,14 @@ class Session:
 
     def fleet(self, seed: int = 0) -> Fleet:
         """A simulated fleet like this environment's: its replica count and model, and locally the very
-        simulator settings the local stack runs (so virtual times match its wall-clock times)."""
+        simulator settings the local stack runs (so virtual times match its wall-clock times) and its picker
+        replicas."""
         from kit.fleet import Fleet, SimConfig
 
         settings = self.env.local.simulator if self.env.local else {}
-        return Fleet(replicas=self.env.replicas, sim=SimConfig(model=self.env.model, **settings), seed=seed)
+        pickers = self.env.local.picker_replicas if self.env.local else 1
+        return Fleet(replicas=self.env.replicas, sim=SimConfig(model=self.env.model, **settings), seed=seed,
+                     picker_replicas=pickers)
 
 
 def check_profiles(text: str) -> tuple[str, ...]:

@@ -21,6 +21,11 @@ def test_invalid_simulator_settings_name_the_field(args, needle):
     assert "kit sim: error:" in res.stderr and needle in res.stderr
 
 
+def test_a_gateway_without_pickers_is_refused():
+    res = kit("gateway", "--endpoints", "http://127.0.0.1:9", "--picker-replicas", "0")
+    assert res.returncode == 1 and "--picker-replicas: need at least one endpoint picker, got 0" in res.stderr
+
+
 def test_unparsable_flag_is_a_usage_error():
     res = kit("sim", "--max-num-seqs", "many")
     assert res.returncode == 2 and "invalid int value" in res.stderr

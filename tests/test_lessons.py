@@ -48,3 +48,22 @@ def test_a_hot_group_overloads_prefix_only_and_not_the_default(s, seed):
                                 ("random", "prefix-only", "default-plugins"), virtual=True, seed=seed)
     p90 = {run.profile: run.summary.ttft_p90_s for run in skewed.runs}
     assert p90["default-plugins"] < p90["prefix-only"] < p90["random"], p90
+
+
+P7 = {k: ast.literal_eval(v["default"]) for k, v in
+      papermill.inspect_notebook(str(ROOT / "notebooks" / "07-precise-routing.ipynb")).items()}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_with_several_pickers_precise_beats_approximate_and_both_beat_random(s, seed):
+    """Notebook 07's live run with ``picker_replicas`` pickers, on the virtual clock over the same stack."""
+    w = SharedPrefix(groups=P7["groups"], prompts_per_group=P7["prompts_per_group"],
+                     system_prompt_len=P7["system_prompt_len"], question_len=P7["question_len"],
+                     output_len=P7["output_len"], seed=seed)
+    several = s.with_pickers(P7["picker_replicas"])
+    runs = several.compare_profiles(w, Load(rate=P7["rate"], requests=P7["requests"]),
+                                    ("random", "default-plugins", "precise"), virtual=True, seed=seed).runs
+    hit = {run.profile: run.summary.prefix_cache_hit_rate for run in runs}
+    p90 = {run.profile: run.summary.ttft_p90_s for run in runs}
+    assert hit["precise"] > hit["default-plugins"] > hit["random"], hit
+    assert p90["precise"] < p90["default-plugins"] < p90["random"], p90

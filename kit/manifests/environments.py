@@ -28,6 +28,8 @@ class LocalSettings(StrictModel):
     host: str = Field("127.0.0.1", description="address the gateway and simulators bind")
     gateway_port: int = Field(8000, ge=1, le=65535, description="gateway port; simulators take the ports after it")
     refresh_interval: float = Field(0.05, gt=0, description="seconds between metric scrapes of each simulator")
+    picker_replicas: int = Field(1, ge=1, le=16, description="kit-only: endpoint pickers in the gateway splitting "
+                                 "the requests, each with its own prefix index (kit gateway --picker-replicas)")
     simulator: dict[str, Any] = Field(default_factory=dict, description="kit sim settings (SimConfig fields)")
 
     @field_validator("simulator")

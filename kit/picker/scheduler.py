@@ -62,6 +62,7 @@ class Decision:
     filtered_by: dict[str, str] = field(default_factory=dict, repr=False)  # endpoint → the filter that dropped it
     scores: list[tuple[str, dict[Endpoint, float]]] = field(default_factory=list, repr=False)  # per scorer
     totals: list[tuple[Endpoint, float]] = field(default_factory=list, repr=False)  # every candidate's, in order
+    replica: int | None = None  # which picker replica decided (kit.picker.replicas), when there are several
 
     @cached_property
     def candidates(self) -> list[dict[str, Any]]:
@@ -77,7 +78,7 @@ class Decision:
     def to_dict(self) -> dict[str, Any]:
         return {"request_id": self.request_id, "profile": self.profile, "picked": self.picked,
                 "weights": self.weights, "candidates": self.candidates, "duration_s": self.duration_s,
-                "at": self.at}
+                "at": self.at, **({} if self.replica is None else {"replica": self.replica})}
 
 
 def _weighted_totals(eps: list[Endpoint], scored: list[tuple[float, dict[Endpoint, float]]]) \

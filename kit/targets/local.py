@@ -198,7 +198,8 @@ class LocalTarget:
         gateway = {"role": "gateway", "url": f"http://{host}:{gw_port}", "port": gw_port, "config": config_path,
                    "args": ["gateway", "--host", host, "--port", str(gw_port), "--model", self.env.model,
                             "--endpoints", ",".join(s["url"] for s in sims), "--config", config_path,
-                            "--refresh-interval", str(self.local.refresh_interval)]}
+                            "--refresh-interval", str(self.local.refresh_interval)]
+                   + (["--picker-replicas", str(self.local.picker_replicas)] if self.local.picker_replicas > 1 else [])}
         return [*sims, gateway]
 
     def plan(self, scheduler_config: str | None = None) -> list[dict[str, Any]]:

@@ -50,3 +50,23 @@ def test_a_group_follows_the_server_that_really_holds_its_prefix(local_env):
         decision = get_json(f"{gw}/decisions/{headers['x-request-id']}")
         scores = {c["endpoint"]: c["scores"]["precise-prefix-cache-scorer"] for c in decision["candidates"]}
         assert scores[served] == 1.0 and headers["x-gateway-destination-endpoint"] == served, scores
+
+
+def test_picker_replicas_in_the_gateway_all_follow_the_servers_events(local_env):
+    """Three pickers split the requests; each has its own index, and every index reads every server's events,
+    so whichever picker takes a request, it goes where the prefix really is."""
+    env, port = local_env
+    res = kit("deploy", "-e", "local", "--port", str(port), "--scheduler-config", PRECISE,
+              "--set", "local.picker_replicas=3", env=env)
+    assert res.returncode == 0, res.stderr
+    gw = status(env)["gateway"]
+    system = "You are the librarian of a small town. Answer in one sentence, kindly and with care. " * 4
+    first = post(gw, "/v1/completions", {"prompt": system + "Do you lend maps?", "max_tokens": 4})
+    served = first[2]["x-gateway-destination-endpoint"]
+    time.sleep(0.5)  # the server's BlockStored reaches every picker
+    replicas = set()
+    for i in range(12):
+        status_, _, headers = post(gw, "/v1/completions", {"prompt": system + f"Question {i}?", "max_tokens": 4})
+        assert status_ == 200 and headers["x-gateway-destination-endpoint"] == served
+        replicas.add(get_json(f"{gw}/decisions/{headers['x-request-id']}")["replica"])
+    assert len(replicas) > 1  # 12 requests did not all go to one of three pickers

@@ -160,9 +160,15 @@ class PreciseParams(Params):
         return self
 
 
-def _apply(index: KVBlockIndex, processor: TokenProcessor, topic: str, payload: bytes) -> None:
+Sink = tuple[KVBlockIndex, TokenProcessor]
+
+
+def _apply(sinks: list[Sink], topic: str, payload: bytes) -> None:
+    """Parse one message once and apply it to every index in ``sinks``."""
     pod, model = parse_topic(topic)
-    apply_events(index, processor, pod, model, parse_batch(payload))
+    events = parse_batch(payload)
+    for index, processor in sinks:
+        apply_events(index, processor, pod, model, events)
 
 
 class PreciseState:
@@ -191,15 +197,16 @@ class PrecisePrefixCacheScorer(PluginBase):
         self.subscriber: Subscriber | None = None
         self._finalizer: weakref.finalize | None = None
         self.in_process = False  # True: events arrive through receive() (the fleet simulator), no socket opens
+        self.sinks: list[Sink] = [(self.index, self.processor)]  # the indexes this scorer's messages update
 
     def start(self) -> None:
         """Start the event subscriber (once): bind ``zmqEndpoint`` if set; endpoints join as they are scored."""
         if self.subscriber is not None or self.in_process:
             return
-        index, processor = self.index, self.processor  # the handler must not hold the scorer
+        sinks = self.sinks  # the handler must not hold the scorer
 
         def handle(topic: str, _seq: int, payload: bytes) -> None:
-            _apply(index, processor, topic, payload)
+            _apply(sinks, topic, payload)
 
         ev = self.p.kv_events_config
         self.subscriber = Subscriber(handle, ev.topic_filter, ev.zmq_endpoint)
@@ -212,7 +219,13 @@ class PrecisePrefixCacheScorer(PluginBase):
     def receive(self, topic: str, payload: bytes) -> None:
         """Apply one message of vLLM's KV-cache events (topic ``kv@<endpoint>@<model>``, msgpack payload) as
         the subscriber thread applies each it reads; the fleet simulator calls it with ``in_process`` set."""
-        _apply(self.index, self.processor, topic, payload)
+        _apply(self.sinks, topic, payload)
+
+    def feed(self, other: PrecisePrefixCacheScorer) -> None:
+        """Kit-only, for picker replicas in one process (``kit.picker.replicas``): every message this scorer
+        reads also updates ``other``'s index, as if ``other`` held its own subscription; ``other`` opens none."""
+        other.in_process = True
+        self.sinks.append((other.index, other.processor))
 
     def close(self) -> None:
         """Stop the event subscriber (its sockets close)."""

@@ -19,7 +19,7 @@ import weakref
 
 from kit.picker.framework import CycleState, Endpoint, InferenceRequest
 from kit.picker.plugins.scorers.precise_prefix import PrecisePrefixCacheScorer
-from kit.picker.scheduler import Decision, Scheduler
+from kit.picker.scheduler import Decision, Scheduler, summed
 
 
 class ReplicatedScheduler:
@@ -80,11 +80,7 @@ class ReplicatedScheduler:
 
     def gauges(self) -> dict[str, float]:
         """Every replica's gauges, summed by name."""
-        out: dict[str, float] = {}
-        for sched in self.replicas:
-            for name, value in sched.gauges().items():
-                out[name] = out.get(name, 0.0) + value
-        return out
+        return summed(sched.gauges() for sched in self.replicas)
 
     def record(self, decision: Decision) -> None:
         self.recent.append(decision)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -79,6 +80,15 @@ class Decision:
         return {"request_id": self.request_id, "profile": self.profile, "picked": self.picked,
                 "weights": self.weights, "candidates": self.candidates, "duration_s": self.duration_s,
                 "at": self.at, **({} if self.replica is None else {"replica": self.replica})}
+
+
+def summed(gauges: Iterable[dict[str, float]]) -> dict[str, float]:
+    """Gauges added up by name."""
+    out: dict[str, float] = {}
+    for g in gauges:
+        for name, value in g.items():
+            out[name] = out.get(name, 0.0) + value
+    return out
 
 
 def _weighted_totals(eps: list[Endpoint], scored: list[tuple[float, dict[Endpoint, float]]]) \
@@ -196,11 +206,7 @@ class Scheduler:
 
     def gauges(self) -> dict[str, float]:
         """Every plugin's gauges, summed by name."""
-        out: dict[str, float] = {}
-        for p in self._gauges:
-            for name, value in p.gauges().items():
-                out[name] = out.get(name, 0.0) + value
-        return out
+        return summed(p.gauges() for p in self._gauges)
 
     def record(self, decision: Decision) -> None:
         self.recent.append(decision)

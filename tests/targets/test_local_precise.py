@@ -35,15 +35,20 @@ def test_the_plan_wires_events_only_for_the_precise_scorer(tmp_path, monkeypatch
     assert "tcp://127.0.0.1:41003" in text and "discoverPods: false" in text
 
 
-def test_a_group_follows_the_server_that_really_holds_its_prefix(local_env):
+def first_of_a_group(local_env, system: str, *flags: str) -> tuple[str, str]:
+    """Deploy the precise profile, send the group's first request; the gateway and the server that took it."""
     env, port = local_env
-    res = kit("deploy", "-e", "local", "--port", str(port), "--scheduler-config", PRECISE, env=env)
+    res = kit("deploy", "-e", "local", "--port", str(port), "--scheduler-config", PRECISE, *flags, env=env)
     assert res.returncode == 0, res.stderr
     gw = status(env)["gateway"]
+    first = post(gw, "/v1/completions", {"prompt": system + "First question?", "max_tokens": 4})
+    time.sleep(0.5)  # the server's BlockStored reaches the picker(s)
+    return gw, first[2]["x-gateway-destination-endpoint"]
+
+
+def test_a_group_follows_the_server_that_really_holds_its_prefix(local_env):
     system = "You are the support assistant of a large hardware store. Answer politely, briefly and precisely. " * 4
-    first = post(gw, "/v1/completions", {"prompt": system + "Where are the screws?", "max_tokens": 4})
-    served = first[2]["x-gateway-destination-endpoint"]
-    time.sleep(0.5)  # the server's BlockStored reaches the picker
+    gw, served = first_of_a_group(local_env, system)
     for question in ("Do you sell paint?", "When do you open?", "Can I return a drill?"):
         status_, _, headers = post(gw, "/v1/completions", {"prompt": system + question, "max_tokens": 4})
         assert status_ == 200
@@ -55,15 +60,8 @@ def test_a_group_follows_the_server_that_really_holds_its_prefix(local_env):
 def test_picker_replicas_in_the_gateway_all_follow_the_servers_events(local_env):
     """Three pickers split the requests; each has its own index, and every index reads every server's events,
     so whichever picker takes a request, it goes where the prefix really is."""
-    env, port = local_env
-    res = kit("deploy", "-e", "local", "--port", str(port), "--scheduler-config", PRECISE,
-              "--set", "local.picker_replicas=3", env=env)
-    assert res.returncode == 0, res.stderr
-    gw = status(env)["gateway"]
     system = "You are the librarian of a small town. Answer in one sentence, kindly and with care. " * 4
-    first = post(gw, "/v1/completions", {"prompt": system + "Do you lend maps?", "max_tokens": 4})
-    served = first[2]["x-gateway-destination-endpoint"]
-    time.sleep(0.5)  # the server's BlockStored reaches every picker
+    gw, served = first_of_a_group(local_env, system, "--set", "local.picker_replicas=3")
     replicas = set()
     for i in range(12):
         status_, _, headers = post(gw, "/v1/completions", {"prompt": system + f"Question {i}?", "max_tokens": 4})

@@ -8,6 +8,10 @@ through both, one after the other (which goes first alternates), so a shared mac
 alike: compare the two within a row. CPU time (``time.thread_time``) and wall-clock time of each pick
 (schedule and PreRequest, as ``kit bench-picker``) are kept; the first 200 picks warm the indexes.
 Prints a Markdown table; ``--out`` writes the rows as JSON.
+
+``--runs``: instead, whole ``bench_picker`` runs (as ``kit bench-picker`` and ``bench/gateway_bench.py``
+time them: CPU time in one run, wall clock in another) of DIR's checkout and of this one, in turn, in
+fresh processes: each side's picker alone in its process, the way the earlier tables were measured.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import random
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -74,6 +80,29 @@ def ab(plugin: ModuleType, n: int, chars: int, requests: int, distinct: bool) ->
     return row
 
 
+RUN = """
+import json, sys, time
+from kit.picker.bench import bench_picker
+n, chars, requests = (int(a) for a in sys.argv[1:])
+cpu = bench_picker(n, chars, requests, clock=time.thread_time)
+wall = bench_picker(n, chars, requests)
+print(json.dumps({"cpu_p50_us": cpu["p50_us"], "cpu_p99_us": cpu["p99_us"],
+                  "wall_p50_us": wall["p50_us"], "wall_p99_us": wall["p99_us"]}))
+"""
+
+
+def runs(baseline: Path, n: int, chars: int, requests: int) -> dict:
+    """``bench_picker`` in a fresh process with DIR's code, then with this checkout's."""
+    row: dict = {"endpoints": n, "prompt_chars": chars, "requests": requests, "distinct": False}
+    here = Path(__file__).resolve().parents[1]
+    for name, tree in (("before", baseline), ("after", here)):
+        env = {**os.environ, "PYTHONPATH": str(tree.resolve())}
+        out = subprocess.run([sys.executable, "-c", RUN, str(n), str(chars), str(requests)], env=env, cwd=tree,
+                             capture_output=True, text=True, check=True)
+        row[name] = json.loads(out.stdout)
+    return row
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| endpoints | prompt chars | CPU p50 µs before → after | CPU p99 µs before → after "
              "| wall p50 µs before → after | wall p99 µs before → after |", "|---|---|---|---|---|---|"]
@@ -91,13 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--distinct", action="store_true", help="every prompt new: nothing matches, nothing repeats")
     ap.add_argument("--grid", default=",".join(f"{n}x{c}" for n, c in GRID),
                     help="configurations, ENDPOINTSxCHARS separated by commas")
+    ap.add_argument("--runs", action="store_true", help="whole runs in turn, each side in its own process")
     ap.add_argument("--out", type=Path, help="write the rows as JSON")
     args = ap.parse_args(argv)
-    plugin = load_plugin(args.baseline)
+    plugin = None if args.runs else load_plugin(args.baseline)
     rows = []
     for cfg in args.grid.split(","):
         n, chars = (int(x) for x in cfg.split("x"))
-        rows.append(ab(plugin, n, chars, args.requests, args.distinct))
+        rows.append(runs(args.baseline, n, chars, args.requests) if plugin is None
+                    else ab(plugin, n, chars, args.requests, args.distinct))
         print(f"picker a/b: {json.dumps(rows[-1])}", file=sys.stderr, flush=True)
     print(table(rows))
     if args.out:

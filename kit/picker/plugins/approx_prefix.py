@@ -18,6 +18,13 @@ capacity ``num_gpu_blocks`` of that endpoint (``autoTune``, when reported) or ``
 a capacity is fixed when the LRU is created. Matching walks the chain from the first block and stops
 at the first hash no endpoint holds; an endpoint's match is the number of blocks it holds on the way.
 
+Speed (kit-only, same results as hashing the whole prompt and adding one hash at a time, which
+``tests/picker/plugins/test_prefix_reference.py`` checks on random prompts and request sequences):
+only the characters that can fall in the hashed bytes are encoded; chains are remembered per prompt
+head (``ChainMemo``); holder sets are shared frozensets, so a match counts runs of equal holders at
+once; ``PreRequest`` updates an LRU in one batch, and only refreshes recency when the cycle's match
+showed the endpoint holding every hash and the index has not changed since.
+
 ``autoTune`` (default on): the block size comes from the **first** candidate's
 ``vllm:cache_config_info{block_size}`` (``blockSizeTokens`` when it reports none); the LRU capacity
 from the chosen endpoint's ``num_gpu_blocks``.

@@ -83,22 +83,24 @@ def ab(plugin: ModuleType, n: int, chars: int, requests: int, distinct: bool) ->
 RUN = """
 import json, sys, time
 from kit.picker.bench import bench_picker
-n, chars, requests = (int(a) for a in sys.argv[1:])
-cpu = bench_picker(n, chars, requests, clock=time.thread_time)
-wall = bench_picker(n, chars, requests)
+n, chars, requests, distinct = (int(a) for a in sys.argv[1:])
+extra = {"distinct": True} if distinct else {}  # (an older bench_picker has no such parameter)
+cpu = bench_picker(n, chars, requests, clock=time.thread_time, **extra)
+wall = bench_picker(n, chars, requests, **extra)
 print(json.dumps({"cpu_p50_us": cpu["p50_us"], "cpu_p99_us": cpu["p99_us"],
                   "wall_p50_us": wall["p50_us"], "wall_p99_us": wall["p99_us"]}))
 """
 
 
-def runs(baseline: Path, n: int, chars: int, requests: int) -> dict:
-    """``bench_picker`` in a fresh process with DIR's code, then with this checkout's."""
-    row: dict = {"endpoints": n, "prompt_chars": chars, "requests": requests, "distinct": False}
+def runs(baseline: Path, n: int, chars: int, requests: int, distinct: bool) -> dict:
+    """``bench_picker`` in a fresh process with DIR's code, then with this checkout's (``distinct`` needs
+    this checkout's ``bench_picker`` on both sides: run with DIR holding this ``kit/picker/bench.py``)."""
+    row: dict = {"endpoints": n, "prompt_chars": chars, "requests": requests, "distinct": distinct}
     here = Path(__file__).resolve().parents[1]
     for name, tree in (("before", baseline), ("after", here)):
         env = {**os.environ, "PYTHONPATH": str(tree.resolve())}
-        out = subprocess.run([sys.executable, "-c", RUN, str(n), str(chars), str(requests)], env=env, cwd=tree,
-                             capture_output=True, text=True, check=True)
+        argv = [sys.executable, "-c", RUN, str(n), str(chars), str(requests), str(int(distinct))]
+        out = subprocess.run(argv, env=env, cwd=tree, capture_output=True, text=True, check=True)
         row[name] = json.loads(out.stdout)
     return row
 
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for cfg in args.grid.split(","):
         n, chars = (int(x) for x in cfg.split("x"))
-        rows.append(runs(args.baseline, n, chars, args.requests) if plugin is None
+        rows.append(runs(args.baseline, n, chars, args.requests, args.distinct) if plugin is None
                     else ab(plugin, n, chars, args.requests, args.distinct))
         print(f"picker a/b: {json.dumps(rows[-1])}", file=sys.stderr, flush=True)
     print(table(rows))

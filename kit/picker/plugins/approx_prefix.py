@@ -114,7 +114,7 @@ def chain(data: bytes, seed: str, block_bytes: int) -> tuple[int, ...]:
 _LE64 = struct.Struct("<Q")
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=1024)  # one per block size and block count up to maxPrefixBlocksToMatch
 def _blocks(block_bytes: int, n: int) -> struct.Struct:
     """Splits ``n × block_bytes`` bytes into ``n`` blocks in one call."""
     return struct.Struct(f"{block_bytes}s" * n)
@@ -141,8 +141,8 @@ class ChainMemo:
                 entries.move_to_end(key)
             return hit[1]
         hashes = chain(data, seed, block_bytes)
+        entries.pop(key, None)  # other bytes under the same key make way
         entries[key] = (data, hashes)
-        entries.move_to_end(key)
         while len(entries) > self.size:
             entries.popitem(last=False)
         return hashes

@@ -18,6 +18,13 @@ capacity ``num_gpu_blocks`` of that endpoint (``autoTune``, when reported) or ``
 a capacity is fixed when the LRU is created. Matching walks the chain from the first block and stops
 at the first hash no endpoint holds; an endpoint's match is the number of blocks it holds on the way.
 
+Speed (kit-only, same results as hashing the whole prompt and adding one hash at a time, which
+``tests/picker/plugins/test_prefix_reference.py`` checks on random prompts and request sequences):
+only the characters that can fall in the hashed bytes are encoded; chains are remembered per prompt
+head (``ChainMemo``); holder sets are shared frozensets, so a match counts runs of equal holders at
+once; ``PreRequest`` updates an LRU in one batch, and only refreshes recency when the cycle's match
+showed the endpoint holding every hash and the index has not changed since.
+
 ``autoTune`` (default on): the block size comes from the **first** candidate's
 ``vllm:cache_config_info{block_size}`` (``blockSizeTokens`` when it reports none); the LRU capacity
 from the chosen endpoint's ``num_gpu_blocks``.
@@ -40,10 +47,13 @@ Example::
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import struct
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import lru_cache
-from itertools import groupby, takewhile
+from itertools import groupby, islice, repeat
 from typing import Annotated, Any
 
 import xxhash
@@ -83,26 +93,73 @@ class PrefixParams(Params):
 def block_hashes(text: str, seed: str, block_bytes: int, max_blocks: int) -> list[int]:
     """Chained xxhash64 of the full ``block_bytes`` blocks of ``text`` (at most ``max_blocks``), rooted
     at the hash of ``seed`` (the model name followed by the cache salt)."""
-    return list(_chain(text.encode()[: block_bytes * max_blocks], seed, block_bytes))
+    limit = block_bytes * max_blocks
+    # A character is one to four bytes in UTF-8, so the first ``limit`` characters hold the first
+    # ``limit`` bytes: encoding only them gives the same bytes as encoding the whole prompt.
+    return list(_CHAINS.get(text[:limit].encode()[:limit], seed, block_bytes))
 
 
-@lru_cache(maxsize=1024)  # whole prompts repeat (a fleet's workload, retries); keys are at most 16 KiB by default
-def _chain(data: bytes, seed: str, block_bytes: int) -> tuple[int, ...]:
-    prev = xxhash.xxh64_intdigest(seed.encode())
+def chain(data: bytes, seed: str, block_bytes: int) -> tuple[int, ...]:
+    """The hash chain of ``data``'s full blocks (``block_hashes`` after the cut, without the memo)."""
+    n = len(data) // block_bytes
+    h, pack = xxhash.xxh64_intdigest, _LE64.pack
+    prev = h(seed.encode())
     out = []
-    for i in range(0, len(data) - block_bytes + 1, block_bytes):
-        prev = xxhash.xxh64_intdigest(data[i : i + block_bytes] + prev.to_bytes(8, "little"))
+    for block in _blocks(block_bytes, n).unpack_from(data) if n else ():
+        prev = h(block + pack(prev))
         out.append(prev)
     return tuple(out)
 
 
+_LE64 = struct.Struct("<Q")
+
+
+@lru_cache(maxsize=1024)  # one per block size and block count up to maxPrefixBlocksToMatch
+def _blocks(block_bytes: int, n: int) -> struct.Struct:
+    """Splits ``n × block_bytes`` bytes into ``n`` blocks in one call."""
+    return struct.Struct(f"{block_bytes}s" * n)
+
+
+class ChainMemo:
+    """The chains of the last ``size`` distinct prompt heads (whole prompts repeat: a fleet's workload,
+    retries, shared system prompts longer than the hashed head).
+
+    Looked up by a fast xxh3 of the bytes, then the bytes themselves are compared, so a hit is always
+    the chain of exactly these bytes (hashing the 16 KiB key with Python's own hash cost more than
+    the rest of the lookup)."""
+
+    def __init__(self, size: int = 1024):
+        self.size = size
+        self.entries: OrderedDict[tuple[int, str, int], tuple[bytes, tuple[int, ...]]] = OrderedDict()
+
+    def get(self, data: bytes, seed: str, block_bytes: int) -> tuple[int, ...]:
+        key = (xxhash.xxh3_64_intdigest(data), seed, block_bytes)
+        entries = self.entries
+        hit = entries.get(key)
+        if hit is not None and hit[0] == data:
+            with suppress(KeyError):  # another thread may have dropped it meanwhile
+                entries.move_to_end(key)
+            return hit[1]
+        hashes = chain(data, seed, block_bytes)
+        entries.pop(key, None)  # other bytes under the same key make way
+        entries[key] = (data, hashes)
+        while len(entries) > self.size:
+            entries.popitem(last=False)
+        return hashes
+
+
+_CHAINS = ChainMemo()
+
+
 @dataclass
 class PrefixMatch:
-    """One request's prefix data: its block hashes, and per endpoint name the blocks matched."""
+    """One request's prefix data: its block hashes, and per endpoint name the blocks matched;
+    ``version``: the index's version when it matched (-1: not from a ``PrefixIndex``)."""
 
     hashes: list[int]
     servers: dict[str, int] = field(default_factory=dict)
     block_tokens: int = DEFAULT_BLOCK_TOKENS
+    version: int = -1
 
     def score(self, ep: Endpoint) -> float:
         return self.servers.get(ep.name, 0) / len(self.hashes) if self.hashes else 0.0
@@ -116,54 +173,94 @@ class PrefixMatch:
 
 
 class PrefixIndex:
-    """Which endpoints were sent which block hashes: one LRU per endpoint plus a reverse map."""
+    """Which endpoints were sent which block hashes: one LRU per endpoint plus a reverse map.
+
+    The reverse map's values are frozensets, shared between hashes with the same holders (``_shared``),
+    so a match compares neighbouring hashes' holders by identity. ``version`` counts the changes."""
+
+    SHARED = 4096  # distinct holder sets remembered for sharing; forgetting them only costs speed
 
     def __init__(self) -> None:
-        self.owners: dict[int, set[str]] = {}
+        self.owners: dict[int, frozenset[str]] = {}
         self.lrus: dict[str, OrderedDict[int, None]] = {}
         self.capacity: dict[str, int] = {}
+        self.version = 0
+        self._shared: dict[frozenset[str], frozenset[str]] = {}
 
-    def match(self, hashes: list[int]) -> dict[str, int]:
+    def _share(self, owners: frozenset[str]) -> frozenset[str]:
+        shared = self._shared
+        if len(shared) >= self.SHARED:
+            shared.clear()
+        return shared.setdefault(owners, owners)
+
+    def _gain(self, name: str, hashes: list[int]) -> None:
+        """``name`` now holds ``hashes`` (new to its LRU)."""
+        owners_of = self.owners
+        before = list(map(owners_of.get, hashes))
+        if before.count(None) == len(before):  # nobody held them (requests that share nothing)
+            owners_of.update(zip(hashes, repeat(self._share(frozenset((name,))))))
+            return
+        after: dict[frozenset[str] | None, frozenset[str]] = {}
+        for h, old in zip(hashes, before, strict=True):
+            new = after.get(old)
+            if new is None:
+                new = after[old] = self._share(frozenset((name,)) if old is None else old | {name})
+            owners_of[h] = new
+
+    def _lose(self, name: str, hashes: list[int]) -> None:
+        """``name`` no longer holds ``hashes``."""
+        owners_of = self.owners
+        before = list(map(owners_of.__getitem__, hashes))
+        if before.count(frozenset((name,))) == len(before):  # nobody else held them
+            deque(map(owners_of.__delitem__, hashes), 0)
+            return
+        after: dict[frozenset[str], frozenset[str]] = {}
+        for h, old in zip(hashes, before, strict=True):
+            new = after.get(old)
+            if new is None:
+                new = after[old] = self._share(old - {name})
+            if new:
+                owners_of[h] = new
+            else:
+                del owners_of[h]
+
+    def match(self, hashes: Sequence[int]) -> dict[str, int]:
         """Per endpoint, how many of the hashes it holds, walking the chain until a hash nobody holds."""
         counts: dict[str, int] = {}
-        # Consecutive hashes mostly have the same holders: count each run of equal holder sets at once.
-        for owners, run in groupby(takewhile(bool, map(self.owners.get, hashes))):
+        # Neighbouring hashes mostly have the same holders: count each run of them at once.
+        for owners, run in groupby(map(self.owners.get, hashes)):
+            if owners is None:
+                break
             k = len(list(run))
             for name in owners:
                 counts[name] = counts.get(name, 0) + k
         return counts
 
-    def add(self, name: str, hashes: list[int], capacity: int) -> None:
+    def add(self, name: str, hashes: Sequence[int], capacity: int, held: bool = False) -> None:
+        """Touch or insert each hash in ``name``'s LRU, in order, evicting the least recently used past
+        its capacity (fixed when the LRU is created, as upstream). ``held``: the caller knows ``name``
+        holds every hash already (only their recency changes)."""
         lru = self.lrus.get(name)
         if lru is None:
             lru = self.lrus[name] = OrderedDict()
-            self.capacity[name] = capacity  # fixed when first created, as upstream
-        cap = self.capacity[name]
-        owners_of, move = self.owners, lru.move_to_end
-        for h in hashes:
-            if h in lru:
-                move(h)
-                continue
-            lru[h] = None
-            owners = owners_of.get(h)
-            if owners is None:
-                owners_of[h] = {name}
-            else:
-                owners.add(name)
-            if len(lru) > cap:
-                old, _ = lru.popitem(last=False)
-                owners = self.owners[old]
-                owners.discard(name)
-                if not owners:
-                    del self.owners[old]
+            self.capacity[name] = capacity
+        self.version += 1
+        # An LRU holds the most recently used hashes up to its capacity, in order of last use, however
+        # they arrive: inserting the missing hashes, moving all of them to the recent end in order and
+        # then evicting the oldest down to the capacity leaves what one hash at a time would.
+        if not held:
+            size = len(lru)
+            deque(map(lru.setdefault, hashes), 0)  # the missing ones, at the recent end in order
+            if len(lru) > size:
+                self._gain(name, list(islice(reversed(lru), len(lru) - size))[::-1])
+        deque(map(lru.move_to_end, hashes), 0)
+        if len(lru) > self.capacity[name]:
+            popitem = lru.popitem
+            self._lose(name, [popitem(last=False)[0] for _ in range(len(lru) - self.capacity[name])])
 
     def remove(self, name: str) -> None:
-        for h in self.lrus.pop(name, {}):
-            owners = self.owners.get(h)
-            if owners is not None:
-                owners.discard(name)
-                if not owners:
-                    del self.owners[h]
+        self.version += 1
+        self._lose(name, list(self.lrus.pop(name, ())))
         self.capacity.pop(name, None)
 
     @property
@@ -198,7 +295,7 @@ class ApproxPrefixCacheProducer(PluginBase):
         if self.p.max_prefix_tokens_to_match:
             max_blocks = max(1, self.p.max_prefix_tokens_to_match // tokens)
         hashes = block_hashes(req.prompt, req.model + req.cache_salt, tokens * CHARS_PER_TOKEN, max_blocks)
-        return PrefixMatch(hashes, self.index.match(hashes), tokens)
+        return PrefixMatch(hashes, self.index.match(hashes), tokens, self.index.version)
 
     def prepare_request_data(self, state: CycleState, req: InferenceRequest, eps: list[Endpoint]) -> None:
         state[self.name] = self.match(req, eps)
@@ -207,7 +304,9 @@ class ApproxPrefixCacheProducer(PluginBase):
         """Teach the index where the request went (nothing if this cycle computed no match, as upstream)."""
         match = state.get(self.name)
         if isinstance(match, PrefixMatch) and match.hashes:
-            self.index.add(ep.name, match.hashes, self.capacity(ep))
+            # Matched every hash, and the index has not changed since: only their recency changes.
+            held = match.version == self.index.version and match.servers.get(ep.name) == len(match.hashes)
+            self.index.add(ep.name, match.hashes, self.capacity(ep), held)
 
     def gauges(self) -> dict[str, float]:
         return {"inference_extension_prefix_indexer_size": float(self.index.size)}

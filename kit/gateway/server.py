@@ -24,11 +24,11 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from kit.gateway.datastore import Datastore
 from kit.gateway.front import Front, Request, Response, Router, Stream, error, json_response
-from kit.gateway.metrics import PoolGauges, Tally
+from kit.gateway.metrics import Buckets, PoolGauges, Tally
 from kit.gateway.settings import GatewaySettings
 from kit.gateway.upstream import Answer, ConnectError, ConnectTimeout, Pool, UpstreamError
 from kit.http import (
@@ -67,8 +67,9 @@ class Gateway:
         for collector in (self.requests, self.retries, self.attempts,
                           PoolGauges(self.datastore.endpoints, self.scheduler.gauges)):
             r.register(collector)
-        self.sched_latency = Histogram("inference_extension_scheduler_e2e_duration_seconds",
-                                       "Time to pick an endpoint.", buckets=SCHED_BUCKETS, registry=r)
+        self.sched_latency = Buckets("inference_extension_scheduler_e2e_duration_seconds",
+                                     "Time to pick an endpoint.", SCHED_BUCKETS)
+        r.register(self.sched_latency)
         self.router = r = Router()
         for method, path, handler in (
                 ("POST", "/v1/completions", self.generate), ("POST", "/v1/chat/completions", self.generate),

@@ -136,7 +136,7 @@ class Gateway:
 
     async def effective_config(self, _r: Request) -> Response:
         return json_response({"config": self.config.effective, "warnings": self.config.warnings,
-                                  "source": self.config.source})
+                              "source": self.config.source})
 
     # --------------------------------------------------------------------- proxying
     async def generate(self, request: Request) -> Response | Stream:

@@ -60,6 +60,9 @@ PIPELINE = 16  # requests waiting on one connection before it stops reading
 LINGER = 10.0  # seconds the rest of a refused body is read and dropped before the connection closes
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 JSON = "application/json; charset=utf-8"
+_NAMES = {n.encode(): n.lower() for n in ("Host", "Content-Type", "Content-Length", "Accept", "User-Agent",
+                                          "Connection", "Accept-Encoding", "Authorization")}  # as clients spell them
+_NAMES.update({k.lower(): v for k, v in _NAMES.items()})
 
 
 class Request:
@@ -267,6 +270,7 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, front: Front):
         self.front = front
+        self.max_line, self.max_headers = front.limits.max_line_size, front.limits.max_headers
         self.loop = asyncio.get_running_loop()
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
@@ -372,13 +376,15 @@ class Connection(asyncio.Protocol):
                 f"the request line or a header line is longer than {self.front.limits.max_line_size} bytes"))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        lim = self.front.limits
-        if len(name) + len(value) + 2 > lim.max_line_size:
+        headers = self.headers
+        if len(name) + len(value) + 2 > self.max_line or len(headers) >= self.max_headers:
+            lim = self.front.limits
             raise _Refused(self._malformed_response(
+                "Too many headers received" if len(headers) >= lim.max_headers else
                 f"the request line or a header line is longer than {lim.max_line_size} bytes"))
-        if len(self.headers) >= lim.max_headers:
-            raise _Refused(self._malformed_response("Too many headers received"))
-        self.headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+        key = _NAMES.get(name) or name.decode("latin-1").lower()
+        if key not in headers:
+            headers[key] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         self.in_head = False

@@ -281,7 +281,6 @@ class Connection(asyncio.Protocol):
         self.answering = False  # part of the current answer was sent
         self.refused = False  # over the connection cap: every request gets a 503
         self.broken = False  # the parser gave up: nothing more is read
-        self.closing = False  # close once the answers queued so far are out
         self.dropping = False  # reading and dropping the rest of a body already answered
         self.linger_until = 0.0
         self.writable: asyncio.Future[None] | None = None
@@ -396,7 +395,7 @@ class Connection(asyncio.Protocol):
             return
         length = h.get("content-length")
         if length is not None and int(length) > self.front.max_body:  # llhttp checked it is a number
-            self._too_large()
+            self._too_large(before_body="expect" in h)
             return
         encoding = h.get("content-encoding", "").strip().lower()
         if encoding in ("gzip", "deflate"):
@@ -404,8 +403,9 @@ class Connection(asyncio.Protocol):
         elif encoding in ("br", "zstd"):
             raise _Refused(self._malformed_response(f"Content-Encoding {encoding} is not supported (gzip and "
                                                     "deflate are)"))
-        if "expect" in h and self.transport is not None and self.parser.get_http_version() == "1.1":
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if ("expect" in h and self.transport is not None and not self.queue and self.task is None
+                and self.parser.get_http_version() == "1.1"):
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # (not while earlier answers are due)
 
     def on_body(self, body: bytes) -> None:
         if self.dropping or self.refused or self.answer_first is not None:
@@ -418,7 +418,7 @@ class Connection(asyncio.Protocol):
                 return
         self.body_size += len(body)
         if self.body_size > self.front.max_body:
-            self._too_large()
+            self._too_large(before_body=False)
             return
         self.body.append(body)
 
@@ -469,12 +469,17 @@ class Connection(asyncio.Protocol):
     def _malformed(self, what: str) -> None:
         self._refuse(self._malformed_response(what))
 
-    def _too_large(self) -> None:
-        """Answer 413 now, and read and drop the rest of the body (for up to ``LINGER`` seconds) before closing,
-        so that a client still sending it sees the answer rather than a reset connection."""
+    def _too_large(self, before_body: bool) -> None:
+        """Answer 413 now. A client waiting for ``100 Continue`` before sending the body is answered and
+        closed at once; from any other, the rest of the body is read and dropped (for up to ``LINGER``
+        seconds) before closing, so that a client still sending it sees the answer rather than a reset."""
+        resp = error(413, f"the request body is larger than {self.front.max_body} bytes", close=True)
+        if before_body:
+            self._refuse(resp)
+            return
         self.dropping = True
         self.linger_until = self.loop.time() + LINGER
-        self._queue(error(413, f"the request body is larger than {self.front.max_body} bytes", close=True))
+        self._queue(resp)
 
     def _refuse(self, response: Response) -> None:
         """Answer (after any answers due before) and close; read nothing more unless dropping a body."""
@@ -503,7 +508,6 @@ class Connection(asyncio.Protocol):
                 else:
                     close = not await self._answer(item)
                 if close or self.front.draining or (self.broken and not self.queue):
-                    self.closing = True
                     self.queue.clear()
                     if not self.dropping and self.transport is not None:
                         self.transport.close()

@@ -1,11 +1,12 @@
-"""HTTP plumbing shared by the simulator and the gateway: OpenAI-style errors, JSON bodies, and serving an app.
+"""HTTP plumbing shared by the simulator and the gateway: OpenAI-style errors, JSON bodies, and serving.
 
-Serving (``start_app``) hardens aiohttp's defaults for a server that anyone on the machine can reach:
-idle connections are closed after ``ServerLimits.idle_timeout``; past ``max_connections`` the
-longest-idle connection is closed to make room, or, if none is idle, the new one gets a JSON 503, so
-the process never runs out of file descriptors; malformed HTTP (an over-long header line, a bad
-Content-Length, too many headers) gets a JSON 400 and one log line; and repeated log lines are
-rate-limited.
+Both servers (the simulator's aiohttp app through ``start_app``, the gateway through its own server,
+``kit.gateway.front``) are hardened alike for a server that anyone on the machine can reach: idle
+connections are closed after ``ServerLimits.idle_timeout``; past ``max_connections`` the longest-idle
+connection is closed to make room, or, if none is idle, the new one gets a JSON 503 (``make_room``),
+so the process never runs out of file descriptors; malformed HTTP (an over-long header line, a bad
+Content-Length, too many headers) gets a JSON 400 and one log line; repeated log lines are
+rate-limited; and ``run_server`` drains either on SIGTERM.
 """
 
 from __future__ import annotations
@@ -228,6 +229,10 @@ def over_cap_message(cap: int) -> str:
     return f"the server has {cap} connections open, its limit; retry shortly"
 
 
+def line_too_long(limits: ServerLimits) -> str:
+    return f"the request line or a header line is longer than {limits.max_line_size} bytes"
+
+
 class RateLimit(logging.Filter):
     """At most one record of a kind (logger, message, exception type) every ``interval`` seconds;
     the next one that passes says how many were dropped."""
@@ -266,7 +271,7 @@ def log_to_stderr() -> None:
 def _protocol_problem(exc: BaseException | None, message: str | None, limits: ServerLimits) -> str:
     """What was wrong with a request aiohttp's parser refused, in one line without the raw bytes."""
     if isinstance(exc, http_exceptions.LineTooLong):
-        return f"the request line or a header line is longer than {limits.max_line_size} bytes"
+        return line_too_long(limits)
     text = getattr(exc, "message", None) or message or str(exc or "")
     line = next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "bad request")
     return re.split(r":\s*b['\"]", line)[0].rstrip(" :.")[:200]

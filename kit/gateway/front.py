@@ -49,6 +49,7 @@ from kit.http import (
     ServerLimits,
     capacity,
     error_body,
+    line_too_long,
     log_to_stderr,
     make_room,
     open_file_limit,
@@ -349,7 +350,7 @@ class Connection(asyncio.Protocol):
                 self.head_size += len(data)
                 lim = self.front.limits
                 if self.head_size > (lim.max_headers + 2) * (lim.max_line_size + 2):
-                    self._malformed(f"the request line or a header line is longer than {lim.max_line_size} bytes")
+                    self._malformed(line_too_long(lim))
 
     def close_idle(self) -> None:
         if self.transport is not None:
@@ -371,16 +372,14 @@ class Connection(asyncio.Protocol):
         self.url.append(url)
         self.url_size += len(url)
         if self.url_size > self.front.limits.max_line_size:
-            raise _Refused(self._malformed_response(
-                f"the request line or a header line is longer than {self.front.limits.max_line_size} bytes"))
+            raise _Refused(self._malformed_response(line_too_long(self.front.limits)))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         headers = self.headers
         if len(name) + len(value) + 2 > self.max_line or len(headers) >= self.max_headers:
             lim = self.front.limits
             raise _Refused(self._malformed_response(
-                "Too many headers received" if len(headers) >= lim.max_headers else
-                f"the request line or a header line is longer than {lim.max_line_size} bytes"))
+                "Too many headers received" if len(headers) >= lim.max_headers else line_too_long(lim)))
         key = _NAMES.get(name) or name.decode("latin-1").lower()
         if key not in headers:
             headers[key] = value.decode("latin-1")

@@ -319,6 +319,8 @@ def hop(args: argparse.Namespace) -> list[dict]:
 # innermost frame; time in C and in system calls counts for the Python code that called it).
 PARTS = (("kit/gateway/upstream.py", "upstream client (kit.gateway.upstream: send, parse answers)"),
          ("aiohttp/client", "aiohttp client"), ("aiohttp/connector", "aiohttp client"),
+         ("kit/gateway/front.py", "gateway server (kit.gateway.front: HTTP parsing, routing, writing answers)"),
+         ("httptools/", "gateway server (kit.gateway.front: HTTP parsing, routing, writing answers)"),
          ("kit/picker/", "picker (scheduling cycle, prefix hashing and index)"),
          ("kit/gateway/datastore.py", "datastore (metric scrapes, first-byte watch)"),
          ("kit/vllm_metrics.py", "datastore (metric scrapes, first-byte watch)"),

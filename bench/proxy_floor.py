@@ -7,9 +7,12 @@ the proxy's CPU µs per request) and with one (p50 latency). What the kit gatewa
 of its stack is its own work; the floor itself is what choosing the stack costs.
 
 * ``aiohttp+aiohttp``: aiohttp's server and client (the gateway before issue #12);
-* ``aiohttp+kit``: aiohttp's server and the gateway's own client (``kit.gateway.upstream``), as now;
+* ``aiohttp+kit``: aiohttp's server and the gateway's own client (``kit.gateway.upstream``), as the gateway
+  was served until its own server replaced aiohttp's (issue #12);
+* ``front+kit``: the gateway's own server (``kit.gateway.front``: routing, limits, error handling) and its
+  client, as now;
 * ``httptools+kit``: a bare asyncio protocol parsing requests with httptools, and the gateway's client:
-  no routing, middlewares, limits or error handling at all, so the least a Python proxy can cost.
+  no routing, limits or error handling at all, so the least a Python proxy can cost.
 
 All run on uvloop.
 """
@@ -31,10 +34,12 @@ from aiohttp import ClientSession, TCPConnector, web
 sys.path.insert(0, str(Path(__file__).parent))
 from gateway_bench import LOG_DIR, MODEL, PROMPT, start_upstreams, wrk
 
+from kit.gateway.front import Front, Request, Response, Router
 from kit.gateway.upstream import Pool
+from kit.http import ServerLimits
 from kit.targets.processes import free_port, healthy
 
-STACKS = ("aiohttp+aiohttp", "aiohttp+kit", "httptools+kit")
+STACKS = ("aiohttp+aiohttp", "aiohttp+kit", "front+kit", "httptools+kit")
 
 
 async def _serve_aiohttp(port: int, upstream: str, own_client: bool) -> None:
@@ -108,10 +113,30 @@ async def _serve_bare(port: int, upstream: str) -> None:
     await asyncio.Event().wait()
 
 
+async def _serve_front(port: int, upstream: str) -> None:
+    pool = Pool(connect_timeout=2.0)
+
+    async def proxy(request: Request) -> Response:
+        answer = await pool.post(upstream, request.path, request.body)
+        try:
+            return Response(answer.status, await answer.read(),
+                            {"Content-Type": answer.headers.get("content-type", "application/json")})
+        finally:
+            answer.close()
+
+    async def health(_r: Request) -> Response:
+        return Response()
+
+    router = Router()
+    router.add("POST", "/v1/completions", proxy)
+    router.add("GET", "/health", health)
+    await Front(router, ServerLimits(), 16 * 2**20).start("127.0.0.1", port)
+    await asyncio.Event().wait()
+
+
 def serve(stack: str, port: int, upstream: str) -> None:
-    main = _serve_bare(port, upstream) if stack == "httptools+kit" else \
-        _serve_aiohttp(port, upstream, own_client=stack == "aiohttp+kit")
-    uvloop.run(main)
+    main = {"httptools+kit": _serve_bare, "front+kit": _serve_front}.get(stack)
+    uvloop.run(main(port, upstream) if main else _serve_aiohttp(port, upstream, own_client=stack == "aiohttp+kit"))
 
 
 def measure(stack: str, upstream: str, seconds: float) -> dict:

@@ -1,11 +1,12 @@
-"""HTTP plumbing shared by the simulator and the gateway: OpenAI-style errors, JSON bodies, and serving an app.
+"""HTTP plumbing shared by the simulator and the gateway: OpenAI-style errors, JSON bodies, and serving.
 
-Serving (``start_app``) hardens aiohttp's defaults for a server that anyone on the machine can reach:
-idle connections are closed after ``ServerLimits.idle_timeout``; past ``max_connections`` the
-longest-idle connection is closed to make room, or, if none is idle, the new one gets a JSON 503, so
-the process never runs out of file descriptors; malformed HTTP (an over-long header line, a bad
-Content-Length, too many headers) gets a JSON 400 and one log line; and repeated log lines are
-rate-limited.
+Both servers (the simulator's aiohttp app through ``start_app``, the gateway through its own server,
+``kit.gateway.front``) are hardened alike for a server that anyone on the machine can reach: idle
+connections are closed after ``ServerLimits.idle_timeout``; past ``max_connections`` the longest-idle
+connection is closed to make room, or, if none is idle, the new one gets a JSON 503 (``make_room``),
+so the process never runs out of file descriptors; malformed HTTP (an over-long header line, a bad
+Content-Length, too many headers) gets a JSON 400 and one log line; repeated log lines are
+rate-limited; and ``run_server`` drains either on SIGTERM.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import re
 import resource
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import http_exceptions, web
 
@@ -44,11 +45,15 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = logging.getLogger("kit.http")
 
 
+def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
+    """The body of an OpenAI/vLLM-shaped JSON error."""
+    return {"error": {"message": message, "type": ERROR_TYPES.get(status, "APIError"), "param": param,
+                      "code": status}}
+
+
 def error(status: int, message: str, param: str | None = None) -> web.Response:
     """An OpenAI/vLLM-shaped JSON error response."""
-    body = {"error": {"message": message, "type": ERROR_TYPES.get(status, "APIError"), "param": param,
-                      "code": status}}
-    return web.json_response(body, status=status)
+    return web.json_response(error_body(status, message, param), status=status)
 
 
 class HTTPError(Exception):
@@ -197,6 +202,37 @@ def capacity(limits: ServerLimits, fd_limit: int) -> tuple[int, int]:
     return limits.max_connections or max(16, (fd_limit - 64 - backlog) // 2), backlog
 
 
+class Idle(Protocol):
+    """A client connection as the connection cap sees it."""
+
+    idle_since: float | None  # monotonic time since when no request is in progress; None while one is
+
+    def close_idle(self) -> None: ...
+
+
+def make_room(new: Idle, connections: Collection[Idle], cap: int) -> bool:
+    """Whether ``new`` may be served with ``connections`` open (``new`` among them): past ``cap`` the
+    longest-idle other connection is closed to make room; if none is idle, False (answer 503)."""
+    if len(connections) <= cap:
+        return True
+    idle = [c for c in connections if c is not new and c.idle_since is not None]
+    if not idle:
+        log.warning("%d connections are open, the limit, and none is idle: answering 503", cap)
+        return False
+    victim = min(idle, key=lambda c: c.idle_since)  # type: ignore[arg-type, return-value]
+    victim.idle_since = None
+    victim.close_idle()
+    return True
+
+
+def over_cap_message(cap: int) -> str:
+    return f"the server has {cap} connections open, its limit; retry shortly"
+
+
+def line_too_long(limits: ServerLimits) -> str:
+    return f"the request line or a header line is longer than {limits.max_line_size} bytes"
+
+
 class RateLimit(logging.Filter):
     """At most one record of a kind (logger, message, exception type) every ``interval`` seconds;
     the next one that passes says how many were dropped."""
@@ -222,7 +258,7 @@ class RateLimit(logging.Filter):
         return True
 
 
-def _log_to_stderr() -> None:
+def log_to_stderr() -> None:
     """A server process logs warnings to stderr, one line each (tracebacks only for bugs), rate-limited."""
     root = logging.getLogger()
     if not root.handlers:  # leave a host that configured logging (pytest, a notebook) alone
@@ -235,7 +271,7 @@ def _log_to_stderr() -> None:
 def _protocol_problem(exc: BaseException | None, message: str | None, limits: ServerLimits) -> str:
     """What was wrong with a request aiohttp's parser refused, in one line without the raw bytes."""
     if isinstance(exc, http_exceptions.LineTooLong):
-        return f"the request line or a header line is longer than {limits.max_line_size} bytes"
+        return line_too_long(limits)
     text = getattr(exc, "message", None) or message or str(exc or "")
     line = next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "bad request")
     return re.split(r":\s*b['\"]", line)[0].rstrip(" :.")[:200]
@@ -257,17 +293,10 @@ class _Connection(web.RequestHandler):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.idle_since = time.monotonic()
-        others = self.server.connections
-        if len(others) <= self.cap:
-            return
-        idle = [c for c in others if isinstance(c, _Connection) and c is not self and c.idle_since is not None]
-        if idle:
-            victim = min(idle, key=lambda c: c.idle_since)
-            victim.idle_since = None
-            victim.force_close()
-        else:
-            self.refused = True
-            log.warning("%d connections are open, the limit, and none is idle: answering 503", self.cap)
+        self.refused = not make_room(self, self.server.connections, self.cap)  # type: ignore[arg-type]
+
+    def close_idle(self) -> None:
+        self.force_close()
 
     def data_received(self, data: bytes) -> None:
         self.idle_since = None
@@ -333,7 +362,7 @@ class _Site(web.BaseSite):
 async def _refuse_over_cap(request: web.Request, handler: Handler) -> web.StreamResponse:
     conn = request.protocol
     if isinstance(conn, _Connection) and conn.refused:
-        resp = error(503, f"the server has {conn.cap} connections open, its limit; retry shortly")
+        resp = error(503, over_cap_message(conn.cap))
         resp.headers["Retry-After"] = "1"
         resp.force_close()
         return resp
@@ -364,7 +393,7 @@ async def start_app(app: web.Application, host: str, port: int) -> web.AppRunner
     """Serve ``app`` in the running loop with its ``SERVER_LIMITS`` (module docstring); a client that
     disconnects cancels its handler. With ``$KIT_INSTANCE`` set, every response carries it in
     ``x-kit-instance``."""
-    _log_to_stderr()
+    log_to_stderr()
     limits = app.get(SERVER_LIMITS) or ServerLimits()
     if os.environ.get(INSTANCE_ENV) and _instance_header not in app.on_response_prepare:
         app.on_response_prepare.append(_instance_header)
@@ -397,8 +426,26 @@ def drain_grace(raw: str | None = None) -> float:
     return grace
 
 
-def run_app(app: web.Application, host: str, port: int, name: str, banner: Callable[[], list[str]],
-            loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None) -> None:
+class Serving(Protocol):
+    """A started server, as ``run_server`` stops it."""
+
+    async def stop_accepting(self) -> None:
+        """Close the listening socket and the idle keep-alive connections; the others close after their answer."""
+
+    def finished(self) -> Awaitable[Any]:
+        """Done once no connection is left open."""
+
+    def open_connections(self) -> int: ...
+
+    def cut_off(self) -> None:
+        """Close every connection still open, cancelling what it was doing."""
+
+    async def close(self) -> None:
+        """Release everything else (the app's own background work)."""
+
+
+def run_server(start: Callable[[], Awaitable[Serving]], name: str, banner: Callable[[], list[str]],
+               loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None) -> None:
     """Serve until SIGTERM or SIGINT, printing ``banner()`` lines once up, then drain and stop; on an event
     loop from ``loop_factory`` if given (the gateway runs on uvloop).
 
@@ -412,38 +459,71 @@ def run_app(app: web.Application, host: str, port: int, name: str, banner: Calla
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        runner = await start_app(app, host, port)
+        server = await start()
         for line in banner():
             print(f"{name}: {line}", flush=True)
         await stop.wait()
         stop.clear()
-        for site in list(runner.sites):
-            await site.stop()
-        server = runner.server
-        if server is not None:
-            # aiohttp's own shutdown closes idle keep-alive connections at once and gives the requests in
-            # progress ``grace`` seconds; a second signal cuts them off sooner.
-            server.pre_shutdown()
-            await asyncio.sleep(0)
-            draining = asyncio.ensure_future(server.shutdown(grace))
-            second = asyncio.ensure_future(stop.wait())
-            deadline = loop.time() + grace
-            await asyncio.wait({draining, second}, timeout=min(0.1, grace), return_when=asyncio.FIRST_COMPLETED)
-            if not draining.done() and not second.done():
-                print(f"{name}: stopping: no new connections; {len(server.connections)} open connection(s) have "
-                      f"up to {grace:g} s to finish", flush=True)
-                await asyncio.wait({draining, second}, timeout=max(0.0, deadline - loop.time()),
-                                   return_when=asyncio.FIRST_COMPLETED)
-            if not draining.done():
-                left = list(server.connections)
-                for conn in left:
-                    conn.force_close()
-                draining.cancel()
-                why = "at a second signal" if stop.is_set() else f"after the {grace:g} s grace"
-                print(f"{name}: cut off {len(left)} open connection(s) {why}", flush=True)
-            second.cancel()
-        await runner.cleanup()
+        await server.stop_accepting()
+        draining = asyncio.ensure_future(server.finished())
+        second = asyncio.ensure_future(stop.wait())
+        deadline = loop.time() + grace
+        await asyncio.wait({draining, second}, timeout=min(0.1, grace), return_when=asyncio.FIRST_COMPLETED)
+        if not draining.done() and not second.done():
+            print(f"{name}: stopping: no new connections; {server.open_connections()} open connection(s) have "
+                  f"up to {grace:g} s to finish", flush=True)
+            await asyncio.wait({draining, second}, timeout=max(0.0, deadline - loop.time()),
+                               return_when=asyncio.FIRST_COMPLETED)
+        if not draining.done():
+            left = server.open_connections()
+            server.cut_off()
+            draining.cancel()
+            why = "at a second signal" if stop.is_set() else f"after the {grace:g} s grace"
+            print(f"{name}: cut off {left} open connection(s) {why}", flush=True)
+        second.cancel()
+        await server.close()
         print(f"{name}: stopped", flush=True)
 
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(main())
+
+
+class _AppServing:
+    """An aiohttp app started by ``start_app``, as ``run_server`` stops it."""
+
+    def __init__(self, runner: web.AppRunner, grace: float):
+        self.runner, self.grace = runner, grace
+        self.server = runner.server
+        assert self.server is not None
+
+    async def stop_accepting(self) -> None:
+        for site in list(self.runner.sites):
+            await site.stop()
+        # aiohttp's own shutdown closes idle keep-alive connections at once and waits for the requests in progress.
+        self.server.pre_shutdown()
+        await asyncio.sleep(0)
+        self._shutdown = asyncio.ensure_future(self.server.shutdown(self.grace))
+
+    def finished(self) -> Awaitable[Any]:
+        return self._shutdown
+
+    def open_connections(self) -> int:
+        return len(self.server.connections)
+
+    def cut_off(self) -> None:
+        for conn in list(self.server.connections):
+            conn.force_close()
+        self._shutdown.cancel()
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+
+
+def run_app(app: web.Application, host: str, port: int, name: str, banner: Callable[[], list[str]],
+            loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None) -> None:
+    """``run_server`` for an aiohttp app (the simulator)."""
+
+    async def start() -> Serving:
+        return _AppServing(await start_app(app, host, port), drain_grace())
+
+    run_server(start, name, banner, loop_factory)

@@ -1,16 +1,17 @@
 """The gateway's own Prometheus metrics: counters kept as plain numbers, and the pool's gauges read at scrape time.
 
-prometheus_client's counters take a lock and look their labels up on every increment; the gateway
-counts on every request from one event loop, so ``Tally`` keeps a dict of numbers and hands them to
-the registry only when ``/metrics`` is read (exposed as ``<name>_total``, as a prometheus_client
-counter is, without the ``_created`` series).
+prometheus_client's counters and histograms take a lock (and look their labels up) on every update; the
+gateway counts on every request from one event loop, so ``Tally`` keeps a dict of numbers and
+``Buckets`` a list, handed to the registry only when ``/metrics`` is read (exposed as prometheus_client
+exposes its counters and histograms, without the ``_created`` series).
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from kit.picker import Endpoint
@@ -31,6 +32,29 @@ class Tally(Collector):
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
         for values, n in list(self.counts.items()):
             family.add_metric(list(values), n)
+        yield family
+
+
+class Buckets(Collector):
+    """A histogram without labels, for one thread (exposed as a prometheus_client histogram is, without
+    ``_created``)."""
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]):
+        self.name, self.documentation, self.bounds = name, documentation, buckets
+        self.counts = [0] * (len(buckets) + 1)  # the last one: above every bound
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        cumulative, total = [], 0
+        for bound, n in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
+            total += n
+            cumulative.append((bound, float(total)))
+        family = HistogramMetricFamily(self.name, self.documentation)
+        family.add_metric([], cumulative, self.sum)
         yield family
 
 

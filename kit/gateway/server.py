@@ -8,26 +8,28 @@ request is scheduled again without it; a 4xx passes through, and once bytes have
 nothing is retried. A client that disconnects cancels the upstream request.
 
 The hop is kept cheap (issue #12; docs/benchmarks.md has the profile): uvloop runs the event loop,
-the body is parsed by orjson and forwarded as received, the endpoints are reached through kept-alive
-connections of the gateway's own client (``kit.gateway.upstream``), an answer that is complete
-when its first bytes arrive goes out in one write with its length, a streamed one chunk by chunk as
-it arrives, and counters are plain numbers read when ``/metrics`` is.
+clients are served by the gateway's own HTTP/1.1 server (``kit.gateway.front``: httptools, with the
+simulator's limits), the body is parsed by orjson and forwarded as received, the endpoints are reached
+through kept-alive connections of the gateway's own client (``kit.gateway.upstream``), an answer that
+is complete when its first bytes arrive goes out in one write with its length, a streamed one chunk
+by chunk as it arrives, and counters are plain numbers read when ``/metrics`` is.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import orjson
-from aiohttp import web
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from kit.gateway.datastore import Datastore
-from kit.gateway.metrics import PoolGauges, Tally
+from kit.gateway.front import Front, Request, Response, Router, Stream, error, json_response
+from kit.gateway.metrics import Buckets, PoolGauges, Tally
 from kit.gateway.settings import GatewaySettings
 from kit.gateway.upstream import Answer, ConnectError, ConnectTimeout, Pool, UpstreamError
 from kit.http import (
@@ -35,17 +37,14 @@ from kit.http import (
     MAX_JSON_DEPTH,
     OBJECTIVE_HEADER,
     REQUEST_ID_HEADER,
-    SERVER_LIMITS,
-    error,
-    json_errors,
     parse_json,
-    run_app,
-    start_app,
+    run_server,
 )
 from kit.picker import Endpoint, InferenceRequest, LoadedConfig, NoEndpoints
 
 SCHED_BUCKETS = (5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1)
 _RETRY = object()
+GC_THRESHOLD = 20_000  # allocations between young-generation collections (Python's default: 700)
 # Passed on from the endpoint's answer besides Content-Type: (name, as the upstream client keys it).
 PASSED_HEADERS = (("Cache-Control", "cache-control"), ("Content-Encoding", "content-encoding"))
 
@@ -70,79 +69,78 @@ class Gateway:
         for collector in (self.requests, self.retries, self.attempts,
                           PoolGauges(self.datastore.endpoints, self.scheduler.gauges)):
             r.register(collector)
-        self.sched_latency = Histogram("inference_extension_scheduler_e2e_duration_seconds",
-                                       "Time to pick an endpoint.", buckets=SCHED_BUCKETS, registry=r)
-        self.app = web.Application(client_max_size=s.max_body, middlewares=[json_errors(s.max_body)])
-        self.app[SERVER_LIMITS] = s.server_limits()
-        self.app.add_routes([
-            web.post("/v1/completions", self.generate),
-            web.post("/v1/chat/completions", self.generate),
-            web.get("/v1/models", self.models),
-            web.get("/health", self.health),
-            web.get("/ready", self.ready),
-            web.get("/metrics", self.prometheus),
-            web.get("/decisions", self.decisions),
-            web.get("/decisions/{request_id}", self.decision),
-            web.get("/endpoints", self.endpoints),
-            web.get("/config", self.effective_config),
-        ])
-        self.app.cleanup_ctx.append(self._lifecycle)
+        self.sched_latency = Buckets("inference_extension_scheduler_e2e_duration_seconds",
+                                     "Time to pick an endpoint.", SCHED_BUCKETS)
+        r.register(self.sched_latency)
+        self.router = r = Router()
+        for method, path, handler in (
+                ("POST", "/v1/completions", self.generate), ("POST", "/v1/chat/completions", self.generate),
+                ("GET", "/v1/models", self.models), ("GET", "/health", self.health), ("GET", "/ready", self.ready),
+                ("GET", "/metrics", self.prometheus), ("GET", "/decisions", self.decisions),
+                ("GET", "/decisions/", self.decision), ("GET", "/endpoints", self.endpoints),
+                ("GET", "/config", self.effective_config)):
+            r.add(method, path, handler)
 
-    async def _lifecycle(self, _app: web.Application) -> AsyncIterator[None]:
+    async def start(self, host: str, port: int) -> Front:
+        """Start scraping the endpoints and serving on ``host:port``; the ``Front``'s ``close`` stops both."""
         await self.datastore.start()
-        yield
+        front = Front(self.router, self.settings.server_limits(), self.settings.max_body, cleanup=self._stop)
+        await front.start(host, port)
+        return front
+
+    async def _stop(self) -> None:
         await self.datastore.stop()
         await self.upstream.close()
 
     # ------------------------------------------------------------------ info routes
-    async def health(self, _r: web.Request) -> web.Response:
+    async def health(self, _r: Request) -> Response:
         """Liveness: the gateway process answers."""
-        return web.Response(status=200)
+        return Response(200)
 
-    async def ready(self, _r: web.Request) -> web.Response:
+    async def ready(self, _r: Request) -> Response:
         """Readiness: at least one endpoint is in rotation."""
         if not self.datastore.healthy():
             why = "; ".join(f"{name}: {p}" for name, p in sorted(self.datastore.problems.items()))
             return error(503, f"no healthy endpoint ({why})" if why else "no healthy endpoint")
-        return web.Response(status=200)
+        return Response(200)
 
-    async def models(self, _r: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [
+    async def models(self, _r: Request) -> Response:
+        return json_response({"object": "list", "data": [
             {"id": self.model, "object": "model", "created": 0, "owned_by": "vllm", "root": self.model}]})
 
-    async def prometheus(self, _r: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self.registry), content_type="text/plain", charset="utf-8")
+    async def prometheus(self, _r: Request) -> Response:
+        return Response(200, generate_latest(self.registry), {"Content-Type": "text/plain; charset=utf-8"})
 
-    async def decisions(self, request: web.Request) -> web.Response:
+    async def decisions(self, request: Request) -> Response:
         try:
             limit = int(request.query.get("limit", "100"))
         except ValueError:
             return error(400, "limit must be an integer")
         recent = list(self.scheduler.recent)[-limit:] if limit > 0 else []
-        return web.json_response([d.to_dict() for d in recent])
+        return json_response([d.to_dict() for d in recent])
 
-    async def decision(self, request: web.Request) -> web.Response:
-        d = self.scheduler.find(request.match_info["request_id"])
+    async def decision(self, request: Request) -> Response:
+        d = self.scheduler.find(request.tail)
         if d is None:
             return error(404, "no recent decision for that request id")
-        return web.json_response(d.to_dict())
+        return json_response(d.to_dict())
 
-    async def endpoints(self, _r: web.Request) -> web.Response:
+    async def endpoints(self, _r: Request) -> Response:
         now = time.monotonic()
-        return web.json_response([{
+        return json_response([{
             "name": ep.name, "url": ep.url, "healthy": ep.healthy, "in_flight": ep.in_flight,
             "metrics_age_s": None if not ep.updated else round(ep.age(now), 3),
             "problem": self.datastore.problems.get(ep.name),
             "waiting": ep.metrics.waiting, "running": ep.metrics.running, "kv_usage": ep.metrics.kv_usage,
             "prefix_hit_rate": ep.metrics.hit_rate} for ep in self.datastore.endpoints])
 
-    async def effective_config(self, _r: web.Request) -> web.Response:
-        return web.json_response({"config": self.config.effective, "warnings": self.config.warnings,
-                                  "source": self.config.source})
+    async def effective_config(self, _r: Request) -> Response:
+        return json_response({"config": self.config.effective, "warnings": self.config.warnings,
+                              "source": self.config.source})
 
     # --------------------------------------------------------------------- proxying
-    async def generate(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
+    async def generate(self, request: Request) -> Response | Stream:
+        raw = request.body
         body = _parse_body(raw)
         if not isinstance(body, dict):
             return error(400, "the request body must be a JSON object")
@@ -156,7 +154,7 @@ class Gateway:
             return error(404, f"The model `{model}` does not exist.", "model")
         headers = request.headers
         req = InferenceRequest.from_body(
-            body, self.model, headers={k.lower(): v for k, v in headers.items()},
+            body, self.model, headers=headers,
             priority=self.objectives.get(headers.get(OBJECTIVE_HEADER, ""), 0),
             request_id=headers.get(REQUEST_ID_HEADER) or f"{random.getrandbits(128):032x}")
         refused = self.scheduler.admit(req, self.datastore.endpoints)  # saturation, then any admitter plugin
@@ -191,8 +189,8 @@ class Gateway:
         self.requests.inc("", "503")
         return error(503, f"every attempt failed; tried {', '.join(sorted(tried))}")
 
-    async def _proxy(self, request: web.Request, ep: Endpoint, raw: bytes, req: InferenceRequest,
-                     last: bool) -> web.StreamResponse | object:
+    async def _proxy(self, request: Request, ep: Endpoint, raw: bytes, req: InferenceRequest,
+                     last: bool) -> Response | Stream | object:
         answer: Answer | None = None
         started = time.monotonic()
         try:
@@ -230,9 +228,8 @@ class Gateway:
                     headers[name] = up[key]
             if answer.complete:  # the whole answer is in: pass it on in one write, with its length
                 self.requests.inc(ep.name, str(answer.status))
-                return web.Response(status=answer.status, headers=headers, body=first)
-            resp = _Stream(status=answer.status, headers=headers)
-            await resp.prepare(request)
+                return Response(answer.status, first, headers)
+            resp = request.stream(answer.status, headers)  # its headers go out with the first piece
             try:
                 chunk = first
                 while chunk and not answer.complete:  # each piece as it arrives; the last one with the end
@@ -241,21 +238,13 @@ class Gateway:
             except UpstreamError:
                 # The endpoint failed mid-answer: bytes already reached the client, so cut it off.
                 self.requests.inc(ep.name, "broken")
-                if request.transport is not None:
-                    request.transport.abort()
+                resp.abort()
                 return resp
-            await resp.write_eof(chunk)
+            await resp.end(chunk)
             self.requests.inc(ep.name, str(answer.status))
             return resp
         finally:
             answer.close()
-
-
-class _Stream(web.StreamResponse):
-    """A streamed answer whose headers go out with its first piece, in one write, as aiohttp's ``Response``
-    sends them (a ``StreamResponse`` sends them alone at ``prepare``: one more packet before the first token)."""
-
-    _send_headers_immediately = False
 
 
 def _parse_body(raw: bytes) -> Any:
@@ -286,8 +275,9 @@ def endpoints_from_urls(urls: list[str]) -> list[Endpoint]:
     return out
 
 
-async def start(gw: Gateway, host: str, port: int) -> web.AppRunner:
-    return await start_app(gw.app, host, port)
+async def start(gw: Gateway, host: str, port: int) -> Front:
+    """Serve ``gw`` in the running loop until ``await front.close()``."""
+    return await gw.start(host, port)
 
 
 def serve(gw: Gateway, host: str, port: int) -> None:
@@ -298,7 +288,17 @@ def serve(gw: Gateway, host: str, port: int) -> None:
         return [f"serving {gw.model} on http://{host}:{port} → {names} (scheduler config: {gw.config.source})",
                 *(f"warning: {w}" for w in gw.config.warnings)]
 
-    run_app(gw.app, host, port, "kit gateway", banner, loop_factory=event_loop_factory())
+    async def start() -> Front:
+        front = await gw.start(host, port)
+        # The cyclic garbage collector took ~7% of the gateway's CPU under load (perf, issue #12), rescanning what
+        # was loaded at start (modules, the picker) and running every 700 allocations: leave the former out of its
+        # scans and run it less often (requests free nearly everything they allocate by reference counting).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(GC_THRESHOLD, 20, 20)
+        return front
+
+    run_server(start, "kit gateway", banner, loop_factory=event_loop_factory())
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -263,7 +263,13 @@ def min_max(values: dict[Endpoint, float], invert: bool = True) -> dict[Endpoint
     """Normalise to [0, 1] over the candidates; lower is better when ``invert``; all equal → 1.0."""
     if not values:
         return {}
-    lo, hi = min(values.values()), max(values.values())
+    it = iter(values.values())
+    lo = hi = next(it)
+    for v in it:  # min() and max() in one pass: the same comparisons, so the same result (NaN too)
+        if v < lo:
+            lo = v
+        if v > hi:
+            hi = v
     if hi == lo:
         return dict.fromkeys(values, 1.0)
     span = hi - lo

@@ -63,13 +63,16 @@ class InferenceRequest:
     @classmethod
     def from_body(cls, body: dict[str, Any], model: str, **kw: Any) -> InferenceRequest:
         """Build from an OpenAI body: completions hash ``prompt``; chat hashes the messages as JSON."""
+        messages = None
         if "messages" in body:
-            text = json.dumps(body["messages"], separators=(",", ":"), ensure_ascii=False)
+            m = body["messages"]
+            text = json.dumps(m, separators=(",", ":"), ensure_ascii=False)
+            if isinstance(m, list):
+                messages = m
         else:
             p = body.get("prompt", "")
             text = p if isinstance(p, str) else json.dumps(p, separators=(",", ":"))
         salt = body.get("cache_salt")
-        messages = body["messages"] if isinstance(body.get("messages"), list) else None
         return cls(model=body.get("model") or model, prompt=text, cache_salt=salt if isinstance(salt, str) else "",
                    messages=messages, **kw)
 

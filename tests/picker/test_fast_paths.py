@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from kit.picker import load_picker_config
 from kit.picker.framework import Endpoint, InferenceRequest, min_max
-from kit.picker.plugins.pickers import MaxScorePicker
+from kit.picker.plugins.pickers import MaxScorePicker, PickerParams, RoundRobinPicker
 from kit.picker.scheduler import _weighted_totals
 
 EPS = [Endpoint(name=f"e{i}:8000", url=f"http://e{i}:8000") for i in range(6)]
@@ -37,7 +37,7 @@ def same(a: list, b: list) -> bool:
     """Equal, NaN equal to NaN and 0.0 told from -0.0."""
     return len(a) == len(b) and all(
         x is y or (isinstance(x, float) and isinstance(y, float)
-                   and (math.isnan(x) and math.isnan(y) or (x == y and math.copysign(1, x) == math.copysign(1, y))))
+                   and ((math.isnan(x) and math.isnan(y)) or (x == y and math.copysign(1, x) == math.copysign(1, y))))
         for x, y in zip(a, b, strict=True))
 
 
@@ -89,10 +89,19 @@ def test_max_score_picker_draws_as_max_then_filter(scores, seed):
 
 def test_admission_without_admitters_refuses_only_sheddable_requests_on_a_saturated_pool():
     sched = load_picker_config("apiVersion: inference.networking.x-k8s.io/v1alpha1\n"
-                               "kind: EndpointPickerConfig\nplugins:\n- type: queue-scorer\nschedulingProfiles:\n- name: p\n  plugins:\n"
-                               "  - pluginRef: queue-scorer\n").scheduler
+                               "kind: EndpointPickerConfig\nplugins:\n- type: queue-scorer\n"
+                               "schedulingProfiles:\n- name: p\n  plugins:\n  - pluginRef: queue-scorer\n").scheduler
     eps = [Endpoint(name="a:1", url="http://a:1")]
     eps[0].metrics.waiting = 10_000
     eps[0].updated = sched.clock()
     assert sched.admit(InferenceRequest("m", "p", priority=0), eps) is None
     assert "saturated" in sched.admit(InferenceRequest("m", "p", priority=-1), eps)
+
+
+@given(st.permutations(EPS), st.integers(1, 8))
+def test_round_robin_takes_each_endpoint_in_name_order_in_turn(order, n):
+    picker = RoundRobinPicker(params=PickerParams(maxNumOfEndpoints=n))
+    by_name = sorted(EPS, key=lambda ep: ep.name)
+    for turn in range(len(EPS) + 2):
+        start = turn % len(EPS)
+        assert picker.pick(None, [(ep, 0.0) for ep in order]) == (by_name[start:] + by_name[:start])[:n]

@@ -41,11 +41,14 @@ from __future__ import annotations
 
 import itertools
 import random
+from operator import attrgetter
 from typing import Annotated
 
 from pydantic import Field
 
 from kit.picker.framework import CycleState, Endpoint, Params, PluginBase, positive_or
+
+_name = attrgetter("name")
 
 
 class PickerParams(Params):
@@ -115,9 +118,9 @@ class RoundRobinPicker(_Picker):
         self._turn = itertools.count()
 
     def pick(self, state: CycleState, scored: list[tuple[Endpoint, float]]) -> list[Endpoint]:
-        ordered = sorted((ep for ep, _ in scored), key=lambda ep: ep.name)
+        ordered = sorted([ep for ep, _ in scored], key=_name)
         start = next(self._turn) % len(ordered)
-        return (ordered[start:] + ordered[:start])[: self.n]
+        return [ordered[start]] if self.n == 1 else (ordered[start:] + ordered[:start])[: self.n]
 
 
 class LeastRecentMaxScorePicker(_Picker):

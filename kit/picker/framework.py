@@ -61,7 +61,8 @@ class InferenceRequest:
     messages: list[dict[str, Any]] | None = None  # a chat request's messages (tokenizers render them)
 
     @classmethod
-    def from_body(cls, body: dict[str, Any], model: str, **kw: Any) -> InferenceRequest:
+    def from_body(cls, body: dict[str, Any], model: str, *, headers: dict[str, str] | None = None, priority: int = 0,
+                  request_id: str = "") -> InferenceRequest:
         """Build from an OpenAI body: completions hash ``prompt``; chat hashes the messages as JSON."""
         messages = None
         if "messages" in body:
@@ -73,8 +74,8 @@ class InferenceRequest:
             p = body.get("prompt", "")
             text = p if isinstance(p, str) else json.dumps(p, separators=(",", ":"))
         salt = body.get("cache_salt")
-        return cls(model=body.get("model") or model, prompt=text, cache_salt=salt if isinstance(salt, str) else "",
-                   messages=messages, **kw)
+        return cls(body.get("model") or model, text, {} if headers is None else headers, priority, request_id,
+                   salt if isinstance(salt, str) else "", messages)  # by position: a third of the cost of keywords
 
 
 class CycleState(dict):

@@ -12,7 +12,10 @@ completion one request at a time. Between two calls of ``os.getppid`` (where cal
 * the scheduling cycle alone (``Scheduler.schedule``) over four endpoints with random metrics
   (``kit.picker.bench``) and 224-character prompts, then the cycle with PreRequest and the record;
 * a whole request through the gateway, and the same request sent straight to an upstream; the gateway's
-  own count is their difference (client and upstream cancel out).
+  own count is their difference (client and upstream cancel out);
+* parts of the cycle and of the handler, on the same data: each scorer of the default profile, the weighted
+  totals, the picker, building the decision record, ``InferenceRequest.from_body`` on the benchmark's body,
+  and entering and leaving the first-byte watch (``Datastore.watch``).
 
 Prints instructions per call of each part. About a minute per profile.
 """
@@ -29,7 +32,10 @@ import tempfile
 from pathlib import Path
 
 PARTS = ["schedule (4 endpoints, 224 chars)", "schedule + PreRequest + record", "request through the gateway",
-         "request straight to an upstream"]
+         "request straight to an upstream", "queue scorer", "KV-utilization scorer", "prefix scorer",
+         "weighted totals", "picker", "decision record (Decision)", "InferenceRequest.from_body",
+         "first-byte watch (Datastore.watch)"]
+SHARE = "the gateway's share (through − straight)"
 
 CHILD = r"""
 import asyncio, os, random, socket, sys
@@ -39,8 +45,10 @@ import upstream as fake
 from kit import paths
 from kit.gateway import Gateway, GatewaySettings, endpoints_from_urls
 from kit.gateway import datastore
-from kit.picker import load_picker_file
+from kit.picker import InferenceRequest, load_picker_file
 from kit.picker.bench import endpoints, make_requests
+from kit.picker.framework import CycleState
+from kit.picker.scheduler import Decision, _weighted_totals
 
 profile, k = sys.argv[2], int(sys.argv[3])
 datastore.LOOP_TICK = 3600.0  # no watchdog ticks inside the counts
@@ -108,6 +116,35 @@ async def main():
     for _ in range(k):
         await direct.send()
     os.getppid()
+    prof = sched.profiles["default"]
+    req, state = reqs[0], CycleState()
+    scorers = {s.type: s for s, _ in prof.scorers}
+    for kind in ("queue-scorer", "kv-cache-utilization-scorer", "prefix-cache-scorer"):
+        if kind in scorers:
+            for _ in range(k):
+                scorers[kind].score(CycleState(), req, eps)
+        os.getppid()
+    scored = [(w, s.score(state, req, eps)) for s, w in prof.scorers]
+    for _ in range(k):
+        _weighted_totals(eps, scored)
+    os.getppid()
+    totals = _weighted_totals(eps, scored)
+    for _ in range(k):
+        prof.picker.pick(state, totals)
+    os.getppid()
+    for r in reqs:
+        Decision(request_id=r.request_id, profile="default", picked=[eps[0].name], weights={}, duration_s=0.0,
+                 endpoints=eps, filtered_by={}, scores=[], totals=totals)
+    os.getppid()
+    body = orjson.loads(BODY)
+    for r in reqs:
+        InferenceRequest.from_body(body, fake.MODEL, headers={}, priority=0, request_id=r.request_id)
+    os.getppid()
+    ep = gw.datastore.endpoints[0]
+    for _ in range(k):
+        async with gw.datastore.watch(ep, 300.0):
+            pass
+    os.getppid()
     await front.close()
     for s in servers:
         s.close()
@@ -136,7 +173,10 @@ def count(code: Path, profile: str, k: int) -> dict[str, int]:
                 counts[PARTS[part - 2]] = int(m.group(1)) // k
     if len(counts) != len(PARTS):
         raise SystemExit(f"expected {len(PARTS)} counts from callgrind, got {len(counts)}")
-    counts["the gateway's share (through − straight)"] = counts[PARTS[2]] - counts[PARTS[3]]
+    counts[SHARE] = counts[PARTS[2]] - counts[PARTS[3]]
+    if profile != "default-plugins":  # no scorers of those kinds: their counts are of empty loops
+        for name in PARTS[4:7]:
+            counts.pop(name)
     return counts
 
 
@@ -152,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {p: count(args.code, p, args.requests) for p in args.profiles}
     print(f"| part | {' | '.join(args.profiles)} |")
     print(f"|---|{'---|' * len(args.profiles)}")
-    for name in [*PARTS, "the gateway's share (through − straight)"]:
-        print(f"| {name} | {' | '.join(f'{results[p][name]:,}' for p in args.profiles)} |")
+    for name in [*PARTS[:4], SHARE, *PARTS[4:]]:
+        print(f"| {name} | {' | '.join(f'{results[p].get(name, 0):,}' for p in args.profiles)} |")
     return 0
 
 

@@ -96,18 +96,28 @@ def _weighted_totals(eps: list[Endpoint], scored: list[tuple[float, dict[Endpoin
     """Each endpoint's Σ weight × score, in ``eps`` order; a score outside [0, 1] is clamped (NaN counts 0).
 
     While the scorers return one score per endpoint in ``eps`` order (all of the kit's do), the sums run
-    over lists, one pass per scorer; the additions are the same, in the same order, either way."""
-    acc = [0.0] * len(eps)
-    for done, (w, sc) in enumerate(scored):
-        if list(sc) != eps:  # a scorer skipped or reordered endpoints: sum by endpoint from here on
-            totals = dict(zip(eps, acc, strict=True))
-            for weight, scores in scored[done:]:
-                for ep, s in scores.items():
-                    totals[ep] += weight * (s if 0.0 <= s <= 1.0 else float(s > 1.0))
-            return list(totals.items())
-        acc = [t + w * (s if 0.0 <= s <= 1.0 else float(s > 1.0))
-               for t, s in zip(acc, sc.values(), strict=True)]
+    over a list, one pass per scorer without building anything; otherwise they run by endpoint from the
+    start. Each endpoint's additions are the same, in scorer order, either way."""
+    n = len(eps)
+    acc = [0.0] * n
+    for w, sc in scored:
+        if len(sc) != n:
+            return _totals_by_endpoint(eps, scored)
+        for i, (ep, s) in enumerate(sc.items()):
+            if ep is not eps[i]:  # a scorer skipped or reordered endpoints
+                return _totals_by_endpoint(eps, scored)
+            acc[i] += w * (s if 0.0 <= s <= 1.0 else float(s > 1.0))
     return list(zip(eps, acc, strict=True))
+
+
+def _totals_by_endpoint(eps: list[Endpoint], scored: list[tuple[float, dict[Endpoint, float]]]) \
+        -> list[tuple[Endpoint, float]]:
+    """``_weighted_totals`` for scorers that leave endpoints out or return them in another order."""
+    totals = dict.fromkeys(eps, 0.0)
+    for weight, scores in scored:
+        for ep, s in scores.items():
+            totals[ep] += weight * (s if 0.0 <= s <= 1.0 else float(s > 1.0))
+    return list(totals.items())
 
 
 class Scheduler:
@@ -132,6 +142,8 @@ class Scheduler:
         self._complete = [p for p in self.plugins if isinstance(p, ResponseComplete)]
         self._gauges = [p for p in self.plugins if isinstance(p, Gauges)]
         self._lifecycle = [p for p in self.plugins if isinstance(p, Lifecycle)]
+        # Each profile's weights by scorer name, as every decision shows them (shared: a decision is a record).
+        self._weights = {p.name: {s.name: w for s, w in p.scorers} for p in profiles}
 
     def start(self) -> None:
         """Start the plugins' background work (event subscribers) before the first request."""
@@ -145,6 +157,8 @@ class Scheduler:
 
     def admit(self, req: InferenceRequest, endpoints: list[Endpoint]) -> str | None:
         """Why ``req`` is refused (the gateway answers 429), or None to admit it."""
+        if req.priority >= 0 and not self._admitters:  # nothing to ask: admitted
+            return None
         eps = [ep for ep in endpoints if ep.healthy]
         if req.priority < 0 and self.saturation.saturation(eps) >= 1.0:
             return "the pool is saturated and this request is sheddable"
@@ -178,11 +192,10 @@ class Scheduler:
         scores = [(scorer.name, scorer.score(state, req, eps)) for scorer, _ in profile.scorers]
         totals = _weighted_totals(eps, [(w, sc) for (_, w), (_, sc) in zip(profile.scorers, scores, strict=True)])
         picked = profile.picker.pick(state, list(totals))
-        decision = Decision(
-            request_id=req.request_id, profile=name, picked=[ep.name for ep in picked],
-            weights={s.name: w for s, w in profile.scorers}, duration_s=time.perf_counter() - start,
-            endpoints=candidates, filtered_by=filtered_by, scores=scores, totals=totals,
-        )
+        decision = Decision(  # by position (request_id, profile, picked, weights, duration_s, at, endpoints,
+            # filtered_by, scores, totals): keywords cost half as much again
+            req.request_id, name, [ep.name for ep in picked], self._weights[name], time.perf_counter() - start,
+            time.time(), candidates, filtered_by, scores, totals)
         state["picked"] = picked
         state["profile"] = profile
         return decision, state

@@ -41,12 +41,14 @@ from __future__ import annotations
 
 import itertools
 import random
-from operator import itemgetter
+from operator import attrgetter
 from typing import Annotated
 
 from pydantic import Field
 
 from kit.picker.framework import CycleState, Endpoint, Params, PluginBase, positive_or
+
+_name = attrgetter("name")
 
 
 class PickerParams(Params):
@@ -67,13 +69,27 @@ class MaxScorePicker(_Picker):
 
     def pick(self, state: CycleState, scored: list[tuple[Endpoint, float]]) -> list[Endpoint]:
         if self.n == 1:  # the same choice as shuffle-then-sort, in one pass: uniform among the top scores
-            top = max(map(itemgetter(1), scored), default=0.0)
-            best = [ep for ep, s in scored if s == top]
+            best = _top(scored)
             return [best[0] if len(best) == 1 else self.rng.choice(best)] if best else []
         shuffled = list(scored)
         self.rng.shuffle(shuffled)
         shuffled.sort(key=lambda es: es[1], reverse=True)
         return [ep for ep, _ in shuffled[: self.n]]
+
+
+def _top(scored: list[tuple[Endpoint, float]]) -> list[Endpoint]:
+    """The endpoints whose score equals the highest, in order: ``top = max(scores)`` then those ``== top``,
+    in one pass (a NaN first is the ``max``, as ``max`` has it, and equals nothing)."""
+    if not scored:
+        return []
+    ep, top = scored[0]
+    best = [ep] if top == top else []
+    for ep, s in scored[1:]:
+        if s > top:
+            top, best = s, [ep]
+        elif s == top:
+            best.append(ep)
+    return best
 
 
 class RandomPicker(_Picker):
@@ -102,9 +118,9 @@ class RoundRobinPicker(_Picker):
         self._turn = itertools.count()
 
     def pick(self, state: CycleState, scored: list[tuple[Endpoint, float]]) -> list[Endpoint]:
-        ordered = sorted((ep for ep, _ in scored), key=lambda ep: ep.name)
+        ordered = sorted([ep for ep, _ in scored], key=_name)
         start = next(self._turn) % len(ordered)
-        return (ordered[start:] + ordered[:start])[: self.n]
+        return [ordered[start]] if self.n == 1 else (ordered[start:] + ordered[:start])[: self.n]
 
 
 class LeastRecentMaxScorePicker(_Picker):

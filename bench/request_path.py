@@ -1,0 +1,201 @@
+"""Instructions per gateway request, counted by valgrind (the same on a busy machine as on a quiet one).
+
+Run: ``.venv/bin/python bench/request_path.py [--requests 300] [--code DIR]`` (needs ``valgrind``; ``--code
+DIR`` counts another checkout's ``kit`` and ``templates``, e.g. ``git worktree add /tmp/base <commit>``).
+One process under callgrind holds everything: four zero-latency upstreams (``bench/upstream.py``'s protocol,
+always this checkout's), a ``kit gateway`` (``kit.gateway.Gateway`` on its own server, scrapes paused after
+the first), and a client on one kept-alive connection sending ``gateway_bench``'s 228-character
+completion one request at a time. Between two calls of ``os.getppid`` (where callgrind,
+``--dump-before=getppid``, closes one count and opens the next) it runs, per scheduler profile
+(default, round-robin), ``--requests`` times each:
+
+* the scheduling cycle alone (``Scheduler.schedule``) over four endpoints with random metrics
+  (``kit.picker.bench``) and 224-character prompts, then the cycle with PreRequest and the record;
+* a whole request through the gateway, and the same request sent straight to an upstream; the gateway's
+  own count is their difference (client and upstream cancel out);
+* parts of the cycle and of the handler, on the same data: each scorer of the default profile, the weighted
+  totals, the picker, building the decision record, ``InferenceRequest.from_body`` on the benchmark's body,
+  and entering and leaving the first-byte watch (``Datastore.watch``).
+
+Prints instructions per call of each part. About a minute per profile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+PARTS = ["schedule (4 endpoints, 224 chars)", "schedule + PreRequest + record", "request through the gateway",
+         "request straight to an upstream", "queue scorer", "KV-utilization scorer", "prefix scorer",
+         "weighted totals", "picker", "decision record (Decision)", "InferenceRequest.from_body",
+         "first-byte watch (Datastore.watch)"]
+SHARE = "the gateway's share (through − straight)"
+
+CHILD = r"""
+import asyncio, os, random, socket, sys
+sys.path.insert(0, sys.argv[1])
+import httptools, orjson, uvloop
+import upstream as fake
+from kit import paths
+from kit.gateway import Gateway, GatewaySettings, endpoints_from_urls
+from kit.gateway import datastore
+from kit.picker import InferenceRequest, load_picker_file
+from kit.picker.bench import endpoints, make_requests
+from kit.picker.framework import CycleState
+from kit.picker.scheduler import Decision, _weighted_totals
+
+profile, k = sys.argv[2], int(sys.argv[3])
+datastore.LOOP_TICK = 3600.0  # no watchdog ticks inside the counts
+PROMPT = "How long does the gateway take to pass this request on? " * 4
+BODY = orjson.dumps({"model": fake.MODEL, "prompt": PROMPT, "max_tokens": 1})
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+class Client(asyncio.Protocol):
+    def __init__(self, path, port):
+        self.req = (b"POST %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (path, port, len(BODY), BODY))
+        self.parser = httptools.HttpResponseParser(self)
+    def connection_made(self, t):
+        self.t = t
+    def data_received(self, data):
+        self.parser.feed_data(data)
+    def on_message_complete(self):
+        self.done.set_result(None)
+    async def send(self):
+        self.done = asyncio.get_running_loop().create_future()
+        self.t.write(self.req)
+        await self.done
+        assert self.parser.get_status_code() == 200, self.parser.get_status_code()
+
+async def main():
+    loop = asyncio.get_running_loop()
+    ports = [free_port() for _ in range(4)]
+    servers = [await loop.create_server(lambda: fake.Upstream(4, 0.001), "127.0.0.1", p) for p in ports]
+    config = load_picker_file(paths.scheduler_profile(profile))
+    settings = GatewaySettings(refresh_interval=3600)
+    gw = Gateway(config, endpoints_from_urls([f"http://127.0.0.1:{p}" for p in ports]), fake.MODEL,
+                 settings=settings)
+    port = free_port()
+    front = await gw.start("127.0.0.1", port)
+    _, through = await loop.create_connection(lambda: Client(b"/v1/completions", port), "127.0.0.1", port)
+    _, direct = await loop.create_connection(lambda: Client(b"/v1/completions", ports[0]), "127.0.0.1", ports[0])
+    rng = random.Random(0)
+    sched = load_picker_file(paths.scheduler_profile(profile)).scheduler
+    eps = endpoints(rng, 4)
+    reqs = list(make_requests(rng, 224, 200 + k))
+    for r in reqs[:200]:
+        d, st = sched.schedule(r, eps)
+        sched.pre_request(st, r, st["picked"][0])
+        sched.record(d)
+    for _ in range(200):
+        await through.send()
+        await direct.send()
+    reqs = reqs[200:]
+    os.getppid()
+    for r in reqs:
+        sched.schedule(r, eps)
+    os.getppid()
+    for r in reqs:
+        d, st = sched.schedule(r, eps)
+        sched.pre_request(st, r, st["picked"][0])
+        sched.record(d)
+    os.getppid()
+    for _ in range(k):
+        await through.send()
+    os.getppid()
+    for _ in range(k):
+        await direct.send()
+    os.getppid()
+    prof = sched.profiles["default"]
+    req, state = reqs[0], CycleState()
+    scorers = {s.type: s for s, _ in prof.scorers}
+    for kind in ("queue-scorer", "kv-cache-utilization-scorer", "prefix-cache-scorer"):
+        if kind in scorers:
+            for _ in range(k):
+                scorers[kind].score(CycleState(), req, eps)
+        os.getppid()
+    scored = [(w, s.score(state, req, eps)) for s, w in prof.scorers]
+    for _ in range(k):
+        _weighted_totals(eps, scored)
+    os.getppid()
+    totals = _weighted_totals(eps, scored)
+    for _ in range(k):
+        prof.picker.pick(state, totals)
+    os.getppid()
+    for r in reqs:
+        Decision(request_id=r.request_id, profile="default", picked=[eps[0].name], weights={}, duration_s=0.0,
+                 endpoints=eps, filtered_by={}, scores=[], totals=totals)
+    os.getppid()
+    body = orjson.loads(BODY)
+    for r in reqs:
+        InferenceRequest.from_body(body, fake.MODEL, headers={}, priority=0, request_id=r.request_id)
+    os.getppid()
+    ep = gw.datastore.endpoints[0]
+    for _ in range(k):
+        async with gw.datastore.watch(ep, 300.0):
+            pass
+    os.getppid()
+    await front.close()
+    for s in servers:
+        s.close()
+
+uvloop.run(main())
+"""
+
+
+def count(code: Path, profile: str, k: int) -> dict[str, int]:
+    """Instructions per call of each part, for one checkout and one scheduler profile."""
+    with tempfile.TemporaryDirectory(prefix="kit-request-path-") as tmp:
+        out = Path(tmp) / "cg.out"
+        env = {**os.environ, "PYTHONPATH": str(code.resolve())}
+        cmd = ["valgrind", "--tool=callgrind", "--dump-before=getppid", f"--callgrind-out-file={out}",
+               sys.executable, "-c", CHILD, str(Path(__file__).resolve().parent), profile, str(k)]
+        print(f"counting {code} ({profile}) under callgrind, {k} calls per part ...", file=sys.stderr, flush=True)
+        run = subprocess.run(cmd, env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if run.returncode:
+            raise SystemExit("the counted process failed:\n"
+                             + "\n".join([ln for ln in run.stderr.splitlines() if not ln.startswith("==")][-8:]))
+        counts = {}
+        for f in Path(tmp).glob("cg.out.*"):
+            part = int(f.name.rsplit(".", 1)[1])
+            m = re.search(r"^summary:\s+(\d+)", f.read_text(errors="replace"), re.M)
+            if m and 2 <= part <= len(PARTS) + 1:  # dump 1 is the set-up
+                counts[PARTS[part - 2]] = int(m.group(1)) // k
+    if len(counts) != len(PARTS):
+        raise SystemExit(f"expected {len(PARTS)} counts from callgrind, got {len(counts)}")
+    counts[SHARE] = counts[PARTS[2]] - counts[PARTS[3]]
+    if profile != "default-plugins":  # no scorers of those kinds: their counts are of empty loops
+        for name in PARTS[4:7]:
+            counts.pop(name)
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=300, help="calls of each part")
+    ap.add_argument("--profiles", nargs="+", default=["default-plugins", "round-robin"])
+    ap.add_argument("--code", type=Path, default=Path(__file__).resolve().parents[1],
+                    help="checkout whose kit package is counted (default: this one)")
+    args = ap.parse_args(argv)
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (Debian/Ubuntu: apt-get install valgrind)")
+    results = {p: count(args.code, p, args.requests) for p in args.profiles}
+    print(f"| part | {' | '.join(args.profiles)} |")
+    print(f"|---|{'---|' * len(args.profiles)}")
+    for name in [*PARTS[:4], SHARE, *PARTS[4:]]:
+        print(f"| {name} | {' | '.join(f'{results[p].get(name, 0):,}' for p in args.profiles)} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -19,6 +19,7 @@ import os
 import re
 import resource
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
@@ -54,6 +55,14 @@ def error_body(status: int, message: str, param: str | None = None) -> dict[str,
 def error(status: int, message: str, param: str | None = None) -> web.Response:
     """An OpenAI/vLLM-shaped JSON error response."""
     return web.json_response(error_body(status, message, param), status=status)
+
+
+def no_delay(transport: asyncio.BaseTransport) -> None:
+    """Send small writes at once (TCP_NODELAY): a streamed token must not wait for the peer's ACK."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class HTTPError(Exception):

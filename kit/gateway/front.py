@@ -27,12 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import email.utils
 import json
 import logging
 import os
-import socket
 import time
 import zlib
 from collections.abc import Awaitable, Callable
@@ -52,6 +50,7 @@ from kit.http import (
     line_too_long,
     log_to_stderr,
     make_room,
+    no_delay,
     open_file_limit,
     over_cap_message,
 )
@@ -299,10 +298,7 @@ class Connection(asyncio.Protocol):
     # ---------------------------------------------------------------------------------------- asyncio
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        no_delay(transport)
         front = self.front
         front.connections.add(self)
         self.refused = not make_room(self, front.connections, front.cap)

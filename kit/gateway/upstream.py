@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
-import socket
 from urllib.parse import urlsplit
 
 import httptools
+
+from kit.http import no_delay
 
 HIGH_WATER = 2**16  # bytes of an answer held before reading pauses
 
@@ -140,10 +140,7 @@ class _Connection(asyncio.Protocol):
     # ------------------------------------------------------------------------------ asyncio protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        no_delay(transport)
 
     def data_received(self, data: bytes) -> None:
         if self.answer is None:  # bytes nobody asked for: the connection cannot be trusted any more

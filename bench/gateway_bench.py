@@ -48,7 +48,7 @@ import psutil
 
 from kit import paths
 from kit.picker.bench import bench_picker
-from kit.targets.processes import Proc, free_port, healthy, spawn, stop
+from kit.targets.processes import Proc, end_child, free_port, healthy, spawn, stop
 
 LOG_DIR = Path(tempfile.mkdtemp(prefix="kit-gw-bench-"))
 MODEL = "Qwen/Qwen3-0.6B"
@@ -104,12 +104,7 @@ class Router:
         if isinstance(self.handle, Proc):
             stop(self.handle)
             return
-        self.handle.terminate()
-        try:
-            self.handle.wait(10)
-        except subprocess.TimeoutExpired:
-            self.handle.kill()
-            self.handle.wait()
+        end_child(self.handle, 10)
 
 
 def _wait_healthy(proc: subprocess.Popen, url: str, what: str, log: Path) -> None:

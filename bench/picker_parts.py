@@ -13,13 +13,10 @@ schedule). Prints instructions per call of each part. About a minute per run.
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
+
+from callgrind import count_parts, require_valgrind
 
 PARTS = ["whole pick (schedule + PreRequest)", "prompt hashing (block_hashes)", "index walk (PrefixIndex.match)",
          "prefix scorer (hashing, walk, scores)", "queue and KV scorers", "weighted totals and picker",
@@ -86,27 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--code", type=Path, default=Path(__file__).resolve().parents[1],
                     help="checkout whose kit package is counted (default: this one)")
     args = ap.parse_args(argv)
-    if shutil.which("valgrind") is None:
-        raise SystemExit("valgrind is not installed (Debian/Ubuntu: apt-get install valgrind)")
-    with tempfile.TemporaryDirectory(prefix="kit-picker-parts-") as tmp:
-        out = Path(tmp) / "cg.out"
-        env = {**os.environ, "PYTHONPATH": str(args.code.resolve())}
-        cmd = ["valgrind", "--tool=callgrind", "--dump-before=getppid", f"--callgrind-out-file={out}",
-               sys.executable, "-c", CHILD, str(args.endpoints), str(args.prompt_chars), str(args.picks)]
-        print(f"counting {args.code} under callgrind: {args.endpoints} endpoints, {args.prompt_chars:,}-character"
-              f" prompts, {args.picks} calls per part ...", file=sys.stderr, flush=True)
-        run = subprocess.run(cmd, env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        if run.returncode:
-            raise SystemExit(f"the counted process failed (needs kit.picker.bench.make_requests in {args.code}):\n"
-                             + "\n".join([ln for ln in run.stderr.splitlines() if not ln.startswith("==")][-5:]))
-        counts = {}
-        for f in Path(tmp).glob("cg.out.*"):
-            part = int(f.name.rsplit(".", 1)[1])
-            m = re.search(r"^summary:\s+(\d+)", f.read_text(errors="replace"), re.M)
-            if m and 2 <= part <= len(PARTS) + 1:  # dump 1 is the set-up
-                counts[PARTS[part - 2]] = int(m.group(1)) // args.picks
-    if len(counts) != len(PARTS):
-        raise SystemExit(f"expected {len(PARTS)} counts from callgrind, got {len(counts)}")
+    require_valgrind()
+    print(f"counting {args.code} under callgrind: {args.endpoints} endpoints, {args.prompt_chars:,}-character"
+          f" prompts, {args.picks} calls per part ...", file=sys.stderr, flush=True)
+    counts = count_parts(CHILD, [str(args.endpoints), str(args.prompt_chars), str(args.picks)], args.code, PARTS,
+                         args.picks, f" (needs kit.picker.bench.make_requests in {args.code})")
     counts["PreRequest (whole pick − schedule alone)"] = counts[PARTS[0]] - counts[PARTS[-1]]
     for name in [*PARTS, "PreRequest (whole pick − schedule alone)"]:
         print(f"| {name} | {counts[name]:,} |")

@@ -23,13 +23,10 @@ Prints instructions per call of each part. About a minute per profile.
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
+
+from callgrind import count_parts, require_valgrind
 
 PARTS = ["schedule (4 endpoints, 224 chars)", "schedule + PreRequest + record", "request through the gateway",
          "request straight to an upstream", "queue scorer", "KV-utilization scorer", "prefix scorer",
@@ -155,24 +152,8 @@ uvloop.run(main())
 
 def count(code: Path, profile: str, k: int) -> dict[str, int]:
     """Instructions per call of each part, for one checkout and one scheduler profile."""
-    with tempfile.TemporaryDirectory(prefix="kit-request-path-") as tmp:
-        out = Path(tmp) / "cg.out"
-        env = {**os.environ, "PYTHONPATH": str(code.resolve())}
-        cmd = ["valgrind", "--tool=callgrind", "--dump-before=getppid", f"--callgrind-out-file={out}",
-               sys.executable, "-c", CHILD, str(Path(__file__).resolve().parent), profile, str(k)]
-        print(f"counting {code} ({profile}) under callgrind, {k} calls per part ...", file=sys.stderr, flush=True)
-        run = subprocess.run(cmd, env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        if run.returncode:
-            raise SystemExit("the counted process failed:\n"
-                             + "\n".join([ln for ln in run.stderr.splitlines() if not ln.startswith("==")][-8:]))
-        counts = {}
-        for f in Path(tmp).glob("cg.out.*"):
-            part = int(f.name.rsplit(".", 1)[1])
-            m = re.search(r"^summary:\s+(\d+)", f.read_text(errors="replace"), re.M)
-            if m and 2 <= part <= len(PARTS) + 1:  # dump 1 is the set-up
-                counts[PARTS[part - 2]] = int(m.group(1)) // k
-    if len(counts) != len(PARTS):
-        raise SystemExit(f"expected {len(PARTS)} counts from callgrind, got {len(counts)}")
+    print(f"counting {code} ({profile}) under callgrind, {k} calls per part ...", file=sys.stderr, flush=True)
+    counts = count_parts(CHILD, [str(Path(__file__).resolve().parent), profile, str(k)], code, PARTS, k)
     counts[SHARE] = counts[PARTS[2]] - counts[PARTS[3]]
     if profile != "default-plugins":  # no scorers of those kinds: their counts are of empty loops
         for name in PARTS[4:7]:
@@ -187,8 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--code", type=Path, default=Path(__file__).resolve().parents[1],
                     help="checkout whose kit package is counted (default: this one)")
     args = ap.parse_args(argv)
-    if shutil.which("valgrind") is None:
-        raise SystemExit("valgrind is not installed (Debian/Ubuntu: apt-get install valgrind)")
+    require_valgrind()
     results = {p: count(args.code, p, args.requests) for p in args.profiles}
     print(f"| part | {' | '.join(args.profiles)} |")
     print(f"|---|{'---|' * len(args.profiles)}")

@@ -40,7 +40,7 @@ from kit.experiments.client import send
 from kit.experiments.results import RequestResult, percentile, summarize
 from kit.experiments.workloads import Load, MultiTurn, SharedPrefix, body, ideal_hit_rate, jobs, random_text
 from kit.targets.kv_events import wire
-from kit.targets.processes import free_port, healthy, scrape, spawn, stop
+from kit.targets.processes import end_child, free_port, healthy, scrape, spawn, stop
 
 LOG_DIR = Path(tempfile.mkdtemp(prefix="kit-routers-"))
 MODEL = "Qwen/Qwen3-0.6B"
@@ -126,12 +126,7 @@ class Fleet:
 
     def stop(self) -> None:
         if isinstance(self.router, subprocess.Popen):
-            self.router.terminate()
-            try:
-                self.router.wait(10)
-            except subprocess.TimeoutExpired:
-                self.router.kill()
-                self.router.wait()
+            end_child(self.router, 10)
             self.router.log.close()
         elif self.router is not None:
             stop(self.router)

@@ -169,13 +169,18 @@ def spawn(args: list[str], url: str, log: Path, role: str, wait: float = 30.0, *
         raise KitError(f"{role} at {url} did not become healthy within {wait:g}s (log: {log})")
     except BaseException:
         if p.poll() is None:  # our own child: its pid cannot have been reused
-            p.terminate()
-            try:
-                p.wait(KILL_AFTER)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+            end_child(p)
         raise
+
+
+def end_child(p: subprocess.Popen, grace: float = KILL_AFTER) -> None:
+    """Stop a child this process started: SIGTERM, then SIGKILL if it is still there after ``grace`` seconds."""
+    p.terminate()
+    try:
+        p.wait(grace)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
 
 
 def stop(proc: Proc, grace: float | None = None, waiting: Callable[[], None] | None = None) -> bool:

@@ -1,7 +1,7 @@
 """The simulator's step times against step times measured on GPUs, for the same shapes.
 
 The measured figures: a Qwen3-0.6B-shaped model (bf16, CUDA graphs, forward pass and LM head) timed on
-one H100 and one H200 on 2026-11-27 (the project's GPU calibration reference; docs/simulator.md).
+one H100 and one H200 on 2026-11-27 (the project's GPU calibration reference; docs/explanation/simulator.md).
 Each shape is built in the real engine (``Engine.schedule`` / ``step_cost``): one prompt of N tokens
 prefilled in one step, four prompts of 2,048, or B sequences decoding with L tokens of context each.
 

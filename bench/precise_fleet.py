@@ -3,7 +3,7 @@
 
 Every point is one ``kit.fleet.simulate`` run: a shared-prefix workload whose groups fill 73% of the fleet's
 KV cache, under one profile, at one rate, in one scenario, with one seed (the workload's prompts and
-arrivals, and the pickers' random choices). Scenarios (docs/fleet.md):
+arrivals, and the pickers' random choices). Scenarios (docs/explanation/fleet-simulator.md):
 
 * ``all``: all traffic through one picker;
 * ``replicas``: ``--picker-replicas`` pickers split the traffic at random, each with its own state;

@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python bench/workshop.py --stacks 4 [--replicas 4] [--out FILE]``
 
-Each participant gets a stack of their own (``--postfix pI --port BASE+10*I``, as docs/workshop.md says),
+Each participant gets a stack of their own (``--postfix pI --port BASE+10*I``, as docs/how-to/run-a-workshop.md says),
 all deployed at once; then every participant sends the same small shared-prefix workload through their
 own gateway at the same moment (notebook 04's live part, smaller), and a notebook kernel's imports are
 loaded once to size a kernel. Reported: deploy wall time, resident memory per stack (gateway +

@@ -6,7 +6,7 @@ decision), computed in virtual time: no HTTP, no processes, the same engine, KV 
 ``sweep`` runs a grid of rates × replicas × profiles in parallel processes and ``capacity`` reads off the
 highest rate that meets a TTFT objective. A precise prefix scorer reads the servers' KV-cache events
 (``kit.fleet.events``); kit-only scenarios (picker replicas, outside traffic) and ``Trace`` (stale picks)
-are in ``kit.fleet.scenario``. ``docs/fleet.md`` explains the model.
+are in ``kit.fleet.scenario``. ``docs/explanation/fleet-simulator.md`` explains the model.
 """
 
 from kit.fleet.compare import compare_profiles

@@ -81,7 +81,8 @@ class Fleet:
     fast: bool = True
     # KV-cache events reach a precise prefix scorer this many seconds after the step (kit.fleet.events)
     event_lag: float = events.DEFAULT_LAG
-    # Kit-only scenarios (kit.fleet.scenario, docs/fleet.md): pickers splitting the traffic, and outside traffic
+    # Kit-only scenarios (kit.fleet.scenario, docs/explanation/fleet-simulator.md): pickers splitting the traffic,
+    # and outside traffic
     picker_replicas: int = 1
     outside_rate: float = 0.0
     outside_prompt_len: int = 1000

@@ -1,4 +1,5 @@
-"""What happens to the fleet besides the workload: kit-only scenario knobs (docs/fleet.md, "Scenarios").
+"""What happens to the fleet besides the workload: kit-only scenario knobs
+(docs/explanation/fleet-simulator.md, "Scenarios").
 
 * **Picker replicas** (``Fleet.picker_replicas``): several endpoint pickers, each loaded from the same
   profile with its own state (prefix index, in-flight counts, random choices), split the traffic; each

@@ -1,6 +1,6 @@
 """The gateway's settings: metric scraping and health, upstream timeouts and retries, client connections.
 
-``kit gateway`` builds one flag per field (the descriptions are its ``--help``); docs/scheduling.md
+``kit gateway`` builds one flag per field (the descriptions are its ``--help``); docs/explanation/scheduling.md
 explains each and compares it with upstream.
 """
 

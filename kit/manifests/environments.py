@@ -66,7 +66,7 @@ class HardwareSettings(StrictModel):
     tolerations: list[dict[str, Any]] = Field(default_factory=list, description="model-server tolerations")
     security_context: dict[str, Any] = Field(
         default_factory=dict, description="model-server container securityContext fields, merged over the kit's "
-                                          "hardened defaults (docs/cluster.md)")
+                                          "hardened defaults (docs/how-to/deploy-to-a-cluster.md)")
 
 
 class ModelServerSettings(StrictModel):
@@ -80,7 +80,8 @@ class ModelServerSettings(StrictModel):
     startup_failure_threshold: int = Field(60, ge=1, description="startup probe failures allowed (30 s apart)")
     security_waivers: list[Literal["run-as-non-root", "capabilities", "seccomp"]] = Field(
         default_factory=list, description="hardening rules this server's image cannot meet, e.g. run-as-non-root "
-                                          "for an image that runs as root; kit validate lists them (docs/cluster.md)")
+                                          "for an image that runs as root; kit validate lists them "
+                                          "(docs/how-to/deploy-to-a-cluster.md)")
 
 
 class EppSettings(StrictModel):

@@ -1,6 +1,6 @@
 """Simulator settings: engine limits, the latency model, time scale and fault injection.
 
-Defaults model ``Qwen/Qwen3-0.6B`` served by vLLM on one 80 GB H100; docs/simulator.md gives the
+Defaults model ``Qwen/Qwen3-0.6B`` served by vLLM on one 80 GB H100; docs/explanation/simulator.md gives the
 derivation of every number. The latency model's coefficients come from step times measured on an H100
 and an H200 (``--hardware``); any of them can be set on its own. ``kit sim`` builds its command-line
 flags from this model, so the field descriptions are the ``--help`` text.
@@ -23,7 +23,7 @@ class Hardware(StrEnum):
 
 
 # Minimax fits (largest relative error) to the step times measured on each card for a
-# Qwen3-0.6B-shaped model, 2026-11-27: docs/simulator.md, docs/benchmarks.md (bench/calibration.py).
+# Qwen3-0.6B-shaped model, 2026-11-27: docs/explanation/simulator.md, docs/benchmarks.md (bench/calibration.py).
 HARDWARE: dict[str, dict[str, float]] = {
     Hardware.H100: {"step_overhead_ms": 2.44, "prefill_us_per_token": 3.13, "prefill_ns_per_token_pair": 0.307,
                     "decode_us_per_seq": 4.05, "decode_ns_per_context_token": 39.3,

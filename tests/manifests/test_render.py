@@ -233,14 +233,14 @@ def test_hardware_extras():
     assert xpu["resourceClaims"][0]["resourceClaimTemplateName"] == rct["metadata"]["name"]
     assert xpu["containers"][0]["resources"]["claims"] == [{"name": "accelerator"}]
     cpu = decode(objs("cpu")[0])["spec"]["template"]["spec"]["containers"][0]
-    assert cpu["securityContext"]["capabilities"] == {"drop": ["ALL"]}  # upstream adds SYS_NICE (docs/cluster.md)
+    assert cpu["securityContext"]["capabilities"] == {"drop": ["ALL"]}  # upstream adds SYS_NICE
     sim = decode(objs("sim")[0])["spec"]["template"]["spec"]["containers"][0]
     assert "command" not in sim and sim["args"][:4] == ["--model", "Qwen/Qwen3-0.6B", "--port", "8000"]
 
 
 HARDENED = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"}}
-ROOT_IMAGES = {"cpu", "xpu", "gke_tpu"}  # images that run as root (docs/cluster.md)
+ROOT_IMAGES = {"cpu", "xpu", "gke_tpu"}  # images that run as root (docs/how-to/deploy-to-a-cluster.md)
 
 
 @pytest.mark.parametrize("name", CLUSTER_ENVS)

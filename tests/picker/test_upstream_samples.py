@@ -89,5 +89,5 @@ def test_the_cli_reports_a_missing_plugin_without_a_traceback():
 
 
 def test_the_loadable_count():
-    """The count docs/scheduling.md quotes; it only grows as plugins are added."""
+    """The count docs/explanation/scheduling.md quotes; it only grows as plugins are added."""
     assert len(LOADABLE) >= 19

@@ -1,7 +1,7 @@
 """Opt-in: the whole cycle against the cluster your kubeconfig points to (``pytest -m cluster``).
 
 Uses the CPU-only ``sim`` environment (upstream's vLLM simulator image), so a kind or minikube
-cluster with Istio is enough; docs/cluster.md shows how to set one up. Namespace: $KIT_TEST_NAMESPACE
+cluster with Istio is enough; docs/how-to/deploy-to-a-cluster.md shows how to set one up. Namespace: $KIT_TEST_NAMESPACE
 (default kit-e2e, created by you); release postfix: kit-e2e-<random>, removed at the end.
 """
 

@@ -154,10 +154,12 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _envs(args: argparse.Namespace) -> int:
-    from kit.manifests.environments import available
+    from kit.manifests.environments import available, releases
 
+    follows = releases()
+    width = max(map(len, follows), default=0)
     for name, desc in available().items():
-        print(f"{name:14} {desc}")
+        print(f"{name:{width}}  {follows[name]:11}  {desc}")
     return 0
 
 

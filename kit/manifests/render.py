@@ -1,5 +1,9 @@
 """Render an environment into the manifests the guide deploys: three releases and the HTTPRoute.
 
+This module renders release ``guide``; ``kit.manifests.router`` renders ``llm-d-v0.10`` (today's
+optimized-baseline guide), and ``render`` picks by the environment's release. Either way the scheduler
+config is checked by the picker of the release the environment deploys, since the EPP will read it.
+
 Templates live in ``templates/releases/*.yaml.j2``; this module computes names, labels and the
 values the templates need, renders, parses, and orders the objects for apply. Every object carries
 labels naming the stack (release postfix), its namespace and its release, which is how the cluster
@@ -11,6 +15,7 @@ carry a hash of the namespace and postfix, so no two stacks share one.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +27,7 @@ import yaml
 from kit import paths
 from kit.errors import ConfigError, KitError
 from kit.manifests.environments import Environment, merge
-from kit.picker import load_picker_config
+from kit.picker import LoadedConfig, load_picker_config
 
 MODEL_PORT = 8000
 EPP_PORT = 9002
@@ -35,7 +40,7 @@ WAIVERS = "kit.llm-d.ai/security-waivers"
 # Every container the kit renders: the Pod Security Standards' "restricted" profile, container by container.
 HARDENED: dict[str, Any] = {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
                             "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
-RELEASES = ("infra", "gaie", "ms", "route")
+RELEASES = ("infra", "gaie", "ms", "route")  # the guide's; kit.manifests.router has today's
 KIND_ORDER = ("Namespace", "ServiceAccount", "Secret", "ConfigMap", "ClusterRole", "ClusterRoleBinding", "Role",
               "RoleBinding", "ResourceClaimTemplate", "AgentgatewayParameters", "Service", "Deployment", "Gateway",
               "InferencePool", "DestinationRule", "HealthCheckPolicy", "GCPBackendPolicy", "ServiceMonitor",
@@ -44,7 +49,26 @@ VARIANT = {"cuda": "gpu", "rocm": "gpu", "xpu": "gpu", "tpu": "tpu", "cpu": "cpu
 
 
 def release_name(release: str, postfix: str) -> str:
-    return f"{release}-{postfix}" if release != "route" else f"llm-d-{postfix}"
+    """The release label value: ``infra-<rn>`` and friends; the HTTPRoute ``llm-d-<rn>``; today's router
+    chart is helm release ``<rn>`` itself."""
+    if release == "route":
+        return f"llm-d-{postfix}"
+    return postfix if release == "router" else f"{release}-{postfix}"
+
+
+def releases(env: Environment) -> tuple[str, ...]:
+    """The releases of ``env``'s track, in apply order."""
+    return ("gateway", "router", "ms") if env.release == "llm-d-v0.10" else RELEASES
+
+
+def check_scheduler_config(env: Environment, text: str, source: str) -> LoadedConfig:
+    """Load ``text`` with the picker of the release ``env`` deploys; its ConfigError names the field path."""
+    if env.release == "guide":
+        return load_picker_config(text, source)  # the picker's default release, v0.7
+    if "release" not in inspect.signature(load_picker_config).parameters:
+        # Until the picker takes a release, it checks every config as v0.7 does.
+        return load_picker_config(text, source)
+    return load_picker_config(text, source, release=env.picker_release)  # type: ignore[call-arg]
 
 
 def fit(stem: str, suffix: str, limit: int, key: tuple[str, ...], always: bool = False) -> str:
@@ -130,17 +154,21 @@ def model_server_security(env: Environment) -> dict[str, Any]:
 
 def render(env: Environment, scheduler_config: str | None = None) -> Rendered:
     """All objects of the three releases and the HTTPRoute, in apply order."""
-    if env.hardware is None or env.model_server is None or env.gateway is None:
+    if env.hardware is None or env.model_server is None or (env.gateway is None and not env.standalone):
         raise KitError(f"environment {env.name!r} runs processes on this machine; it has no manifests to render")
     config_path = Path(scheduler_config) if scheduler_config else Path(env.scheduler_path())
     try:
         plugins_config = config_path.read_text()
     except OSError as err:
         raise ConfigError(str(config_path), [f"cannot read the scheduler config: {err.strerror}"]) from None
-    load_picker_config(plugins_config, str(config_path))  # an invalid plugin file fails here
+    check_scheduler_config(env, plugins_config, str(config_path))  # an invalid plugin file fails here
+    if env.release == "llm-d-v0.10":
+        from kit.manifests.router import render_router
+
+        return render_router(env, plugins_config, config_path)
 
     hw, ms, gw = env.hardware, env.model_server, env.gateway
-    assert hw and ms and gw
+    assert hw and ms and gw is not None
     rn, ns = env.release_postfix, env.namespace
     n = names(env)
 
@@ -191,8 +219,9 @@ def write(rendered: Rendered, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = []
+    route = release_name("route", rendered.env.release_postfix) if rendered.env.release == "guide" else None
     for release, objs in rendered.by_release().items():
-        f = out / ("httproute.yaml" if release.startswith("llm-d-") else f"{release}.yaml")
+        f = out / ("httproute.yaml" if release == route else f"{release}.yaml")
         f.write_text(to_yaml(objs))
         files.append(f)
     return files

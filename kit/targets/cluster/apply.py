@@ -41,9 +41,10 @@ CRD_HINTS = {
 }
 
 
-def crd_schemas(cluster: Cluster) -> CrdSchemas:
-    """The cluster's own CRDs, with the kit's pinned ones for the kinds the cluster does not define."""
-    return cluster.crd_schemas().with_fallback(CrdSchemas.shipped())
+def crd_schemas(cluster: Cluster, release: str = "guide") -> CrdSchemas:
+    """The cluster's own CRDs, with the kit's pinned ones (of ``release``) for the kinds the cluster does not
+    define."""
+    return cluster.crd_schemas().with_fallback(CrdSchemas.shipped(release))
 
 
 def prerequisites(env: Environment, cluster: Cluster, rendered: Rendered | None = None) -> list[str]:
@@ -187,7 +188,7 @@ def deploy(env: Environment, cluster: Cluster, scheduler_config: str | None = No
            timeout: float = 900, say: Say = print) -> list[str]:
     """Apply the stack (or check it server-side with ``dry_run``) and wait until it is ready; returns what
     was applied. Nothing is applied unless the manifests are valid and every prerequisite is met."""
-    rendered, _ = checked_render(env, scheduler_config, crd_schemas(cluster))
+    rendered, _ = checked_render(env, scheduler_config, crd_schemas(cluster, env.release))
     problems = prerequisites(env, cluster, rendered) + collisions(env, cluster, rendered)
     if problems:
         raise NotReadyError(problems, "nothing was applied")

@@ -204,9 +204,12 @@ class Environment(StrictModel):
 
 
 def available() -> dict[str, str]:
-    """Environment name → description, from ``environments/*.yaml``."""
+    """Environment name → description, from ``environments/*.yaml`` (a file named ``_*.yaml`` is a shared
+    base that other files extend, not an environment)."""
     out = {}
     for f in sorted(paths.ENVIRONMENTS.glob("*.yaml")):
+        if f.name.startswith("_"):
+            continue
         data = yaml.safe_load(f.read_text()) or {}
         out[f.stem] = data.get("description", "")
     return out
@@ -251,7 +254,7 @@ def _read(name: str, choices: dict[str, str], chain: tuple[str, ...]) -> dict[st
     """An environment file with its ``extends`` chain merged in (the file wins over its base)."""
     if name in chain:
         raise ConfigError(f"environments/{name}.yaml", [f"extends: circular ({' → '.join((*chain, name))})"])
-    if name not in choices:
+    if name not in choices and not (name.startswith("_") and (paths.ENVIRONMENTS / f"{name}.yaml").is_file()):
         raise UnknownChoiceError("environment", name, choices)
     data = yaml.safe_load((paths.ENVIRONMENTS / f"{name}.yaml").read_text()) or {}
     if not isinstance(data, dict):

@@ -56,6 +56,11 @@ def release_name(release: str, postfix: str) -> str:
     return postfix if release == "router" else f"{release}-{postfix}"
 
 
+def hf_secret(env: Environment) -> str:
+    """The secret holding the Hugging Face token (key HF_TOKEN) that ``env``'s model servers reference."""
+    return HF_SECRET if env.release == "guide" else "llm-d-hf-token"
+
+
 def releases(env: Environment) -> tuple[str, ...]:
     """The releases of ``env``'s track, in apply order."""
     return ("gateway", "router", "ms") if env.release == "llm-d-v0.10" else RELEASES

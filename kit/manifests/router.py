@@ -47,11 +47,11 @@ from kit.manifests.render import (
     _label_value,
     _resources,
     fit,
+    hf_secret,
     model_server_security,
     release_name,
 )
 
-HF_SECRET = "llm-d-hf-token"  # the optimized-baseline guide's secret (key HF_TOKEN)
 RELEASES = ("gateway", "router", "ms")
 # namePrefix of the guide's model-server overlay, after the release: <rn>-<this>-vllm-
 OVERLAY = {"cuda": "nvidia-gpu", "rocm": "amd", "xpu": "xpu", "tpu": "tpu-v6", "cpu": "cpu", "sim": "sim"}
@@ -65,7 +65,7 @@ def names(env: Environment) -> dict[str, str]:
     rn, ns = env.release_postfix, env.namespace
     hw = env.hardware
     engine = env.model_server.engine if env.model_server else "vllm"
-    prefix = f"{rn}-{OVERLAY[hw.backend] if hw else 'none'}-{'vllm' if engine == 'vllm' else 'sim'}-"
+    prefix = f"{rn}-{OVERLAY[hw.backend] if hw else 'none'}-vllm-" if engine == "vllm" else f"{rn}-sim-"
     proxy = (env.router or RouterSettings()).proxy
     return {
         "epp": f"{rn}-epp",
@@ -186,7 +186,7 @@ def render_router(env: Environment, plugins_config: str, config_path: Path) -> R
         "guide_labels": guide_labels, "plugins_config": plugins_config, "config_file": cfg,
         "plugins_sha": hashlib.sha256(plugins_config.encode()).hexdigest()[:16], "epp_args": epp_args,
         "service_ports": service_ports, "proxy": proxy, "epp_port": EPP_PORT, "model_port": MODEL_PORT,
-        "epp_security": HARDENED, "hf_secret": HF_SECRET, "container_env": container_env, "resources": resources,
+        "epp_security": HARDENED, "hf_secret": hf_secret(env), "container_env": container_env, "resources": resources,
         "ms_security": model_server_security(env), "claim_name": claim,
         "ms_annotations": {WAIVERS: ",".join(ms.security_waivers)} if ms.security_waivers else {},
     }

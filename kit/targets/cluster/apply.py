@@ -22,7 +22,7 @@ from kubernetes.dynamic.exceptions import ApiException
 
 from kit.errors import ApplyError, KitError, NotReadyError
 from kit.manifests.environments import Environment
-from kit.manifests.render import HF_SECRET, MANAGED_BY, NAMESPACE, STACK, Rendered, render
+from kit.manifests.render import MANAGED_BY, NAMESPACE, STACK, Rendered, hf_secret, render
 from kit.manifests.validate import CrdSchemas, checked_render
 from kit.targets import Say
 from kit.targets.cluster.client import CLUSTER_SCOPED, Cluster, ref
@@ -73,20 +73,20 @@ def prerequisites(env: Environment, cluster: Cluster, rendered: Rendered | None 
         problems.append(f"the cluster does not serve {', '.join(sorted(set(kinds)))} ({group}): "
                         f"{CRD_HINTS.get(group, 'install the CRDs that define them')}")
     gw = env.gateway
-    assert gw is not None
-    if "gateway.networking.k8s.io" not in missing_groups:
+    if gw is not None and not env.standalone and "gateway.networking.k8s.io" not in missing_groups:
         classes = cluster.list("gateway.networking.k8s.io/v1", "GatewayClass", None, "")
         if gw.class_name not in {c["metadata"]["name"] for c in classes}:
             problems.append(f"GatewayClass {gw.class_name} is missing: install the {gw.provider} gateway "
                             "control plane (see the guide's gateway-provider prerequisites)")
     if env.model_server and env.model_server.hf_token:
+        secret_name = hf_secret(env)
         try:
-            secret = core.read_namespaced_secret(HF_SECRET, env.namespace)
+            secret = core.read_namespaced_secret(secret_name, env.namespace)
             if "HF_TOKEN" not in (secret.data or {}):
-                problems.append(f"secret {HF_SECRET} has no key HF_TOKEN")
+                problems.append(f"secret {secret_name} has no key HF_TOKEN")
         except ApiException as err:
             if err.status == 404:
-                problems.append(f"secret {HF_SECRET} is missing: kubectl create secret generic {HF_SECRET} "
+                problems.append(f"secret {secret_name} is missing: kubectl create secret generic {secret_name} "
                                 f"--from-literal=HF_TOKEN=<your token> -n {env.namespace}")
     return problems
 
@@ -116,9 +116,12 @@ def condition(conds: list[dict[str, Any]] | None, kind: str) -> dict[str, Any] |
     return next((c for c in conds or [] if c.get("type") == kind), None)
 
 
-def readiness(obj: dict[str, Any]) -> tuple[bool, str]:
-    """(ready, why) for a live object, the way kubectl and the Gateway API judge it."""
+def readiness(obj: dict[str, Any], standalone: bool = False) -> tuple[bool, str]:
+    """(ready, why) for a live object, the way kubectl and the Gateway API judge it. In standalone mode no
+    gateway accepts the InferencePool: the EPP beside its proxy watches it, so it is ready once it exists."""
     kind, st = obj["kind"], obj.get("status") or {}
+    if standalone and kind == "InferencePool" and not st.get("parents"):
+        return True, "exists (standalone: watched by the EPP, no gateway)"
     if kind == "Deployment":
         want = obj["spec"].get("replicas", 1)
         gen, seen = obj["metadata"].get("generation", 0), st.get("observedGeneration", 0)
@@ -156,7 +159,7 @@ def readiness(obj: dict[str, Any]) -> tuple[bool, str]:
 
 
 def wait(cluster: Cluster, objs: list[dict[str, Any]], timeout: float = 900, poll: float = 2.0,
-         say: Say = print) -> None:
+         say: Say = print, standalone: bool = False) -> None:
     """Until every object is ready; raise NotReadyError naming each that is not, and why.
 
     Polls quickly at first (0.2 s) and backs off to ``poll`` seconds."""
@@ -168,7 +171,7 @@ def wait(cluster: Cluster, objs: list[dict[str, Any]], timeout: float = 900, pol
         waiting = []
         for obj in pending:
             live = cluster.get(obj)
-            ok, why = readiness(live) if live else (False, "not found")
+            ok, why = readiness(live, standalone) if live else (False, "not found")
             if not ok:
                 if why.startswith("rollout failed"):
                     raise NotReadyError([f"{ref(obj)}: {why}"])
@@ -206,6 +209,6 @@ def deploy(env: Environment, cluster: Cluster, scheduler_config: str | None = No
     if dry_run:
         say(f"dry run: the API server accepted all {len(applied)} objects; nothing was changed")
         return applied
-    wait(cluster, rendered.objects, timeout=timeout, say=say)
+    wait(cluster, rendered.objects, timeout=timeout, say=say, standalone=env.standalone)
     say(f"stack {env.release_postfix} ready in namespace {env.namespace}")
     return applied

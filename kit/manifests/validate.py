@@ -175,6 +175,7 @@ def _cross_object(objs: list[dict[str, Any]]) -> list[str]:
                                 f"Service/{svc['metadata']['name']}")
             if not any(_matches(svc["spec"]["selector"], t["metadata"].get("labels", {})) for _, t in pods):
                 problems.append(f"Service/{svc['metadata']['name']}: selector matches no endpoint-picker pods")
+    problems += _endpoint_selectors(pods)
     gateways = {g["metadata"]["name"] for g in by_kind.get("Gateway", [])}
     pool_ports = {p["metadata"]["name"]: {t["number"] for t in p["spec"]["targetPorts"]} for p in pools}
     for route in by_kind.get("HTTPRoute", []):
@@ -201,6 +202,37 @@ def _cross_object(objs: list[dict[str, Any]]) -> list[str]:
                     problems.append(f"{_ref(o)}: label {key}={value!r} is not a valid label value (at most 63 "
                                     "letters, digits, '-', '_' or '.', starting and ending with a letter or digit)")
     problems += _secret_values(objs)
+    return problems
+
+
+def _endpoint_selectors(pods: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[str]:
+    """An EPP without a pool (llm-d-router's standalone mode, ``--endpoint-selector``) must select the
+    model-server pods and nothing else, on a port they serve."""
+    problems = []
+    for w, t in pods:
+        for c in t["spec"]["containers"]:
+            args = c.get("args") or []
+            if "--endpoint-selector" not in args:
+                continue
+            ref = f"{_ref(w)}: container {c['name']}: --endpoint-selector"
+            i = args.index("--endpoint-selector")
+            text = args[i + 1] if i + 1 < len(args) else ""
+            sel = dict(p.split("=", 1) for p in text.split(",") if "=" in p)
+            if not sel:
+                problems.append(f"{ref} is empty; the EPP refuses to start without one")
+                continue
+            selected = [(pw, pt) for pw, pt in pods if _matches(sel, pt["metadata"].get("labels", {}))]
+            if not any(pw["metadata"].get("labels", {}).get(RELEASE, "").startswith("ms-") for pw, _ in selected):
+                problems.append(f"{ref} {text} matches no model-server pods")
+            for pw, _ in selected:
+                if not pw["metadata"].get("labels", {}).get(RELEASE, "").startswith("ms-"):
+                    problems.append(f"{ref} {text} also matches pods of {_ref(pw)}, which do not serve the model")
+            if "--endpoint-target-ports" in args:
+                ports = {int(p) for p in args[args.index("--endpoint-target-ports") + 1].split(",")}
+                for pw, pt in selected:
+                    served = {p["containerPort"] for cc in pt["spec"]["containers"] for p in cc.get("ports", [])}
+                    for port in sorted(ports - served):
+                        problems.append(f"{ref}: target port {port} is not a container port of {_ref(pw)}")
     return problems
 
 

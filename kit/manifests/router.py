@@ -33,7 +33,7 @@ import yaml
 
 from kit import paths
 from kit.manifests.environments import Environment, RouterSettings, merge
-from kit.manifests.render import (
+from kit.manifests.objects import (
     EPP_PORT,
     HARDENED,
     KIND_ORDER,

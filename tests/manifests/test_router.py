@@ -4,6 +4,7 @@ names, and the release is checked where a user could mix the two tracks up."""
 from __future__ import annotations
 
 import inspect
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -60,7 +61,8 @@ def test_standalone_is_the_epp_with_its_envoy_proxy_and_no_gateway_api():
     assert epp["image"] == "ghcr.io/llm-d/llm-d-router-endpoint-picker:v0.10.0"
     assert epp["args"][:2] == ["--pool-name", "optimized-baseline"] and "--v=2" in epp["args"]
     envoy_cfg = yaml.safe_load(o[("ConfigMap", "optimized-baseline-envoy")]["data"]["envoy.yaml"])
-    ports = {listener["address"]["socket_address"]["port_value"] for listener in envoy_cfg["static_resources"]["listeners"]}
+    listeners = envoy_cfg["static_resources"]["listeners"]
+    ports = {listener["address"]["socket_address"]["port_value"] for listener in listeners}
     assert ports == {8081, 19001}
     pool = o[("InferencePool", "optimized-baseline")]["spec"]
     assert pool["selector"]["matchLabels"] == {"llm-d.ai/guide": "optimized-baseline",
@@ -95,7 +97,8 @@ def test_standalone_with_agentgateway_selects_the_servers_itself():
 def test_gateway_mode_renders_the_route_the_chart_creates(name, extras):
     o = objs(name)
     kinds = {k for k, _ in o}
-    assert {"Gateway", "HTTPRoute", "InferencePool"} <= kinds and kinds & GATEWAY_API == {"Gateway", "HTTPRoute"} | extras
+    assert {"Gateway", "HTTPRoute", "InferencePool"} <= kinds
+    assert kinds & GATEWAY_API == {"Gateway", "HTTPRoute"} | extras
     route = o[("HTTPRoute", "optimized-baseline")]["spec"]
     assert route["rules"][0]["backendRefs"] == [{"group": "inference.networking.k8s.io", "kind": "InferencePool",
                                                  "name": "optimized-baseline"}]
@@ -120,10 +123,10 @@ def test_mixing_the_tracks_up_is_an_error_naming_the_field(sets, needle):
 
 
 def test_gateway_mode_offers_the_providers_upstream_lists():
-    with pytest.raises(ConfigError, match="gateway.provider: llm-d-router v0.10's gateway mode lists istio, gke, "
-                                          "agentgateway, not 'kgateway'"):
+    with pytest.raises(ConfigError, match=re.escape("gateway.provider: llm-d-router v0.10's gateway mode lists "
+                                                    "istio, gke, agentgateway, not 'kgateway'")):
         load_environment("optimized-baseline-istio", overrides=parse_set(["gateway.provider=kgateway"]))
-    with pytest.raises(ConfigError, match="router.proxy: Input should be 'envoy' or 'agentgateway'"):
+    with pytest.raises(ConfigError, match=re.escape("router.proxy: Input should be 'envoy' or 'agentgateway'")):
         load_environment("optimized-baseline", overrides=parse_set(["router.proxy=nginx"]))
 
 
@@ -170,3 +173,14 @@ def test_kit_render_and_validate_of_the_default_standalone_environment(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ms-optimized-baseline.yaml", "optimized-baseline.yaml"]
     ok = run("validate", "-e", "optimized-baseline", "--scheduler-config", CONFIG)
     assert ok.returncode == 0 and "12 objects for optimized-baseline are valid" in ok.stdout, ok.stderr
+
+
+@pytest.mark.skipif(not (PICKER_RELEASES and PROFILE.exists()), reason="today's picker and profile are not here yet")
+def test_the_local_stack_of_today_starts_the_gateway_with_todays_picker(tmp_path, monkeypatch):
+    from kit.targets.local import LocalTarget
+
+    monkeypatch.setenv("KIT_STATE_DIR", str(tmp_path))
+    [gateway] = [p for p in LocalTarget(load_environment("local-llm-d")).plan() if p["role"] == "gateway"]
+    args = gateway["command"].split()
+    assert args[args.index("--release") + 1] == "v0.10"
+    assert args[args.index("--config") + 1].endswith("optimized-baseline.yaml")

@@ -85,7 +85,8 @@ def test_a_changed_field_is_caught():
     kit["Deployment/optimized-baseline-epp"]["containers"]["epp"]["args"].remove("--v=2")
     kit["ConfigMap/optimized-baseline-envoy"]["envoy"]["listeners"][8081]["ext_proc"]["failure_mode_allow"] = False
     found = differences(kit, expected("standalone-envoy"))
-    assert [d.split(":")[0] for d in found] == ["ConfigMap/optimized-baseline-envoy", "Deployment/optimized-baseline-epp"]
+    assert [d.split(":")[0] for d in found] == ["ConfigMap/optimized-baseline-envoy",
+                                                "Deployment/optimized-baseline-epp"]
 
 
 @pytest.mark.slow

@@ -214,7 +214,8 @@ def _values(env_name: str, sets: list[str]) -> tuple[str, list[dict[str, Any]], 
     repository, _, tag = rest.partition(":")
     base = {"router": {
         "epp": {"replicas": 1, "flags": {"v": r.epp_verbosity}, "pluginsConfigFile": "default-plugins.yaml",
-                "resources": {"requests": {"cpu": epp.cpu, "memory": epp.memory}, "limits": {"memory": epp.memory_limit}}},
+                "resources": {"requests": {"cpu": epp.cpu, "memory": epp.memory},
+                              "limits": {"memory": epp.memory_limit}}},
         "inferencePool": {"failureMode": "FailOpen"}, "modelServers": {"protocol": "http"},
         "proxy": {"proxyType": "envoy", "args": ENVOY_ARGS, "resources": r.proxy_resources}}}
     scheduler = (ROOT / SCHEDULER).read_text()

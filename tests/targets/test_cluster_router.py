@@ -85,3 +85,11 @@ def test_gateway_mode_waits_for_the_gateway_and_route(fake, client):
     route = fake.get("HTTPRoute", "optimized-baseline", NS)
     assert route["spec"]["parentRefs"][0]["name"] == "optimized-baseline-inference-gateway"
     assert len(t.destroy(**quiet)) == len(t.plan(CONFIG)) == 14  # gateway 1, router 11, model servers 2
+
+
+def test_todays_crds_are_named_with_todays_versions(tmp_path):
+    with FakeCluster() as bare:
+        client = Cluster(kubeconfig=str(bare.kubeconfig(tmp_path / "kc")))
+        text = "\n".join(apply.prerequisites(target(client).env, client))
+    assert "InferencePool (inference.networking.k8s.io): install the Inference Extension CRDs (v1.6.0)" in text
+    assert "config/crd?ref=v1.6.0" in text and "Gateway" not in text

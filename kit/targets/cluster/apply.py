@@ -70,8 +70,10 @@ def prerequisites(env: Environment, cluster: Cluster, rendered: Rendered | None 
             group = obj["apiVersion"].rsplit("/", 1)[0] if "/" in obj["apiVersion"] else "core"
             missing_groups.setdefault(group, []).append(obj["kind"])
     for group, kinds in missing_groups.items():
-        problems.append(f"the cluster does not serve {', '.join(sorted(set(kinds)))} ({group}): "
-                        f"{CRD_HINTS.get(group, 'install the CRDs that define them')}")
+        hint = CRD_HINTS.get(group, "install the CRDs that define them")
+        if env.release == "llm-d-v0.10" and group == "inference.networking.k8s.io":
+            hint = hint.replace("v1.4.0", "v1.6.0")  # today's guide installs GAIE's latest release
+        problems.append(f"the cluster does not serve {', '.join(sorted(set(kinds)))} ({group}): {hint}")
     gw = env.gateway
     if gw is not None and not env.standalone and "gateway.networking.k8s.io" not in missing_groups:
         classes = cluster.list("gateway.networking.k8s.io/v1", "GatewayClass", None, "")

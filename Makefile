@@ -4,7 +4,7 @@ PY ?= .venv/bin/python
 OUT ?= out
 PYTEST_ARGS ?=
 
-.PHONY: demo test quick lint lab bench bench-routers clean venv
+.PHONY: demo test quick lint lab bench bench-routers docs clean venv
 
 venv: build/.installed
 
@@ -42,6 +42,10 @@ bench: venv
 bench-routers: venv
 	$(PY) -m pip install --quiet -e '.[routers]'
 	$(PY) bench/routers.py --out build/routers
+
+# The generated reference pages (docs/reference/: the kit command, environments, plugins, metrics).
+docs: venv
+	$(PY) -m kit.reference
 
 clean:
 	rm -rf build $(OUT) .pytest_cache .ruff_cache

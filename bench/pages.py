@@ -6,7 +6,7 @@ if a page differs from what the records give).
 A record is one run of one measurement, ``bench/results/<family>/<date>-<name>[-<seq>].json``, in the format
 of ``bench/results/schema.json``; ``bench/record.py`` writes one. Each family's ``family.yaml`` gives its title,
 a one-line summary, an intro, its place in the README (``rank``), the order of its measurements on the page,
-the figure the README quotes (``headline``) and, under ``retired``, measurements no longer run (with why).
+the figure the README quotes (``headline``: measurement, figure, and a label if the figure's name needs one) and, under ``retired``, measurements no longer run (with why).
 A page shows the latest run of each measurement (by date, then ``seq``); every other run is listed at the
 end, linked to its JSON, so older figures stay as data. The output depends only on the records.
 """
@@ -40,7 +40,8 @@ FAMILY_SCHEMA = {
         "retired": {"type": "object", "additionalProperties": {"type": "string", "minLength": 1}},
         "headline": {
             "type": "object", "additionalProperties": False, "required": ["measurement", "figure"],
-            "properties": {"measurement": {"type": "string"}, "figure": {"type": "string"}},
+            "properties": {"measurement": {"type": "string"}, "figure": {"type": "string"},
+                           "label": {"type": "string"}},
         },
     },
 }
@@ -217,9 +218,10 @@ def render_index(families: list[Family]) -> str:
         head = fam.meta["headline"]
         rec = fam.latest(head["measurement"])
         value = fmt(rec.data["figures"][head["figure"]])
-        figure = head["figure"][:1].upper() + head["figure"][1:]
+        label = head.get("label", head["figure"])
+        label = label[:1].upper() + label[1:]
         out.append(f"- [{fam.meta['title']}]({fam.name}.md): {fam.meta['summary']} "
-                   f"{figure}: **{value}** ({rec.data['date']}).")
+                   f"{label}: **{value}** ({rec.data['date']}).")
     return "\n".join(out) + "\n"
 
 

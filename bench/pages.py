@@ -5,10 +5,11 @@ if a page differs from what the records give).
 
 A record is one run of one measurement, ``bench/results/<family>/<date>-<name>[-<seq>].json``, in the format
 of ``bench/results/schema.json``; ``bench/record.py`` writes one. Each family's ``family.yaml`` gives its title,
-a one-line summary, an intro, its place in the README (``rank``), the order of its measurements on the page,
-the figure the README quotes (``headline``: measurement, figure, and a label if the figure's name needs one) and, under ``retired``, measurements no longer run (with why).
-A page shows the latest run of each measurement (by date, then ``seq``); every other run is listed at the
-end, linked to its JSON, so older figures stay as data. The output depends only on the records.
+a one-line summary, an intro, its place in the README (``rank``), the order of its measurements on the page, the
+figure the README quotes (``headline``: a measurement, one of its figures, and a ``label`` if the figure's name
+needs one) and, under ``retired``, measurements no longer run (with why). A page shows the latest run of each
+measurement (by date, then ``seq``); every other run is listed at the end, linked to its JSON, so older figures
+stay as data. The output depends only on the records.
 """
 
 from __future__ import annotations

@@ -39,6 +39,11 @@ bench: venv
 	$(PY) bench/sim_bench.py --out build/bench-sim.json
 	$(PY) bench/gateway_bench.py --out build/bench-gateway.json
 
+# The results pages (docs/results/) from the benchmarks' records (bench/results/).
+.PHONY: results
+results: venv
+	$(PY) bench/pages.py
+
 bench-routers: venv
 	$(PY) -m pip install --quiet -e '.[routers]'
 	$(PY) bench/routers.py --out build/routers

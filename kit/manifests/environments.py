@@ -93,7 +93,8 @@ class ModelServerSettings(StrictModel):
     served_model_name: str | None = Field(None, description="name clients use (default: the model)")
     args: list[str] = Field(default_factory=list, description="extra engine arguments")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment variables (no secrets)")
-    hf_token: bool = Field(True, description="mount the HF token from secret vllm-k8s-hf-token (false: public model)")
+    hf_token: bool = Field(True, description="mount the HF token (secret vllm-k8s-hf-token; llm-d-hf-token for "
+                                             "release llm-d-v0.10; false: a public model)")
     pod_monitor: bool = Field(True, description="render a PodMonitor for the servers' /metrics")
     startup_failure_threshold: int = Field(60, ge=1, description="startup probe failures allowed (30 s apart)")
     termination_grace_seconds: int | None = Field(None, ge=0, description="model-server pods' termination grace "

@@ -6,7 +6,8 @@ connections are closed after ``ServerLimits.idle_timeout``; past ``max_connectio
 connection is closed to make room, or, if none is idle, the new one gets a JSON 503 (``make_room``),
 so the process never runs out of file descriptors; malformed HTTP (an over-long header line, a bad
 Content-Length, too many headers) gets a JSON 400 and one log line; repeated log lines are
-rate-limited; and ``run_server`` drains either on SIGTERM.
+rate-limited; and ``run_server`` drains either on SIGTERM. The gateway's server also gives each request a
+deadline from its first byte (``request_timeout``) and bounds its head in all (``max_head_size``).
 """
 
 from __future__ import annotations

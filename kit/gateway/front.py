@@ -6,18 +6,29 @@ stays on aiohttp (``kit.http.start_app``). Both keep issue #13's hardening, with
 drain sequence shared in ``kit.http``:
 
 * keep-alive and pipelining: requests on one connection are answered in order, one at a time, by one
-  task; reading pauses while ``PIPELINE`` requests wait. A client that disconnects cancels the task.
-* ``ServerLimits``: a connection idle (no request in progress) longer than ``idle_timeout`` closes;
-  past the connection cap the longest-idle one closes to make room, or, if none is idle, the new one
-  gets a JSON 503 (``kit.http.make_room``).
-* malformed HTTP (a request line or header line over ``max_line_size``, more than ``max_headers``
-  headers, anything llhttp refuses, an upgrade request) gets a JSON 400, one rate-limited log line, and
-  the connection closes; a body over ``max_body`` bytes (as sent, or once decompressed) a JSON 413, the
-  rest of it read and dropped for up to ``LINGER`` seconds so the client sees the answer.
+  task, which lets other connections' work run between two answers. What one connection can make the
+  server hold is bounded: input is parsed ``SLICE`` bytes at a time (a body of known length at once), and
+  once ``PIPELINE`` requests wait, or an answer waits for the client's socket buffer to drain, reading
+  pauses and the rest of what was read is held unparsed. A client that disconnects cancels the task.
+* ``ServerLimits``: a request's head and body must arrive within ``request_timeout`` of its first byte
+  (else a JSON 408 and a close), however steadily it trickles in; a connection idle longer than
+  ``idle_timeout`` closes, and so does one whose client has read nothing of its answers for that long.
+  Past the connection cap the longest-idle connection (one still sending a request head counts as idle)
+  closes to make room, or, if none is idle, the new one gets a JSON 503 (``kit.http.make_room``).
+* malformed HTTP (a request line or header line over ``max_line_size``, finished or not; more than
+  ``max_headers`` header lines, repeated names counted; a head over ``max_head_size`` bytes; anything
+  llhttp refuses; more than one space between the parts of the request line; a missing, repeated or
+  invalid ``Host`` (RFC 9112 §3.2; HTTP/1.0 may omit it); an upgrade request) gets a JSON 400, one
+  rate-limited log line, and the connection closes. A transfer coding other than chunked gets a JSON
+  501, ``CONNECT`` a JSON 405; an HTTP/1.0 request with a transfer coding is answered, then the
+  connection closes (RFC 9112 §6.1). A body over ``max_body`` bytes (as sent, or once decompressed) gets
+  a JSON 413, the rest of it read and dropped for up to ``LINGER`` seconds so the client sees the answer.
 * ``Expect: 100-continue`` gets its interim answer as soon as the headers are in; any other expectation
   a JSON 417. Bodies sent ``gzip`` or ``deflate`` encoded are decoded; other encodings pass as sent,
   except ``br`` and ``zstd``, which get a 400.
 * every answer carries ``Date`` and, with ``$KIT_INSTANCE`` set, ``x-kit-instance``.
+
+docs/explanation/gateway-http-server.md says why the gateway has its own server rather than a well-kept one.
 
 Handlers are ``async (Request) -> Response | Stream``; a ``Stream`` sends its headers with its first
 piece, then each piece as it is written (chunked), waiting while the client's socket buffer is full.

@@ -4,7 +4,7 @@ PY ?= .venv/bin/python
 OUT ?= out
 PYTEST_ARGS ?=
 
-.PHONY: demo test quick lint lab bench bench-routers clean venv
+.PHONY: demo test quick lint lab bench bench-routers docs clean venv
 
 venv: build/.installed
 
@@ -39,9 +39,18 @@ bench: venv
 	$(PY) bench/sim_bench.py --out build/bench-sim.json
 	$(PY) bench/gateway_bench.py --out build/bench-gateway.json
 
+# The results pages (docs/results/) from the benchmarks' records (bench/results/).
+.PHONY: results
+results: venv
+	$(PY) bench/pages.py
+
 bench-routers: venv
 	$(PY) -m pip install --quiet -e '.[routers]'
 	$(PY) bench/routers.py --out build/routers
+
+# The generated reference pages (docs/reference/: the kit command, environments, plugins, metrics).
+docs: venv
+	$(PY) -m kit.reference
 
 clean:
 	rm -rf build $(OUT) .pytest_cache .ruff_cache

@@ -76,6 +76,18 @@ JSON = "application/json; charset=utf-8"
 _NAMES = {n.encode(): n.lower() for n in ("Host", "Content-Type", "Content-Length", "Accept", "User-Agent",
                                           "Connection", "Accept-Encoding", "Authorization")}  # as clients spell them
 _NAMES.update({k.lower(): v for k, v in _NAMES.items()})
+_NONE: list = []  # (shared, never appended to: a request's repeated headers until it has some)
+# Hosts found valid, and request lines as they must begin, by (method, target): most requests repeat a few
+_HOSTS: set[str] = set()
+_LINES: dict[tuple[bytes, bytes], bytes] = {}
+
+
+def _line(method: bytes, url: bytes) -> bytes:
+    line = b"%s %s HTTP/" % (method, url)
+    if len(_LINES) < 256:
+        _LINES[method, url] = line
+    return line
+
 # RFC 9112 §3.2 / RFC 3986: a registered name or IP literal, then an optional port (an empty Host is valid)
 _HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[-A-Za-z0-9._~!$&'()*+,;=%]*)(?::[0-9]*)?")
 
@@ -283,6 +295,15 @@ class _Refused(Exception):
 class Connection(asyncio.Protocol):
     """One client connection."""
 
+    # (more attributes than CPython shares dict keys for: with slots, reading and setting them stays fast)
+    __slots__ = ("__weakref__", "answer_first", "answering", "begun_in", "blocked_since", "body", "body_left",
+                 "body_size",
+                 "broken", "close_after", "dropping", "exact", "fresh", "front", "head_raw", "head_raw_size",
+                 "head_size", "header_count", "headers", "held", "idle_since", "in_head", "in_message", "inflate",
+                 "last_seen", "line_size", "linger_until", "loop", "max_head", "max_headers", "max_line", "method",
+                 "parser", "paused", "piece", "pieces", "queue", "refused", "repeated", "started", "task",
+                 "transport", "url", "url_size", "version", "writable")
+
     def __init__(self, front: Front):
         self.front = front
         lim = front.limits
@@ -309,7 +330,7 @@ class Connection(asyncio.Protocol):
         self.pieces = 0
         self.fresh = True
         # the request being parsed
-        self.started = 0.0  # when its first byte arrived
+        self.started = 0.0  # when its first byte arrived (0: not noted yet)
         self.begun_in = -1  # the piece its first byte was in, and whether it was that piece's first request
         self.exact = False
         self.head_raw: list[bytes] = []  # the start of its head as received, when it spans pieces (bounded)
@@ -321,6 +342,7 @@ class Connection(asyncio.Protocol):
         self.header_count = self.head_size = 0
         self.repeated: list[tuple[str, str]] = []  # repeated headers (the first value is in ``headers``)
         self.version = "1.1"
+        self.method = b""
         self.in_head = self.in_message = False
         self.body: list[bytes] = []
         self.body_size = 0
@@ -377,8 +399,12 @@ class Connection(asyncio.Protocol):
             if self.paused:
                 self.held = view[i:]
                 return
-            step = self.body_left if self.body_left > SLICE and self.in_message and not self.in_head else SLICE
-            self._parse(view[i:i + step])
+            if self.body_left > SLICE and self.in_message and not self.in_head:  # the rest of a body, at once
+                step = self.body_left
+                self._parse(view[i:i + step])
+            else:
+                step = SLICE
+                self._parse(bytes(view[i:i + step]))
             if self.broken:
                 return
             i += step
@@ -430,6 +456,8 @@ class Connection(asyncio.Protocol):
             if not self.in_message:
                 if now - self.last_seen > limits.idle_timeout:
                     self.close_idle()
+            elif not self.started:
+                self.started = now
             elif now - self.started > limits.request_timeout:
                 if self.dropping:
                     self.abort()
@@ -471,11 +499,11 @@ class Connection(asyncio.Protocol):
     # -------------------------------------------------------------------------------- httptools callbacks
     def on_message_begin(self) -> None:
         self.in_message = self.in_head = True
-        self.started = self.loop.time()
+        self.started = 0.0  # (noted by ``check``, to within its period)
         self.begun_in, self.exact, self.fresh = self.pieces, self.fresh, False
-        self.url, self.url_size, self.headers, self.repeated = [], 0, {}, []
+        self.url, self.url_size, self.headers, self.repeated = [], 0, {}, _NONE
         self.header_count = self.head_size = 0
-        self.body, self.body_size, self.inflate, self.answer_first, self.close_after = [], 0, None, None, False
+        self.body, self.body_size, self.inflate, self.answer_first = [], 0, None, None
 
     def on_url(self, url: bytes) -> None:
         self.url.append(url)
@@ -501,19 +529,25 @@ class Connection(asyncio.Protocol):
         if key not in headers:
             headers[key] = value.decode("latin-1")
         else:
+            if not self.repeated:
+                self.repeated = []
             self.repeated.append((key, value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         self.in_head = False
         parser = self.parser
         self.version = version = parser.get_http_version()
-        self._check_request_line(parser.get_method())
+        self.method = method = parser.get_method()
+        url = self.url[0] if len(self.url) == 1 else b"".join(self.url)
+        line = _LINES.get((method, url)) or _line(method, url)
+        if not (self.exact and self.begun_in == self.pieces and self.piece.startswith(line)):
+            self._check_request_line(method, url, line)
         h = self.headers
         if self.refused:
             return
         self.idle_since = None  # a request is in progress (no longer a connection that may be closed to make room)
         host = h.get("host")
-        if self.repeated or host is None or "transfer-encoding" in h or not _HOST.fullmatch(host):
+        if self.repeated or host not in _HOSTS or "transfer-encoding" in h:
             self._check_framing(h, version)
         if "expect" in h and h["expect"].strip().lower() != "100-continue":
             self.answer_first = error(417, "the Expect header asks for something other than 100-continue")
@@ -532,14 +566,12 @@ class Connection(asyncio.Protocol):
         if "expect" in h and self.transport is not None and not self.queue and self.task is None and version == "1.1":
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # (not while earlier answers are due)
 
-    def _check_request_line(self, method: bytes) -> None:
+    def _check_request_line(self, method: bytes, url: bytes, line: bytes) -> None:
         """The request line must be the method, one space, the target, one space and the version (RFC 9112 §3;
         llhttp lets more spaces through). httptools does not say where in the bytes a request began: when it began
         a piece (the common case) the line is checked where it must be; when it began after another request in
         the same piece, the piece must not hold this line with more spaces (so a malformed line is always found;
         only the same client's earlier bytes could hold such a line instead)."""
-        url = self.url[0] if len(self.url) == 1 else b"".join(self.url)
-        line = b"%s %s HTTP/" % (method, url)
         if self.begun_in == self.pieces:
             hay = bytes(self.piece)
         else:  # the head spanned pieces
@@ -567,6 +599,8 @@ class Connection(asyncio.Protocol):
         elif not _HOST.fullmatch(host):
             raise _Refused(self._malformed_response("the Host header is not a host name or address, with an "
                                                     "optional port"))
+        elif len(_HOSTS) < 256:
+            _HOSTS.add(host)
         te = h.get("transfer-encoding")
         if te is not None:
             codings = [c.strip().lower() for v in (te, *(v for k, v in self.repeated if k == "transfer-encoding"))
@@ -616,7 +650,7 @@ class Connection(asyncio.Protocol):
             self._queue(self.answer_first)
             return
         parser = self.parser
-        method = parser.get_method()
+        method = self.method
         if method == b"CONNECT":
             resp = error(405, "CONNECT is not supported: this server is not a forward proxy", close=True)
             resp.headers["Allow"] = "GET,HEAD,POST"
@@ -688,7 +722,8 @@ class Connection(asyncio.Protocol):
         try:
             while self.queue and self.transport is not None:
                 item = self.queue.popleft()
-                self._read_more()
+                if self.paused:
+                    self._read_more()
                 if isinstance(item, Response):
                     close = True
                     self.transport.write(self._whole(item, "1.1", False, None))
@@ -714,7 +749,8 @@ class Connection(asyncio.Protocol):
                 self.last_seen = now
             if self.idle_since is None and not self.queue and (not self.in_message or self.in_head):
                 self.idle_since = time.monotonic()
-            self._read_more()
+            if self.paused:
+                self._read_more()
 
     async def _answer(self, request: Request) -> bool:
         """Answer one request; whether the connection stays open."""

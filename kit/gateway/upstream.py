@@ -83,9 +83,8 @@ class Answer:
                 raise self._error
             if self.complete:
                 return b""
-            loop = self._conn.loop
-            self._waiter = loop.create_future()
-            self._waiting_since = loop.time()
+            self._waiter = self._conn.loop.create_future()
+            self._waiting_since = 0.0  # (noted by the pool's check, to within its period)
             try:
                 await self._waiter
             finally:
@@ -340,7 +339,9 @@ class Pool:
             a = conn.answer
             if a is None or not a._flowing or a._waiter is None or a._waiter.done():
                 continue
-            if now - a._waiting_since > timeout:
+            if not a._waiting_since:
+                a._waiting_since = now
+            elif now - a._waiting_since > timeout:
                 a._fail(ReadTimeout(f"nothing more of the answer came within {timeout:g} s"))
                 if conn.transport is not None:
                     conn.transport.close()

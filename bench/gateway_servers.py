@@ -1,8 +1,9 @@
 """The gateway on its own HTTP server and on well-kept ones, side by side: cost of the hop, and the abuse suite.
 
 Run: ``.venv/bin/python bench/gateway_servers.py [--rounds 2] [--seconds 5] [--servers front granian uvicorn]
-[--baseline DIR] [--abuse] [--out FILE]`` (needs ``wrk``, and ``pip install granian==2.8.7 uvicorn==0.54.0`` in
-the venv: neither is a dependency of the kit). docs/explanation/gateway-http-server.md has the decision.
+[--baseline DIR] [--abuse] [--out FILE] [--record]`` (needs ``wrk``, and ``pip install granian==2.8.7
+uvicorn==0.54.0`` in the venv: neither is a dependency of the kit). docs/explanation/gateway-http-server.md has the
+decision.
 
 The same gateway (``kit.gateway.Gateway``: its handlers, picker, datastore and upstream client, unchanged) is
 served by each server, in one uvloop process (``serve`` below, with the ``kit gateway`` flags):
@@ -43,6 +44,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).parent))
 from gateway_bench import LOG_DIR, MODEL, Router, _wait_healthy, measure, start_upstreams
+from record import write_record
 
 from kit.gateway.front import Request, Response, Stream, error
 from kit.http import INSTANCE_ENV, INSTANCE_HEADER, HTTPError
@@ -280,6 +282,29 @@ def abuse_suite(name: str) -> dict:
     return {"server": name, "passed": passed, "ran": ran, "seconds": round(time.monotonic() - t0), "cases": cases}
 
 
+def record(result: dict, names: list[str]) -> None:
+    """The comparison as a record of the gateway family: rounds as 'a / b', medians in the notes."""
+    def cells(name: str, key: str) -> str:
+        return " / ".join(f"{r[key]:,.0f}" for r in result["hop"] if r["server"] == name)
+
+    abuse = {a["server"]: f"{a['passed']} of {a['ran']}" for a in result.get("abuse", [])}
+    rows = [["direct (p50 µs)", cells("direct", "p50_us"), None, cells("direct", "rate_64"), None, None]]
+    rows += [[name, cells(name, "added_p50_us"), cells(name, "added_first_p50_us"), cells(name, "rate_64"),
+              cells(name, "router_cpu_us_per_req"), abuse.get(name)] for name in names]
+    loads = [la[0] for la in result["load_average"]]
+    write_record("gateway", "http-servers", "The gateway on its own HTTP server and on well-kept ones", table={
+        "columns": ["server", "added p50 µs", "added first token µs", "req/s at 64", "CPU µs per request",
+                    "abuse cases passed"], "rows": rows},
+        load=f"{min(loads):.1f}–{max(loads):.1f}", notes=(
+            "The same gateway (default profile; handlers, picker, datastore and upstream client unchanged) served by "
+            "its own server (`front`, i.e. `kit gateway`), by granian 2.8.7 (Rust: hyper, tokio) embedded through "
+            "RSGI, and by uvicorn 0.54.0's httptools protocol through ASGI, each in one uvloop process started fresh "
+            "per round in front of four zero-latency upstreams; `front (before)` is `kit gateway` before the abuse "
+            "fixes. Cells are round 1 / round 2; *abuse cases passed* is `tests/gateway/test_abuse.py` run against "
+            "that server (`KIT_GATEWAY_SERVER`). The machine was shared: read CPU per request and ratios within a "
+            "round. docs/explanation/gateway-http-server.md has the decision."))
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "serve":
         serve(sys.argv[2:])
@@ -292,6 +317,8 @@ def main() -> None:
     ap.add_argument("--baseline", metavar="DIR", help="also `kit gateway` from the checkout in DIR (before a change)")
     ap.add_argument("--abuse", action="store_true", help="also run the abuse suite against each server")
     ap.add_argument("--out", help="write the JSON here")
+    ap.add_argument("--record", action="store_true",
+                    help="also write a record for the results pages (bench/results/gateway/, then make results)")
     args = ap.parse_args()
     names = [*([BEFORE] if args.baseline else []), *args.servers]
     load = [os.getloadavg()]
@@ -341,6 +368,8 @@ def main() -> None:
         for case, outcome in a["cases"].items():
             if outcome != "passed":
                 print(f"  {case}: {outcome}")
+    if args.record:
+        record(result, names)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")

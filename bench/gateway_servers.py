@@ -133,6 +133,9 @@ class RSGIApp:
                                  resp.body if request.method != "HEAD" else b"")
         elif not transport:  # a stream that ended without a piece
             proto.response_bytes(resp.status, _headers(resp.headers, self.extra), b"")
+        else:  # granian ends a stream when its transport is freed: drop it now (the stream's closures form a cycle)
+            resp.sender = None  # type: ignore[assignment]
+            transport.clear()
 
 
 class ASGIApp:

@@ -181,6 +181,30 @@ class ASGIApp:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
+async def serve_on(server: str, gw: Any, host: str, port: int, signals: bool = False) -> None:
+    """Serve ``gw``'s routes with granian or uvicorn in the running loop until stopped."""
+    settings = gw.settings
+    if server == "granian":
+        from granian.http import HTTP1Settings
+        from granian.server.embed import Server
+
+        head_timeout_ms = int(1000 * min(60, settings.request_timeout))  # (granian's range: 1 ms to 60 s)
+        srv = Server(RSGIApp(gw.router), address=host, port=port, interface="rsgi", http="1", websockets=False,
+                     log_enabled=False, backlog=1024, http1_settings=HTTP1Settings(header_read_timeout=head_timeout_ms))
+        if signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                asyncio.get_running_loop().add_signal_handler(sig, srv.stop)
+        await srv.serve()
+    else:
+        import uvicorn
+
+        srv = uvicorn.Server(uvicorn.Config(
+            ASGIApp(gw.router), host=host, port=port, http="httptools", loop="none", lifespan="off", ws="none",
+            access_log=False, log_level="warning", timeout_keep_alive=int(settings.idle_timeout),
+            limit_concurrency=settings.max_connections or None, server_header=False))
+        await srv.serve()
+
+
 def serve(argv: list[str]) -> None:
     """``serve --server NAME`` and the ``kit gateway`` flags: the gateway on that server until SIGTERM."""
     from kit.cli import add_model_flags, model_from_args
@@ -219,30 +243,101 @@ def serve(argv: list[str]) -> None:
             await stopped.wait()
             await front.close()
             return
-        if args.server == "granian":
-            from granian.http import HTTP1Settings
-            from granian.server.embed import Server
-
-            head_timeout_ms = int(1000 * min(60, settings.request_timeout))  # (granian's range: 1 ms to 60 s)
-            server = Server(RSGIApp(gw.router), address=args.host, port=args.port, interface="rsgi", http="1",
-                            websockets=False, log_enabled=False, backlog=1024,
-                            http1_settings=HTTP1Settings(header_read_timeout=head_timeout_ms))
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, server.stop)
-            await server.serve()
-        else:
-            import uvicorn
-
-            server = uvicorn.Server(uvicorn.Config(
-                ASGIApp(gw.router), host=args.host, port=args.port, http="httptools", loop="none", lifespan="off",
-                ws="none", access_log=False, log_level="warning", timeout_keep_alive=int(settings.idle_timeout),
-                limit_concurrency=settings.max_connections or None, server_header=False))
-            await server.serve()
+        await serve_on(args.server, gw, args.host, args.port, signals=True)
         await gw.datastore.stop()
         await gw.upstream.close()
 
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         runner.run(main())
+
+
+# ------------------------------------------------------------------------------- instructions, with valgrind
+COUNT_CHILD = r"""
+import asyncio, os, socket, sys
+sys.path.insert(0, sys.argv[1])
+import httptools, orjson, uvloop
+import upstream as fake
+import gateway_servers
+from kit import paths
+from kit.gateway import Gateway, GatewaySettings, datastore, endpoints_from_urls
+from kit.picker import load_picker_file
+
+server, k = sys.argv[2], int(sys.argv[3])
+datastore.LOOP_TICK = 3600.0  # no watchdog ticks inside the counts
+BODY = orjson.dumps({"model": fake.MODEL, "prompt": "How long does the gateway take to pass this request on? " * 4,
+                     "max_tokens": 1})
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+class Client(asyncio.Protocol):
+    def __init__(self, port):
+        self.req = (b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (port, len(BODY), BODY))
+        self.parser = httptools.HttpResponseParser(self)
+    def connection_made(self, t):
+        self.t = t
+    def data_received(self, data):
+        self.parser.feed_data(data)
+    def on_message_complete(self):
+        self.done.set_result(None)
+    async def send(self):
+        self.done = asyncio.get_running_loop().create_future()
+        self.t.write(self.req)
+        await self.done
+        assert self.parser.get_status_code() == 200, self.parser.get_status_code()
+
+async def main():
+    loop = asyncio.get_running_loop()
+    ports = [free_port() for _ in range(4)]
+    for p in ports:
+        await loop.create_server(lambda: fake.Upstream(4, 0.001), "127.0.0.1", p)
+    gw = Gateway(load_picker_file(paths.scheduler_profile("default-plugins")),
+                 endpoints_from_urls([f"http://127.0.0.1:{p}" for p in ports]), fake.MODEL,
+                 settings=GatewaySettings(refresh_interval=3600))
+    port = free_port()
+    if server == "front":
+        await gw.start("127.0.0.1", port)
+    else:
+        await gw.datastore.start()
+        serving = loop.create_task(gateway_servers.serve_on(server, gw, "127.0.0.1", port))
+    while True:
+        try:
+            _, through = await loop.create_connection(lambda: Client(port), "127.0.0.1", port)
+            break
+        except OSError:
+            await asyncio.sleep(0.2)
+    _, direct = await loop.create_connection(lambda: Client(ports[0]), "127.0.0.1", ports[0])
+    for _ in range(200):
+        await through.send()
+        await direct.send()
+    os.getppid()
+    for _ in range(k):
+        await through.send()
+    os.getppid()
+    for _ in range(k):
+        await direct.send()
+    os.getppid()
+    os._exit(0)
+
+uvloop.run(main())
+"""
+
+
+def count(names: list[str], k: int) -> dict[str, dict[str, int]]:
+    """Instructions per request through the gateway on each server, and straight to an upstream (valgrind)."""
+    from callgrind import count_parts, require_valgrind
+
+    require_valgrind()
+    out = {}
+    for name in names:
+        print(f"counting the gateway on {name} under callgrind, {k} requests ...", file=sys.stderr, flush=True)
+        c = count_parts(COUNT_CHILD, [str(Path(__file__).parent), name, str(k)], ROOT,
+                        ["through the gateway", "straight to an upstream"], k)
+        out[name] = {**c, "the gateway's share": c["through the gateway"] - c["straight to an upstream"]}
+    return out
 
 
 # ------------------------------------------------------------------------------------------ measuring
@@ -319,10 +414,27 @@ def main() -> None:
     ap.add_argument("--servers", nargs="+", choices=SERVERS, default=list(SERVERS))
     ap.add_argument("--baseline", metavar="DIR", help="also `kit gateway` from the checkout in DIR (before a change)")
     ap.add_argument("--abuse", action="store_true", help="also run the abuse suite against each server")
+    ap.add_argument("--count", type=int, metavar="N", default=0,
+                    help="only count instructions per request on each server (valgrind), over N requests")
     ap.add_argument("--out", help="write the JSON here")
     ap.add_argument("--record", action="store_true",
                     help="also write a record for the results pages (bench/results/gateway/, then make results)")
     args = ap.parse_args()
+    if args.count:
+        counts = count(args.servers, args.count)
+        print(json.dumps(counts, indent=1))
+        if args.record:
+            write_record("gateway", "http-servers-instructions", "The gateway's servers, instruction by instruction",
+                         table={"columns": ["server", "through the gateway", "straight to an upstream",
+                                            "the gateway's share"],
+                                "rows": [[n, c["through the gateway"], c["straight to an upstream"],
+                                          c["the gateway's share"]] for n, c in counts.items()]},
+                         notes=("Instructions per request (valgrind's callgrind: the same on a busy machine as on a "
+                                "quiet one), all threads counted, in one process holding four zero-latency "
+                                "upstreams, the gateway (default profile) on each server, and a client on one "
+                                "kept-alive connection; the gateway's share is a request through it minus the same "
+                                "request straight to an upstream."))
+        return
     names = [*([BEFORE] if args.baseline else []), *args.servers]
     load = [os.getloadavg()]
     rows = []

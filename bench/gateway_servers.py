@@ -296,7 +296,7 @@ async def main():
         await loop.create_server(lambda: fake.Upstream(4, 0.001), "127.0.0.1", p)
     gw = Gateway(load_picker_file(paths.scheduler_profile("default-plugins")),
                  endpoints_from_urls([f"http://127.0.0.1:{p}" for p in ports]), fake.MODEL,
-                 settings=GatewaySettings(refresh_interval=3600))
+                 settings=GatewaySettings(refresh_interval=3600, scrape_timeout=60, connect_timeout=60))  # (slow)
     port = free_port()
     if server == "front":
         await gw.start("127.0.0.1", port)

@@ -588,7 +588,8 @@ class Connection(asyncio.Protocol):
 
     def _check_framing(self, h: dict[str, str], version: str) -> None:
         """RFC 9112: one valid ``Host`` (§3.2: none at all only in HTTP/1.0); only the chunked transfer coding
-        (§6.1: others get 501), and an HTTP/1.0 message with one is answered, then the connection closes."""
+        (§6.1: another one before it gets 501), and an HTTP/1.0 message with one is answered, then the connection
+        closes."""
         hosts = [v for k, v in self.repeated if k == "host"]
         if hosts:
             raise _Refused(self._malformed_response("the request has more than one Host header"))
@@ -605,7 +606,9 @@ class Connection(asyncio.Protocol):
         if te is not None:
             codings = [c.strip().lower() for v in (te, *(v for k, v in self.repeated if k == "transfer-encoding"))
                        for c in v.split(",") if c.strip()]
-            if codings != ["chunked"]:
+            # (llhttp answers 400 where RFC 9112 §6.3 asks for it: chunked not last, or a Content-Length too)
+            if codings[-1:] == ["chunked"] and codings.count("chunked") == 1 and len(codings) > 1 \
+                    and "content-length" not in h:
                 resp = error(501, f"Transfer-Encoding {', '.join(codings)} is not supported (only chunked is)",
                              close=True)
                 log.warning("unsupported transfer coding in a request: %s", ", ".join(codings)[:200])

@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 
 from kit.http import INSTANCE_ENV
-from kit.targets.processes import Proc, free_port, healthy, spawn, stop
+from kit.targets.processes import Proc, end_child, free_port, healthy, spawn, stop
 
 ZERO_LATENCY = ["--step-overhead-ms", "0", "--prefill-us-per-token", "0", "--decode-us-per-seq", "0",
                 "--decode-ns-per-context-token", "0"]
@@ -41,6 +41,7 @@ REQUEST_TIMEOUT, IDLE_TIMEOUT = 2.0, 3.0
 DEADLINES = ["--request-timeout", str(REQUEST_TIMEOUT), "--idle-timeout", str(IDLE_TIMEOUT)]
 BODY = json.dumps({"prompt": "hello", "max_tokens": 1}).encode()
 SERVER = os.environ.get("KIT_GATEWAY_SERVER", "front")
+_OTHER_SERVERS: dict[int, subprocess.Popen] = {}  # the gateway on another server, by pid (not a `kit` process)
 
 
 # ------------------------------------------------------------------------------------------------ processes
@@ -59,11 +60,22 @@ def start_gateway(endpoints: list[str], log_dir: Path, *flags: str) -> Proc:
                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                              env={**os.environ, INSTANCE_ENV: instance})
     proc = Proc(p.pid, url, str(log), "gateway", ("gateway", *args), instance)
+    _OTHER_SERVERS[p.pid] = p
     deadline = time.monotonic() + 30
     while not healthy(url, timeout=0.5, instance=instance):
-        assert p.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+        if p.poll() is not None or time.monotonic() > deadline:
+            stop_gateway(proc)
+            raise AssertionError(log.read_text()[-2000:])
         time.sleep(0.05)
     return proc
+
+
+def stop_gateway(proc: Proc) -> None:
+    other = _OTHER_SERVERS.pop(proc.pid, None)
+    if other is not None:
+        end_child(other)
+    else:
+        stop(proc)
 
 
 def start_sim(log_dir: Path, *flags: str) -> Proc:
@@ -83,7 +95,7 @@ def stack(tmp_path_factory) -> Iterator[dict]:
         yield {"gateway": started[-1], "sims": started[:2]}
     finally:
         for proc in reversed(started):
-            stop(proc)
+            (stop_gateway if proc.role == "gateway" else stop)(proc)
 
 
 @pytest.fixture
@@ -320,7 +332,7 @@ def test_with_every_connection_slowly_sending_a_head_a_new_client_is_still_serve
         assert max(latencies) < 1.0, latencies
         assert any(c is not None for c in trickler.closed)  # closed to make room
     finally:
-        stop(gw)
+        stop_gateway(gw)
 
 
 # --------------------------------------------------------------------------------- D2: unfinished headers
@@ -546,7 +558,7 @@ def test_an_endpoints_early_hints_never_become_the_clients_answer(logs):
             conn.close()
             assert got == [(200, "request 0"), (200, "request 1"), (200, "request 2")]
         finally:
-            stop(gw)
+            stop_gateway(gw)
 
 
 def test_an_endpoints_endless_headers_are_cut_off(logs):
@@ -568,7 +580,7 @@ def test_an_endpoints_endless_headers_are_cut_off(logs):
             assert rss_mb(gw.pid) < 1.1 * before
             no_traceback(gw)
         finally:
-            stop(gw)
+            stop_gateway(gw)
 
 
 # ---------------------------------------------------------------------------- streams in flight that stall
@@ -602,7 +614,7 @@ def test_a_stream_whose_endpoint_stops_mid_answer_ends_cleanly_with_an_error_eve
         assert healthy(gw.url)
         no_traceback(gw)
     finally:
-        stop(gw)
+        stop_gateway(gw)
         stop(sim)
 
 

@@ -19,8 +19,8 @@ drain sequence shared in ``kit.http``:
   ``max_headers`` header lines, repeated names counted; a head over ``max_head_size`` bytes; anything
   llhttp refuses; more than one space between the parts of the request line; a missing, repeated or
   invalid ``Host`` (RFC 9112 §3.2; HTTP/1.0 may omit it); an upgrade request) gets a JSON 400, one
-  rate-limited log line, and the connection closes. A transfer coding other than chunked gets a JSON
-  501, ``CONNECT`` a JSON 405; an HTTP/1.0 request with a transfer coding is answered, then the
+  rate-limited log line, and the connection closes. A transfer coding before chunked (``gzip, chunked``)
+  gets a JSON 501, ``CONNECT`` a JSON 405; an HTTP/1.0 request with a transfer coding is answered, then the
   connection closes (RFC 9112 §6.1). A body over ``max_body`` bytes (as sent, or once decompressed) gets
   a JSON 413, the rest of it read and dropped for up to ``LINGER`` seconds so the client sees the answer.
 * ``Expect: 100-continue`` gets its interim answer as soon as the headers are in; any other expectation

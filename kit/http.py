@@ -6,7 +6,8 @@ connections are closed after ``ServerLimits.idle_timeout``; past ``max_connectio
 connection is closed to make room, or, if none is idle, the new one gets a JSON 503 (``make_room``),
 so the process never runs out of file descriptors; malformed HTTP (an over-long header line, a bad
 Content-Length, too many headers) gets a JSON 400 and one log line; repeated log lines are
-rate-limited; and ``run_server`` drains either on SIGTERM.
+rate-limited; and ``run_server`` drains either on SIGTERM. The gateway's server also gives each request a
+deadline from its first byte (``request_timeout``) and bounds its head in all (``max_head_size``).
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ OBJECTIVE_HEADER = "x-gateway-inference-objective"
 # the kit can tell its own process from another one answering on the same port.
 INSTANCE_ENV = "KIT_INSTANCE"
 INSTANCE_HEADER = "x-kit-instance"
-ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 405: "MethodNotAllowed", 413: "RequestEntityTooLarge",
-               417: "ExpectationFailed", 429: "RateLimitError", 500: "InternalServerError",
-               503: "ServiceUnavailableError"}
+ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 405: "MethodNotAllowed", 408: "RequestTimeout",
+               413: "RequestEntityTooLarge", 417: "ExpectationFailed", 429: "RateLimitError",
+               500: "InternalServerError", 501: "NotImplementedError", 503: "ServiceUnavailableError",
+               504: "GatewayTimeoutError"}
 MAX_JSON_DEPTH = 64  # deeper request bodies are refused (OpenAI bodies nest a handful of levels)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -184,6 +186,11 @@ class ServerLimits:
     max_connections: int = 0  # 0: from the open-file limit (see capacity)
     max_line_size: int = 8190  # request line and each header line, in bytes (aiohttp's defaults)
     max_headers: int = 128
+    # The gateway's own server only (aiohttp has its own rules): a request's head and body must arrive within
+    # ``request_timeout`` seconds of its first byte (nginx's client header and body timeouts are 60 s each), and
+    # its head may hold ``max_head_size`` bytes in all (nginx: 4 × 8 KiB; Node.js: 16 KiB).
+    request_timeout: float = 60.0
+    max_head_size: int = 65536
 
 
 SERVER_LIMITS = web.AppKey("kit_server_limits", ServerLimits)
@@ -214,7 +221,9 @@ def capacity(limits: ServerLimits, fd_limit: int) -> tuple[int, int]:
 class Idle(Protocol):
     """A client connection as the connection cap sees it."""
 
-    idle_since: float | None  # monotonic time since when no request is in progress; None while one is
+    # Monotonic time since when no request is in progress (the connection waits for one, or is still reading
+    # its head); None while a request's body is read or the request is answered.
+    idle_since: float | None
 
     def close_idle(self) -> None: ...
 

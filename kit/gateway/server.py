@@ -31,12 +31,13 @@ from kit.gateway.datastore import Datastore
 from kit.gateway.front import Front, Request, Response, Router, Stream, error, json_response
 from kit.gateway.metrics import Buckets, PoolGauges, Tally
 from kit.gateway.settings import GatewaySettings
-from kit.gateway.upstream import Answer, ConnectError, ConnectTimeout, Pool, UpstreamError
+from kit.gateway.upstream import Answer, ConnectError, ConnectTimeout, Pool, ReadTimeout, UpstreamError
 from kit.http import (
     ENDPOINT_HEADER,
     MAX_JSON_DEPTH,
     OBJECTIVE_HEADER,
     REQUEST_ID_HEADER,
+    error_body,
     parse_json,
     run_server,
 )
@@ -60,7 +61,7 @@ class Gateway:
         self.datastore = Datastore(endpoints, s)
         self.model = model
         self.objectives = objectives or {}
-        self.upstream = Pool(s.connect_timeout)
+        self.upstream = Pool(s.connect_timeout, read_timeout=s.inter_token_timeout)
         r = self.registry = CollectorRegistry()
         self.requests = Tally("kit_gateway_requests", "Requests by serving endpoint and status code.",
                               ["endpoint", "code"])
@@ -235,6 +236,15 @@ class Gateway:
                 while chunk and not answer.complete:  # each piece as it arrives; the last one with the end
                     await resp.write(chunk)
                     chunk = await answer.read()
+            except ReadTimeout as exc:
+                # The endpoint stalled mid-stream: end the client's stream cleanly, saying why, as vLLM ends a
+                # stream that fails (an error event, then [DONE]); any other body can only be cut off.
+                self.requests.inc(ep.name, "timeout")
+                if not headers["Content-Type"].startswith("text/event-stream"):
+                    resp.abort()
+                    return resp
+                await resp.end(_stream_error(504, f"the endpoint {ep.name} stalled mid-stream: {exc}"))
+                return resp
             except UpstreamError:
                 # The endpoint failed mid-answer: bytes already reached the client, so cut it off.
                 self.requests.inc(ep.name, "broken")
@@ -260,6 +270,11 @@ def _parse_body(raw: bytes) -> Any:
     if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH:
         return parse_json(raw)
     return data
+
+
+def _stream_error(status: int, message: str) -> bytes:
+    """An error event and the end of a server-sent event stream, as vLLM ends a stream that fails."""
+    return b"data: %s\n\ndata: [DONE]\n\n" % orjson.dumps(error_body(status, message))
 
 
 def endpoints_from_urls(urls: list[str]) -> list[Endpoint]:

@@ -27,10 +27,19 @@ class GatewaySettings(StrictModel):
                                  "(a non-streamed answer arrives whole, so this bounds its generation time)")
     max_attempts: int = Field(3, ge=1, description="endpoints tried per request before answering 503")
     max_body: int = Field(16 * 2**20, ge=1024, description="largest request body in bytes (larger: 413)")
-    idle_timeout: float = Field(60.0, gt=0, description="seconds before an idle client connection is closed")
+    idle_timeout: float = Field(
+        60.0, gt=0, description="seconds before an idle client connection is closed (and one whose client reads "
+                                "nothing of its answers for that long)")
+    request_timeout: float = Field(
+        60.0, gt=0, description="seconds a client has to send a whole request, head and body, counted from its "
+                                "first byte (later: 408, and the connection closes)")
+    inter_token_timeout: float = Field(
+        60.0, gt=0, description="seconds a streamed answer may go without a new piece from its endpoint once its "
+                                "first piece arrived (then the client's stream ends with an error event)")
     max_connections: int = Field(
         0, ge=0, description="client connections served at once (more: the longest-idle one is closed, or the new "
                              "one gets 503); 0 = half the open-file limit")
 
     def server_limits(self) -> ServerLimits:
-        return ServerLimits(idle_timeout=self.idle_timeout, max_connections=self.max_connections)
+        return ServerLimits(idle_timeout=self.idle_timeout, max_connections=self.max_connections,
+                            request_timeout=self.request_timeout)

@@ -13,6 +13,12 @@ gives its body as it arrives (chunked or not, decoded from the transfer encoding
 connection the endpoint closed while idle is noticed when nothing of the answer arrives; the request
 is then sent once more on a new connection, as Go's HTTP transport does. A body read faster than the
 client takes it is held to ``HIGH_WATER`` bytes: the connection stops reading until the proxy catches up.
+
+What an endpoint can make the client hold is bounded too: interim answers (``1xx``, such as ``103 Early
+Hints``) are skipped, at most ``MAX_INTERIM`` of them (Go's transport allows as many), and never taken for
+the final answer; the status lines and headers of an answer may take ``MAX_HEAD`` bytes in all (interim
+answers included), past which the answer is ``Disconnected``; and with ``read_timeout`` set, an answer whose
+body has begun fails with ``ReadTimeout`` once the proxy has waited that long for its next piece.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ import httptools
 from kit.http import no_delay
 
 HIGH_WATER = 2**16  # bytes of an answer held before reading pauses
+MAX_HEAD = 2**16  # bytes of an answer's status lines and headers
+MAX_INTERIM = 5  # interim (1xx) answers before the final one
 
 
 class UpstreamError(Exception):
@@ -44,11 +52,15 @@ class Disconnected(UpstreamError):
     """The connection closed or reset, or the answer was malformed, before the answer ended."""
 
 
+class ReadTimeout(UpstreamError):
+    """The body of an answer had begun, and nothing more of it came within the read timeout."""
+
+
 class Answer:
     """One answer: status and headers once ``Pool.post`` returns, then its body through ``read``."""
 
-    __slots__ = ("_chunks", "_conn", "_error", "_head", "_size", "_waiter", "complete", "headers", "started",
-                 "status")
+    __slots__ = ("_chunks", "_conn", "_error", "_flowing", "_head", "_size", "_waiter", "_waiting_since", "complete",
+                 "headers", "started", "status")
 
     def __init__(self, conn: _Connection):
         self._conn = conn
@@ -61,6 +73,8 @@ class Answer:
         self._error: UpstreamError | None = None
         self._head: asyncio.Future[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._flowing = False  # a piece of the body arrived (the read timeout applies from then on)
+        self._waiting_since = 0.0
 
     async def read(self) -> bytes:
         """What arrived of the body since the last call (waiting for more if nothing did); ``b""`` at its end."""
@@ -70,6 +84,7 @@ class Answer:
             if self.complete:
                 return b""
             self._waiter = self._conn.loop.create_future()
+            self._waiting_since = 0.0  # (noted by the pool's check, to within its period)
             try:
                 await self._waiter
             finally:
@@ -92,6 +107,7 @@ class Answer:
             w.set_result(None)
 
     def _feed(self, body: bytes) -> None:
+        self._flowing = True
         self._chunks.append(body)
         self._size += len(body)
         if self._size > HIGH_WATER and self._conn.transport is not None:
@@ -118,11 +134,16 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.keep_alive = True
         self._until_close = False  # the answer has no length: it ends when the connection closes
+        self._head_size = 0  # bytes received of the answer before its final head ended
+        self._interim = 0  # interim (1xx) answers received before the final one
+        self._skip = False  # the message being parsed is an interim answer
 
     def send(self, data: list[bytes]) -> Answer:
         assert self.transport is not None
         self.answer = answer = Answer(self)
         answer._head = self.loop.create_future()
+        self._head_size = self._interim = 0
+        self._skip = False
         self.transport.writelines(data)
         return answer
 
@@ -146,17 +167,31 @@ class _Connection(asyncio.Protocol):
         if self.answer is None:  # bytes nobody asked for: the connection cannot be trusted any more
             self.transport.close()  # type: ignore[union-attr]
             return
-        self.answer.started = True
+        answer = self.answer
+        answer.started = True
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self.answer._fail(Disconnected(f"malformed answer: {exc}"))
-            self.keep_alive = False
-            self.transport.close()  # type: ignore[union-attr]
+        except httptools.HttpParserCallbackError as exc:  # (a subclass of HttpParserError)
+            self._break(answer, str(exc.__context__ or exc))
+            return
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._break(answer, f"malformed answer: {exc}")
+            return
+        if not answer.status:  # the head goes on: it must stay within MAX_HEAD
+            self._head_size += len(data)
+            if self._head_size > MAX_HEAD:
+                self._break(answer, f"the answer's headers are larger than {MAX_HEAD} bytes")
+
+    def _break(self, answer: Answer, why: str) -> None:
+        answer._fail(Disconnected(why))
+        self.keep_alive = False
+        if self.transport is not None:
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.pool._forget(self)
         self.transport = None
+        self.parser = None  # type: ignore[assignment]  # (it holds this connection's callbacks: a cycle)
         answer = self.answer
         if answer is None or answer.complete:
             return
@@ -174,7 +209,17 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         answer = self.answer
         assert answer is not None
-        answer.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:  # an interim answer: skipped
+            if status == 101:
+                raise Disconnected("malformed answer: it switches protocols, which the gateway never asks for")
+            self._interim += 1
+            if self._interim > MAX_INTERIM:
+                raise Disconnected(f"more than {MAX_INTERIM} interim (1xx) answers")
+            answer.headers = {}
+            self._skip = True
+            return
+        answer.status = status
         self.keep_alive = self.parser.should_keep_alive()
         h = answer.headers
         self._until_close = "content-length" not in h and "transfer-encoding" not in h and answer.status not in (
@@ -186,6 +231,9 @@ class _Connection(asyncio.Protocol):
         self.answer._feed(body)  # type: ignore[union-attr]
 
     def on_message_complete(self) -> None:
+        if self._skip:
+            self._skip = False
+            return
         answer = self.answer
         assert answer is not None
         answer.complete = True
@@ -195,10 +243,11 @@ class _Connection(asyncio.Protocol):
 class Pool:
     """Idle connections per endpoint, reused most recently used first."""
 
-    def __init__(self, connect_timeout: float, keepalive: float = 30.0):
-        self.connect_timeout, self.keepalive = connect_timeout, keepalive
+    def __init__(self, connect_timeout: float, keepalive: float = 30.0, read_timeout: float | None = None):
+        self.connect_timeout, self.keepalive, self.read_timeout = connect_timeout, keepalive, read_timeout
         self._idle: dict[str, list[_Connection]] = {}
         self._open: set[_Connection] = set()
+        self._tick: asyncio.TimerHandle | None = None
         self._targets: dict[str, tuple[str, int, str, bool]] = {}  # base URL → host, port, path prefix, TLS
         self._heads: dict[tuple[str, str, bytes], bytes] = {}  # (base URL, path, type) → request head up to the length
 
@@ -234,6 +283,9 @@ class Pool:
             return answer
 
     async def close(self) -> None:
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
         for conn in list(self._open):
             if conn.transport is not None:
                 conn.transport.close()
@@ -273,7 +325,27 @@ class Pool:
         except OSError as exc:
             raise ConnectError(f"Cannot connect to {host}:{port}: {exc.strerror or exc}") from None
         self._open.add(conn)
+        if self.read_timeout is not None and self._tick is None:
+            self._check_reads()
         return conn
+
+    def _check_reads(self) -> None:
+        """Every second or so while connections are open: fail the answers whose next piece is overdue."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        timeout = self.read_timeout
+        assert timeout is not None
+        for conn in list(self._open):
+            a = conn.answer
+            if a is None or not a._flowing or a._waiter is None or a._waiter.done():
+                continue
+            if not a._waiting_since:
+                a._waiting_since = now
+            elif now - a._waiting_since > timeout:
+                a._fail(ReadTimeout(f"nothing more of the answer came within {timeout:g} s"))
+                if conn.transport is not None:
+                    conn.transport.close()
+        self._tick = loop.call_later(min(1.0, timeout / 4), self._check_reads) if self._open else None
 
     def _put_back(self, conn: _Connection) -> None:
         conn.idle_since = conn.loop.time()

@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from kit.gateway.upstream import ConnectError, Disconnected, Pool
+from kit.gateway.upstream import ConnectError, Disconnected, Pool, ReadTimeout
 from kit.targets.processes import free_port
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
@@ -142,3 +142,91 @@ def test_nothing_listening_is_a_connect_error():
             await pool.post(f"http://127.0.0.1:{free_port()}", "/v1/completions", b"{}")
 
     asyncio.run(go())
+
+
+# ------------------------------------------------------------------ what an endpoint can make the client hold
+def test_interim_answers_are_skipped_and_never_taken_for_the_final_one():
+    """An endpoint answering ``103 Early Hints`` (or ``100 Continue``) before its answer: the client gets the final
+    answer, and the next answer on the same connection belongs to the next request (before, the 103 was taken as
+    the answer and every later one was one request late)."""
+    early = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+    first = early + b"HTTP/1.1 100 Continue\r\n\r\n" + OK
+    second = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond"
+
+    async def go():
+        async with Server([first, second]) as srv:
+            pool = Pool(connect_timeout=1.0)
+            try:
+                answer = await pool.post(srv.url, "/v1/completions", b"{}")
+                assert "link" not in answer.headers  # the interim answer's headers are not the answer's
+                answer.close()
+                return [(answer.status, b"{}"), await body(pool, srv.url)], srv.connections
+            finally:
+                await pool.close()
+
+    got, connections = asyncio.run(go())
+    assert got == [(200, b"{}"), (200, b"second")] and connections == 1
+
+
+def test_endless_interim_answers_and_endless_headers_are_an_error():
+    many = b"HTTP/1.1 103 Early Hints\r\n\r\n" * 6 + OK
+    endless = b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 200_000  # never finished
+
+    async def go():
+        async with Server([many], [endless]) as srv:
+            pool = Pool(connect_timeout=1.0)
+            try:
+                with pytest.raises(Disconnected, match="more than 5 interim"):
+                    await body(pool, srv.url)
+                with pytest.raises(Disconnected, match="headers are larger than 65536 bytes"):
+                    await asyncio.wait_for(body(pool, srv.url), 5)
+            finally:
+                await pool.close()
+
+    asyncio.run(go())
+
+
+def test_an_answer_switching_protocols_unasked_is_an_error():
+    switch = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nxx"
+
+    async def go():
+        async with Server([switch]) as srv:
+            pool = Pool(connect_timeout=1.0)
+            try:
+                with pytest.raises(Disconnected, match="malformed"):
+                    await body(pool, srv.url)
+            finally:
+                await pool.close()
+
+    asyncio.run(go())
+
+
+class Stalling(asyncio.Protocol):
+    """Answers with a chunked body's first piece, then sends nothing more (a server stopped mid-stream)."""
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+
+
+def test_a_stream_that_stalls_after_its_first_piece_fails_after_the_read_timeout():
+    async def go():
+        port = free_port()
+        srv = await asyncio.get_running_loop().create_server(Stalling, "127.0.0.1", port)
+        pool = Pool(connect_timeout=1.0, read_timeout=0.5)
+        try:
+            answer = await pool.post(f"http://127.0.0.1:{port}", "/v1/completions", b"{}")
+            assert await answer.read() == b"hello"
+            start = asyncio.get_running_loop().time()
+            with pytest.raises(ReadTimeout, match=r"within 0\.5 s"):
+                await answer.read()
+            answer.close()
+            return asyncio.get_running_loop().time() - start
+        finally:
+            await pool.close()
+            srv.close()
+
+    took = asyncio.run(go())
+    assert 0.4 < took < 2.0, took

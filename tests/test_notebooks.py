@@ -134,3 +134,39 @@ def test_a_bad_parameter_fails_with_the_valid_choices(tmp_path):
         papermill.execute_notebook(str(ROOT / "notebooks" / "01-prerequisites.ipynb"), str(tmp_path / "out.ipynb"),
                                    parameters={"environment": "ist1o"}, kernel_name="python3", progress_bar=False)
     assert "unknown environment 'ist1o'; valid choices: agentgateway" in str(err.value)
+
+
+def test_the_profile_a_stack_runs_is_named_by_its_template(tmp_path):
+    from kit import paths
+    from kit.notebook import profile_name, routes_by_prefix
+    from kit.targets import kv_events
+
+    assert {p: routes_by_prefix(paths.scheduler_profile(p)) for p in paths.scheduler_profiles()} == {
+        "default-plugins": True, "load-only": False, "precise": True, "prefix-active": True, "prefix-only": True,
+        "random": False, "round-robin": False}
+    assert profile_name(paths.scheduler_profile("load-only")) == "load-only"
+    # The local target runs the precise profile from a copy wired to the stack's event port.
+    wired = kv_events.wire(paths.scheduler_profile("precise"), "127.0.0.1", 9000, 2, "m", tmp_path / "s.yaml")
+    assert wired.config == str(tmp_path / "s.yaml") and profile_name(wired.config) == "precise"
+    own = tmp_path / "mine.yaml"
+    own.write_text((paths.SCHEDULER_CONFIGS / "random.yaml").read_text())
+    assert profile_name(str(own)) == str(own) and not routes_by_prefix(str(own))
+    # A prefix scorer declared but weighted 0 in every profile does not route by prefix.
+    zero = tmp_path / "zero.yaml"
+    zero.write_text((paths.SCHEDULER_CONFIGS / "default-plugins.yaml").read_text().replace("weight: 3", "weight: 0"))
+    assert not routes_by_prefix(str(zero))
+
+
+def test_a_session_says_what_is_deployed(tmp_path, monkeypatch):
+    from kit.notebook import session
+    from kit.targets import Status
+
+    s = session("local", release_postfix="told")
+    monkeypatch.setattr(s.target, "status", lambda: Status(False, "nothing", [], {}))
+    assert s.describe() == "local/told: nothing deployed" and s.profile() is None
+    rows = [{"role": "gateway"}, {"role": "simulator"}, {"role": "simulator"}]
+    up = Status(True, "up", rows, {"scheduler_config": str(ROOT / "templates/scheduler/load-only.yaml")}, replicas=2)
+    assert s.describe(up) == "local/told: load-only, guide release, 2 simulators"
+    cluster = Status(False, "up", [{"object": "Pod/a"}], {}, replicas=3)
+    assert s.describe(cluster) == ("local/told: scheduler profile not reported (the EPP's ConfigMap holds it), "
+                                   "guide release, 3 model servers (not ready)")

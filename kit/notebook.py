@@ -216,19 +216,15 @@ class Session:
 
     # ------------------------------------------------------------- experiments
     def compare_profiles(self, workload: Workload, load: Load, profiles: tuple[str, ...] | None = None,
-                         progress: bool = True, virtual: bool = False, seed: int = 0,
-                         replicas: int | None = None) -> Comparison:
+                         progress: bool = True, virtual: bool = False, seed: int = 0) -> Comparison:
         """The same workload under each scheduler profile, caches cold for each: live on the deployed stack,
         or with ``virtual`` on the fleet simulator's virtual clock with servers like this environment's
-        (``fleet()``, ``replicas`` of them if given and not 0): the same picker and engine code, no noise from
-        the machine, the same result every time."""
+        (``fleet()``): the same picker and engine code, no noise from the machine, the same result every time."""
         if virtual:
             from kit.fleet import compare_profiles as simulated
 
-            return simulated(workload, load, profiles or DEFAULT_PROFILES, self.fleet(seed, replicas), progress)
-        if replicas:
-            raise ConfigError("replicas", ["a live comparison runs on the deployed stack; replicas applies to the "
-                                           "virtual clock (virtual=True)"])
+            return simulated(workload, load, profiles or DEFAULT_PROFILES, self.fleet(seed), progress)
+
         return compare_profiles(self.target, workload, load, profiles or DEFAULT_PROFILES, progress)
 
     def fleet(self, seed: int = 0, replicas: int | None = None) -> Fleet:

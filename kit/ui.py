@@ -67,7 +67,7 @@ class Selection:
     def _render(self, view: Callable[[Session], Any]) -> str:
         try:
             return str(view(self.session()))
-        except Exception as err:  # noqa: BLE001 - a view that fails says why, and the others still redraw
+        except Exception as err:  # a view that fails says why, and the others still redraw
             return f"(could not show this for {self.values}: {err})"
 
     def refresh(self) -> int:

@@ -48,8 +48,10 @@ def run_walkthrough(out_dir: str | Path, parameters: dict[str, Any], only: list[
         target = executed / nb.name
         tqdm.write(f"running {nb.name} → {target}")
         try:
+            # A second bar, the notebook's cells, so a long notebook shows where it is.
             papermill.execute_notebook(str(nb), str(target), parameters=params, kernel_name="python3", cwd=str(out),
-                                       progress_bar=False, execution_timeout=timeout,
+                                       progress_bar={"desc": f"  {nb.stem}", "leave": False, "position": 1},
+                                       execution_timeout=timeout,
                                        kernel_manager_class="kit.experiments.report.QuietKernelManager")
         except papermill.PapermillExecutionError as err:
             raise KitError(f"{nb.name} failed in cell {err.exec_count}: {err.ename}: {err.evalue} "
@@ -82,6 +84,19 @@ def build_report(executed: list[Path], target: Path) -> Path:
 
 
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
+
+
+def strip_figure_snapshots(model: dict[str, Any], **_: Any) -> None:
+    """A Jupyter server pre-save hook (``make lab`` sets it, jupyter/jupyter_server_config.json): JupyterLab's plotly
+    renderer adds a PNG snapshot to every figure it draws, which would make a saved notebook two to three times
+    its size and put thousands of lines in every diff. The figure's JSON stays; it draws the figure again."""
+    if model.get("type") != "notebook" or not isinstance(model.get("content"), dict):
+        return
+    for cell in model["content"].get("cells", []):
+        for out in cell.get("outputs", []) if isinstance(cell, dict) else []:
+            data = out.get("data") if isinstance(out, dict) else None
+            if isinstance(data, dict) and PLOTLY_MIME in data:
+                data.pop("image/png", None)
 
 
 def draw_figures(nb: Any) -> int:

@@ -125,7 +125,7 @@ def _run(page, command: str, cell: int | None = None, timeout: float = 300_000) 
 
 def _open(page, url: str, name: str) -> None:
     page.goto(f"{url}/lab/tree/{name}?token=kit-test")
-    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    page.wait_for_selector(".jp-Notebook .jp-Cell", state="attached", timeout=60_000)  # other tabs may be hidden
     # The reloaded lab may restore the previously open notebook first: wait for this one to be current.
     page.wait_for_function("(name) => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
                            " return w && w.context && w.context.path.endsWith(name) && w.sessionContext &&"
@@ -166,10 +166,9 @@ def _fresh_page(browser, url: str, name: str):
         urllib.request.urlopen(req, timeout=30)
     page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
     page.goto(f"{url}/lab/tree/{name}?token=kit-test")
-    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
     page.wait_for_function("(name) => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
-                           " return w && w.context && w.context.path.endsWith(name) && w.context.isReady; }",
-                           arg=name, timeout=60_000)
+                           " return w && w.context && w.context.path.endsWith(name) && w.context.isReady"
+                           " && w.content.widgets.length > 0; }", arg=name, timeout=120_000)
     page.wait_for_timeout(3000)  # let every output render (widget views, figures)
     return page
 
@@ -226,11 +225,13 @@ def test_a_participant_picks_deploys_and_sees_figures(lab, monkeypatch, tmp_path
     port = free_port_block(6)
     common = {"release_postfix": "lab-test", "gateway_port": port}
     _set_parameters(work / "02-deploy.ipynb", {**common, "interactive": True, "replicas": 4})
+    _set_parameters(work / "03-inference.ipynb", {**common, "replicas": 0})
     _set_parameters(work / "04-routing-and-cache.ipynb", {**common, "replicas": 0, "requests": 24, "rate": 20.0,
                                                            "profiles": "random,default-plugins"})
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.on("dialog", lambda d: d.accept())  # "leave the page?" when going on to the next notebook
         _open(page, url, "02-deploy.ipynb")
         page.wait_for_timeout(2000)
         assert page.locator("text=official Jupyter news").count() == 0  # the kit's settings silence the pop-up
@@ -250,6 +251,8 @@ def test_a_participant_picks_deploys_and_sees_figures(lab, monkeypatch, tmp_path
         page.wait_for_selector(f"{OUT}:has-text('deployed local with 3 model servers and profile load-only')",
                                timeout=120_000)
         # The cells below that describe the stack now describe this one, without running them again.
+        page.wait_for_selector(f"{OUT}:has-text('the cells below that describe the stack now show this one')",
+                               timeout=120_000)
         printed = _printed(page)
         assert "Deployed local with scheduler profile load-only: 3 model servers, ready: True" in printed
         assert "up: local/lab-test: load-only, guide release, 3 simulators" in printed
@@ -266,6 +269,7 @@ def test_a_participant_picks_deploys_and_sees_figures(lab, monkeypatch, tmp_path
         assert "using the stack that is up: local/lab-test: load-only, guide release, 3 simulators" in printed
         assert "load-only, whose picker does not look at prefixes" in printed and "back on load-only" in printed
         assert re.search(r"the same server, with \d{3,} of \d+ prompt tokens from the prefix cache", printed), printed
+        _save(page)
         # 04 uses what is deployed, draws its figures, and leaves no widget behind headless progress.
         _open(page, url, "04-routing-and-cache.ipynb")
         _run(page, "notebook:run-all-cells")
@@ -289,4 +293,5 @@ def test_a_participant_picks_deploys_and_sees_figures(lab, monkeypatch, tmp_path
     papermill.execute_notebook(str(work / "04-routing-and-cache.ipynb"), str(headless), kernel_name="python3",
                                cwd=str(work), progress_bar=False)
     lab_size, pm_size = len(saved.encode()), headless.stat().st_size
+    print(f"04 saved in JupyterLab: {lab_size:,} bytes; papermill's copy: {pm_size:,} bytes")
     assert abs(lab_size - pm_size) <= 0.2 * pm_size, (lab_size, pm_size)

@@ -47,13 +47,17 @@ def walkthrough(tmp_path_factory):
     """``make demo``'s job, once: every notebook executed, the report written, everything stopped."""
     out = tmp_path_factory.mktemp("demo")
     env = {**os.environ, "KIT_STATE_DIR": str(out / "state"), "PYTHONUNBUFFERED": "1"}
-    res = subprocess.run([sys.executable, "-m", "kit", "demo", "--out", str(out)], capture_output=True, text=True,
-                         timeout=600, env=env)
+    from kit.targets.processes import free_port_block
+
+    port = free_port_block(8)  # the gateway, four simulators, 07's event port: beside other stacks on the machine
+    res = subprocess.run([sys.executable, "-m", "kit", "demo", "--out", str(out), "--port", str(port)],
+                         capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return out, res
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the whole walkthrough runs first: allow a busy machine
 def test_the_walkthrough_writes_notebooks_results_and_report(walkthrough):
     out, res = walkthrough
     assert sorted(p.name for p in (out / "executed").glob("*.ipynb")) == [nb.name for nb in NOTEBOOKS]
@@ -80,6 +84,7 @@ def test_the_walkthrough_writes_notebooks_results_and_report(walkthrough):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the whole walkthrough runs first: allow a busy machine
 def test_the_walkthrough_leaves_nothing_running(walkthrough):
     out, _ = walkthrough
     assert not list((out / "state").glob("*.json"))
@@ -94,6 +99,7 @@ def _chromium() -> str | None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the whole walkthrough runs first: allow a busy machine
 def test_every_figure_shows_in_a_real_browser(walkthrough):
     out, _ = walkthrough
     browser = _chromium()
@@ -130,7 +136,9 @@ def test_every_figure_shows_in_a_real_browser(walkthrough):
 
 @pytest.mark.slow
 def test_notebooks_run_alone_after_the_first(tmp_path):
-    env = {"release_postfix": "solo", "replicas": 2}
+    from kit.targets.processes import free_port_block
+
+    env = {"release_postfix": "solo", "replicas": 2, "gateway_port": free_port_block(3)}
     os.environ["KIT_STATE_DIR"] = str(tmp_path / "state")
     try:
         for name in ("01-prerequisites", "03-inference", "05-cleanup"):
@@ -139,7 +147,7 @@ def test_notebooks_run_alone_after_the_first(tmp_path):
     finally:
         from kit.notebook import session
 
-        session("local", release_postfix="solo").destroy(say=lambda _m: None)
+        session("local", release_postfix="solo", gateway_port=env["gateway_port"]).destroy(say=lambda _m: None)
         del os.environ["KIT_STATE_DIR"]
     inference = (tmp_path / "03-inference.ipynb").read_text()
     assert "requests served; the repeated prompt went to" in inference

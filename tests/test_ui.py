@@ -84,8 +84,8 @@ def test_views_are_redrawn_for_the_new_stack_after_a_deploy_from_the_pickers(mon
     sel = Selection("local", 4, "default-plugins")
     sel.show(lambda s: f"{s.env.replicas} replicas, {sel.profile}")
     sel.show(lambda s: 1 / 0)  # a view that fails says so; the others still redraw
-    assert shown == {0: "4 replicas, default-plugins", 1: "(could not show this for {'environment': 'local', "
-                                                        "'replicas': 4, 'profile': 'default-plugins'}: division by zero)"}
+    picks = "{'environment': 'local', 'replicas': 4, 'profile': 'default-plugins'}"
+    assert shown == {0: "4 replicas, default-plugins", 1: f"(could not show this for {picks}: division by zero)"}
     box = sel.widget()
     box.children[1].value, box.children[2].value = 3, "load-only"
     assert sel.refresh() == 2 and shown[0] == "3 replicas, load-only"

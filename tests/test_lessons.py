@@ -112,12 +112,12 @@ SENTENCES: dict[str, list[tuple[str, str]]] = {
         ("The precise profile makes far fewer stale picks than the approximate one.",
          "test_07_with_several_pickers_and_outside_traffic_precise_routing_pays"),
         ("So precise routing finds more of each prompt cached than approximate routing, which finds more than random "
-         "routing, and its first tokens come sooner than approximate routing's.",
+         "routing, and its first tokens come sooner than approximate routing's",
          "test_07_with_several_pickers_and_outside_traffic_precise_routing_pays"),
         ("with precise routing all the pickers read the same events, agree on where each prefix lives, and a group's "
          "requests stay together.", "test_07_with_several_pickers_and_outside_traffic_precise_routing_pays"),
         ("With one picker, the approximate index is rarely wrong (it saw every pick) and precise and approximate "
-         "routing find about as much cached and answer about as fast.",
+         "routing find about as much cached and answer about as fast (approximate routing even a little sooner).",
          "test_07_one_picker_or_several_at_a_larger_scale"),
         ("With several pickers, only the precise indexes agree: precise routing finds at least twice as much cached, "
          "and its first tokens come several times sooner.", "test_07_one_picker_or_several_at_a_larger_scale"),
@@ -474,7 +474,7 @@ def test_07_one_picker_or_several_at_a_larger_scale(seed):
     one, several = _fleet7(seed, 1), _fleet7(seed, P7["picker_replicas"])
     a, p = one["default-plugins"], one["precise"]
     assert abs(a.prefix_cache_hit_rate - p.prefix_cache_hit_rate) <= 0.05  # about as much cached
-    assert max(a.ttft_p90_s, p.ttft_p90_s) <= 2 * min(a.ttft_p90_s, p.ttft_p90_s)  # about as fast
+    assert a.ttft_p90_s <= p.ttft_p90_s <= 2 * a.ttft_p90_s  # about as fast, approximate even a little sooner
     a, p = several["default-plugins"], several["precise"]
     assert p.prefix_cache_hit_rate >= 2 * a.prefix_cache_hit_rate
     assert p.ttft_p90_s * 3 <= a.ttft_p90_s

@@ -50,8 +50,12 @@ def walkthrough(tmp_path_factory):
     from kit.targets.processes import free_port_block
 
     port = free_port_block(8)  # the gateway, four simulators, 07's event port: beside other stacks on the machine
-    res = subprocess.run([sys.executable, "-m", "kit", "demo", "--out", str(out), "--port", str(port)],
-                         capture_output=True, text=True, timeout=600, env=env)
+    try:
+        res = subprocess.run([sys.executable, "-m", "kit", "demo", "--out", str(out), "--port", str(port)],
+                             capture_output=True, text=True, timeout=840, env=env)
+    finally:  # a demo cut short cannot clean up after itself
+        subprocess.run([sys.executable, "-m", "kit", "destroy", "-e", "local"], capture_output=True, env=env,
+                       timeout=120)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return out, res
 

@@ -79,6 +79,7 @@ SENTENCES: dict[str, list[tuple[str, str]]] = {
          "test_04_a_hot_group_overloads_prefix_only_and_not_the_default"),
     ],
     "06-capacity": [
+        ("the same seed gives the same numbers every time", "test_04_the_virtual_clock_gives_the_same_numbers_again"),
         ("all the system prompts and questions together fill about three quarters of the fleet's cache",
          "test_06_the_working_set_fills_three_quarters_of_the_cache"),
         ("At the lowest rate every profile meets the objective on 16 servers",

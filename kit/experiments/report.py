@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from kit import paths
 from kit.errors import KitError, MissingDependencyError
 
-NOTEBOOKS = paths.ROOT / "notebooks"
+NOTEBOOKS = paths.NOTEBOOKS
 TITLE = "Intelligent inference scheduling: the walkthrough"
 
 

@@ -117,7 +117,7 @@ class Session:
         if not st.deployed:
             return f"{where}: nothing deployed"
         profile = self.profile(st) or "scheduler profile not reported (the EPP's ConfigMap holds it)"
-        release = getattr(self.env, "release", "guide")  # which upstream release the environment deploys
+        release = self.env.release  # which upstream release the environment deploys
         roles = [r.get("role") for r in st.rows if r.get("role") not in (None, "gateway")]
         servers = (f"{len(roles)} {roles[0]}s" if roles and len(set(roles)) == 1
                    else f"{st.replicas or 0} model servers")

@@ -196,6 +196,8 @@ def test_a_session_says_what_is_deployed(tmp_path, monkeypatch):
     rows = [{"role": "gateway"}, {"role": "simulator"}, {"role": "simulator"}]
     up = Status(True, "up", rows, {"scheduler_config": str(ROOT / "templates/scheduler/load-only.yaml")}, replicas=2)
     assert s.describe(up) == "local/told: load-only, guide release, 2 simulators"
+    today = session("local-llm-d", release_postfix="told")  # today's llm-d release, named as such
+    assert today.describe(up) == "local-llm-d/told: load-only, llm-d-v0.10 release, 2 simulators"
     cluster = Status(False, "up", [{"object": "Pod/a"}], {}, replicas=3)
     assert s.describe(cluster) == ("local/told: scheduler profile not reported (the EPP's ConfigMap holds it), "
                                    "guide release, 3 model servers (not ready)")

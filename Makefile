@@ -27,10 +27,12 @@ test: venv
 	$(PY) -c "from importlinter.cli import lint_imports_command; lint_imports_command()"
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# JupyterLab on the walkthrough, on loopback, with the kit's settings (jupyter/overrides.json: no news pop-up).
+# JupyterLab on the walkthrough, on loopback, with the kit's settings (jupyter/overrides.json: no news pop-up,
+# widgets saved with the notebook; jupyter/jupyter_server_config.json: figures saved without PNG snapshots).
 LAB_PORT ?= 8888
 lab: venv
 	$(PY) -m jupyter lab --no-browser --ip 127.0.0.1 --port $(LAB_PORT) --LabApp.app_settings_dir=jupyter \
+		--config=jupyter/jupyter_server_config.json \
 		$(if $(filter 0,$(shell id -u)),--allow-root) --ServerApp.root_dir=notebooks
 
 quick: venv

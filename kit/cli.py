@@ -350,7 +350,7 @@ def _plugins(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from kit.demo import run_demo
 
-    return run_demo(args.out)
+    return run_demo(args.out, port=args.port)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -502,6 +502,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the main job: bring up the local stack, show scheduling, tear it down")
     d.add_argument("--out", default="out", help="folder for what the demo writes (default: out)")
+    d.add_argument("--port", type=int, default=0,
+                   help="the gateway's port (default 0: the local environment's, 8000); simulators take the next ones")
     d.set_defaults(func=_demo)
     return p
 

@@ -15,14 +15,16 @@ from kit.experiments.results import table
 from kit.notebook import session
 
 
-def run_demo(out: str = "out") -> int:
+def run_demo(out: str = "out", port: int = 0) -> int:
+    """``port``: the local stack's gateway port (0: the environment's), for a machine where another stack has it."""
     out_dir = Path(out).resolve()
     start = time.monotonic()
     print(f"kit demo: running the walkthrough notebooks on the local environment; output in {out_dir}", flush=True)
+    parameters: dict[str, object] = {"environment": "local", **({"gateway_port": port} if port else {})}
     try:
-        html = report.run_walkthrough(out_dir, {"environment": "local"})
-    finally:
-        session("local").destroy(say=lambda m: print(f"cleanup: {m}"))  # in case a notebook stopped early
+        html = report.run_walkthrough(out_dir, parameters)
+    finally:  # in case a notebook stopped early
+        session("local", gateway_port=port).destroy(say=lambda m: print(f"cleanup: {m}"))
     results = out_dir / "results.json"
     if results.exists():
         data = json.loads(results.read_text())

@@ -8,11 +8,14 @@ metrics, run experiments and clean up; none of them asks which target it holds.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+import yaml
 
 from kit import paths
 from kit.errors import ConfigError, UnknownChoiceError
@@ -28,6 +31,36 @@ if TYPE_CHECKING:
     from kit.fleet import Fleet
 
 Say = Callable[[str], None]
+# Scorers that follow where a prompt's prefix is cached (approximately, or from the servers' KV-cache events).
+PREFIX_SCORERS = {"prefix-cache-scorer", "precise-prefix-cache-scorer"}
+PREFIX_PROFILE = "default-plugins"  # the guide's default: what a demonstration of prefix routing switches to
+
+
+def profile_name(config: str | None) -> str | None:
+    """The scheduler profile a gateway's config file is: a template's name (``default-plugins``), else the path.
+
+    The local target runs a precise profile from a copy with the stack's KV-event port, whose first line names
+    the template it came from (kit.targets.kv_events)."""
+    if not config:
+        return None
+    path = Path(config)
+    if path.parent.resolve() == paths.SCHEDULER_CONFIGS.resolve():
+        return path.stem
+    try:
+        first = path.read_text().split("\n", 1)[0]
+    except OSError:
+        return config
+    source = first[2:].split(",", 1)[0] if first.startswith("# ") and ", with the KV-event endpoint" in first else ""
+    return profile_name(source) if source else config
+
+
+def routes_by_prefix(config: str) -> bool:
+    """Whether a scheduler config weighs where the prompt's prefix is cached (a prefix scorer in a profile)."""
+    doc = yaml.safe_load(Path(config).read_text()) or {}
+    prefix = {p.get("name") or p.get("type") for p in doc.get("plugins") or []
+              if isinstance(p, dict) and p.get("type") in PREFIX_SCORERS}
+    return any(ref.get("pluginRef") in prefix and ref.get("weight", 1) != 0
+               for prof in doc.get("schedulingProfiles") or [] for ref in prof.get("plugins") or [])
 
 
 @dataclass
@@ -61,13 +94,61 @@ class Session:
         where = f"{self.env.name}/{self.env.release_postfix}"
         if st.ready and st.replicas and (not self.replicas_asked or st.replicas == self.env.replicas):
             self._use(st)
-            say(f"using the stack that is up: {where} with {st.replicas} model servers (as deployed)")
+            say(f"using the stack that is up: {self.describe(st)} (as deployed)")
             return st
         why = ("as asked" if self.replicas_asked else "the environment's default; nothing was up")
         if st.ready and st.replicas:
             why = f"as asked; {st.replicas} were up"
         say(f"deploying {where} with {self.env.replicas} model servers ({why})")
-        return self.deploy(say=say)
+        st = self.deploy(say=say)
+        say(f"using the stack just deployed: {self.describe(st)}")
+        return st
+
+    def profile(self, st: Status | None = None) -> str | None:
+        """The scheduler profile the deployed gateway runs (a template's name, or a file's path); None when it
+        cannot be told (nothing deployed, or a cluster: the EPP reads its config from a ConfigMap)."""
+        st = st or self.target.status()
+        return profile_name(st.detail.get("scheduler_config")) if st.deployed else None
+
+    def describe(self, st: Status | None = None) -> str:
+        """What is deployed, in one line: ``local/p01: default-plugins, guide release, 4 simulators``."""
+        st = st or self.target.status()
+        where = f"{self.env.name}/{self.env.release_postfix}"
+        if not st.deployed:
+            return f"{where}: nothing deployed"
+        profile = self.profile(st) or "scheduler profile not reported (the EPP's ConfigMap holds it)"
+        release = self.env.release  # which upstream release the environment deploys
+        roles = [r.get("role") for r in st.rows if r.get("role") not in (None, "gateway")]
+        servers = (f"{len(roles)} {roles[0]}s" if roles and len(set(roles)) == 1
+                   else f"{st.replicas or 0} model servers")
+        return f"{where}: {profile}, {release} release, {servers}{'' if st.ready else ' (not ready)'}"
+
+    @contextmanager
+    def prefix_routing(self, say: Say = print) -> Iterator[str | None]:
+        """Run the block under a profile that routes by prefix: the deployed one if it does, else the guide's
+        default for the block's duration (the deployed profile is put back after it). Says which, and yields
+        the profile that routes (None on a cluster, where the deployed profile cannot be read)."""
+        st = self.target.status()
+        current = st.detail.get("scheduler_config")
+        if not current:
+            say(f"{self.describe(st)}: whether its picker routes by prefix cannot be read here; the repeat "
+                "finds its prefix cached only if it does")
+            yield None
+            return
+        name = profile_name(current)
+        if routes_by_prefix(current):
+            say(f"the stack runs {name}, whose picker weighs where each prompt's prefix is cached")
+            yield name
+            return
+        say(f"the stack runs {name}, whose picker does not look at prefixes: a repeated prompt may go to any "
+            f"server and find nothing cached. For this demonstration the gateway runs {PREFIX_PROFILE} (the guide's "
+            f"default), then goes back to {name}")
+        self.target.deploy(paths.scheduler_profile(PREFIX_PROFILE), say=lambda _m: None)
+        try:
+            yield PREFIX_PROFILE
+        finally:
+            self.target.deploy(current, say=lambda _m: None)
+            say(f"back on {name}")
 
     def _use(self, st: Status) -> None:
         """Follow the deployed stack's replica count, and locally its gateway port unless one was asked for, so
@@ -146,16 +227,16 @@ class Session:
 
         return compare_profiles(self.target, workload, load, profiles or DEFAULT_PROFILES, progress)
 
-    def fleet(self, seed: int = 0) -> Fleet:
-        """A simulated fleet like this environment's: its replica count and model, and locally the very
-        simulator settings the local stack runs (so virtual times match its wall-clock times) and its picker
-        replicas."""
+    def fleet(self, seed: int = 0, replicas: int | None = None) -> Fleet:
+        """A simulated fleet like this environment's: its replica count (or ``replicas``, if given and not 0) and
+        model, and locally the very simulator settings the local stack runs (so virtual times match its
+        wall-clock times) and its picker replicas."""
         from kit.fleet import Fleet, SimConfig
 
         settings = self.env.local.simulator if self.env.local else {}
         pickers = self.env.local.picker_replicas if self.env.local else 1
-        return Fleet(replicas=self.env.replicas, sim=SimConfig(model=self.env.model, **settings), seed=seed,
-                     picker_replicas=pickers)
+        return Fleet(replicas=replicas or self.env.replicas, sim=SimConfig(model=self.env.model, **settings),
+                     seed=seed, picker_replicas=pickers)
 
 
 def check_profiles(text: str) -> tuple[str, ...]:

@@ -4,11 +4,13 @@ Headless runs never display them, and an untouched picker gives exactly the para
 papermill run and a click-through run the same thing. The pickers survive "Run All" and re-runs:
 picks are remembered for the life of the kernel, and running the cell again keeps them (and says so).
 A **Deploy** button under the pickers deploys what they show, so changing a choice never needs
-"run all below".
+"run all below": what the notebook shows about the choice (``Selection.show``: the plan, the status, the
+summary) is redrawn for the new stack after each click, in the cells where it was first shown.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from kit.errors import UnknownChoiceError
@@ -46,6 +48,33 @@ class Selection:
         if self.kept:
             print(f"keeping your earlier picks {self.values} (the parameters say {params}); change them above")
         self._widgets: dict[str, Any] = {}
+        self._views: list[tuple[Any, Callable[[Session], Any]]] = []  # (display handle, view), redrawn on Deploy
+
+    def show(self, view: Callable[[Session], Any]) -> None:
+        """Show ``view(session on the picks)`` (text, or a table from ``kit.table``) here, and redraw it here after
+        every Deploy from the pickers, so no cell goes on describing a stack that was replaced. Outside a
+        notebook it is printed once."""
+        from IPython import get_ipython
+
+        text = self._render(view)
+        if get_ipython() is None:
+            print(text)
+            return
+        from IPython.display import display
+
+        self._views.append((display({"text/plain": text}, raw=True, display_id=True), view))
+
+    def _render(self, view: Callable[[Session], Any]) -> str:
+        try:
+            return str(view(self.session()))
+        except Exception as err:  # a view that fails says why, and the others still redraw
+            return f"(could not show this for {self.values}: {err})"
+
+    def refresh(self) -> int:
+        """Redraw every view shown so far for the current picks; returns how many."""
+        for handle, view in self._views:
+            handle.update({"text/plain": self._render(view)}, raw=True)
+        return len(self._views)
 
     def widget(self):
         """The pickers and a Deploy button (which deploys what they show and prints what it did)."""
@@ -70,6 +99,8 @@ class Selection:
             with out:
                 out.clear_output()
                 self.deploy()
+                if self.refresh():
+                    print("the cells below that describe the stack now show this one")
 
         button.on_click(click)
         return w.VBox([*self._widgets.values(), button, out])

@@ -63,3 +63,35 @@ def test_the_deploy_button_deploys_what_the_pickers_show(tmp_path, monkeypatch, 
         assert "deployed local with 1 model servers and profile random: ready" in capsys.readouterr().out
     finally:
         sel.session().destroy(say=lambda _m: None)
+
+
+def test_views_are_redrawn_for_the_new_stack_after_a_deploy_from_the_pickers(monkeypatch):
+    """What 02's cells show about the choice follows a Deploy click, in the cells where it was shown."""
+    import IPython
+
+    shown = {}
+
+    class Handle:
+        def __init__(self, data):
+            self.id = len(shown)
+            shown[self.id] = data["text/plain"]
+
+        def update(self, data, raw):
+            shown[self.id] = data["text/plain"]
+
+    monkeypatch.setattr(IPython, "get_ipython", lambda: object())  # as in a kernel
+    monkeypatch.setattr("IPython.display.display", lambda data, raw, display_id: Handle(data))
+    sel = Selection("local", 4, "default-plugins")
+    sel.show(lambda s: f"{s.env.replicas} replicas, {sel.profile}")
+    sel.show(lambda s: 1 / 0)  # a view that fails says so; the others still redraw
+    picks = "{'environment': 'local', 'replicas': 4, 'profile': 'default-plugins'}"
+    assert shown == {0: "4 replicas, default-plugins", 1: f"(could not show this for {picks}: division by zero)"}
+    box = sel.widget()
+    box.children[1].value, box.children[2].value = 3, "load-only"
+    assert sel.refresh() == 2 and shown[0] == "3 replicas, load-only"
+
+
+def test_outside_a_notebook_a_view_is_printed_once(capsys):
+    sel = Selection("local", 2, "random")
+    sel.show(lambda s: f"{s.env.name}: {sel.profile}")
+    assert capsys.readouterr().out == "local: random\n" and sel.refresh() == 0

@@ -10,6 +10,8 @@ offline. ``PLOTLY_RENDERER`` overrides the choice.
 from __future__ import annotations
 
 import os
+import sys
+import zlib
 from collections import defaultdict
 from typing import Any
 
@@ -19,7 +21,36 @@ from plotly.subplots import make_subplots
 
 from kit.experiments.results import Comparison, Sweep, is_stale
 
+# Showing a figure imports plotly's renderers, which import nbformat, whose jsonschema builds some forty parsers
+# for an optional IRI format check when rfc3987-syntax is installed (JupyterLab's dependencies install it):
+# 1 to 3 s before a kernel's first figure, for a check no figure makes. A kernel that draws the kit's figures
+# goes without that check (jsonschema then accepts any IRI); one that imported jsonschema first keeps it.
+sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
+
 PALETTE = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#EECA3B", "#B279A2", "#FF9DA6")
+# One colour per scheduler profile and per scorer in every figure of every notebook, so a reader who has
+# learned that the guide's default is blue never has to read a legend again. Names not listed get a colour
+# from their name (the same one everywhere, not the next in line).
+PROFILE_COLORS = {"random": "#9D9D9D", "round-robin": "#BAB0AC", "load-only": "#F58518", "prefix-only": "#72B7B2",
+                  "prefix-active": "#B279A2", "default-plugins": "#4C78A8", "precise": "#54A24B"}
+SCORER_COLORS = {"prefix-cache-scorer": "#4C78A8", "precise-prefix-cache-scorer": "#54A24B",
+                 "queue-scorer": "#F58518", "kv-cache-utilization-scorer": "#E45756",
+                 "active-request-scorer": "#B279A2", "running-requests-scorer": "#EECA3B",
+                 "load-aware-scorer": "#FF9DA6"}
+
+
+def _color(name: str, known: dict[str, str]) -> str:
+    return known.get(name) or PALETTE[zlib.crc32(name.encode()) % len(PALETTE)]
+
+
+def profile_color(profile: str) -> str:
+    """The colour of a scheduler profile (a template name) in every figure."""
+    return _color(profile, PROFILE_COLORS)
+
+
+def scorer_color(scorer: str) -> str:
+    """The colour of a scorer (its plugin name in the config) in every figure."""
+    return _color(scorer, SCORER_COLORS)
 
 
 def setup() -> str:
@@ -85,12 +116,12 @@ def hit_rate_over_time(cmp: Comparison) -> go.Figure:
 def ttft_distributions(cmp: Comparison) -> go.Figure:
     """Time to first token per profile (box: quartiles; points: every request)."""
     fig = go.Figure()
-    for i, run in enumerate(cmp.runs):
+    for run in cmp.runs:
         ttfts = [1000 * r.ttft for r in run.requests if r.ok and r.ttft is not None]
         fig.add_trace(go.Box(y=ttfts, name=run.profile, boxpoints="all", jitter=0.4, pointpos=0,
-                             marker={"size": 3, "color": PALETTE[i % len(PALETTE)]}, boxmean=True))
-    fig.update_layout(title="Time to first token by scheduler profile", yaxis_title="TTFT (ms)", showlegend=False,
-                      height=420)
+                             marker={"size": 3, "color": profile_color(run.profile)}, boxmean=True))
+    fig.update_layout(title=f"Time to first token by scheduler profile ({cmp.scale})", yaxis_title="TTFT (ms)",
+                      showlegend=False, height=420)
     return fig
 
 
@@ -116,20 +147,24 @@ def queue_and_kv(cmp: Comparison, profile: str) -> go.Figure:
     return fig
 
 
-def decision_breakdown(decision: dict[str, Any]) -> go.Figure:
-    """Why the picker chose this endpoint: each scorer's weighted contribution to every endpoint's total."""
+def decision_breakdown(decision: dict[str, Any], template: str | None = None) -> go.Figure:
+    """Why the picker chose this endpoint: each scorer's weighted contribution to every endpoint's total.
+
+    ``template``: the scheduler profile (templates/scheduler) the picker ran, named in the title; without it the
+    title names the scheduling profile inside the config, which is "default" in most templates."""
     cands = [c for c in decision["candidates"] if not c["filtered_by"]]
     names = [_short(c["endpoint"]) + (" ← picked" if c["endpoint"] in decision["picked"] else "") for c in cands]
     fig = go.Figure()
-    for i, (scorer, weight) in enumerate(decision["weights"].items()):
+    for scorer, weight in decision["weights"].items():
         vals = [weight * c["scores"].get(scorer, 0.0) for c in cands]
         raw = [c["scores"].get(scorer, 0.0) for c in cands]
         fig.add_trace(go.Bar(y=names, x=vals, name=f"{scorer} ×{weight:g}", orientation="h",
-                             marker={"color": PALETTE[i % len(PALETTE)]}, customdata=raw,
+                             marker={"color": scorer_color(scorer)}, customdata=raw,
                              hovertemplate="score %{customdata:.2f} × weight = %{x:.2f}<extra>" + scorer + "</extra>"))
+    decided = f"scheduler profile {template}" if template else f"scheduling profile {decision['profile']}"
     fig.update_layout(barmode="stack", title=f"Why request {decision['request_id'][:12]} went where it went "
-                      f"(profile {decision['profile']})", xaxis_title="weighted score", height=120 + 60 * len(cands),
-                      legend={"orientation": "h", "y": -0.25})
+                      f"({decided})", xaxis_title="weighted score", height=140 + 60 * len(cands),
+                      legend={"title": {"text": "scorer × weight"}})  # beside the bars, clear of both axes
     return fig
 
 
@@ -154,16 +189,16 @@ def _sweep_panels(sweep: Sweep, title: str, ytitle: str, value, objective: float
     fig = make_subplots(rows=1, cols=len(reps), subplot_titles=[f"{n} replicas" for n in reps], shared_yaxes=True,
                         horizontal_spacing=0.04)
     for col, n in enumerate(reps, start=1):
-        for i, profile in enumerate(sweep.profiles()):
+        for profile in sweep.profiles():
             pts = [p for p in sweep.series(profile, n) if value(p) is not None]
             fig.add_trace(go.Scatter(x=[p.rate for p in pts], y=[value(p) for p in pts], mode="lines+markers",
                                      name=profile, legendgroup=profile, showlegend=col == 1,
-                                     line={"color": PALETTE[i % len(PALETTE)]},
+                                     line={"color": profile_color(profile)},
                                      hovertemplate=profile + ": %{x:g} req/s → %{y:.3g}<extra></extra>"),
                           row=1, col=col)
         if objective is not None:
             fig.add_hline(y=objective, line_dash="dot", line_color="gray", row=1, col=col,
-                          annotation_text="objective" if col == 1 else None)
+                          annotation_text=f"objective {objective:g} s", annotation_position="top left")
     fig.update_xaxes(title_text="offered rate (requests/s)")
     fig.update_yaxes(title_text=ytitle, row=1, col=1)
     if log:
@@ -186,17 +221,34 @@ def hit_rate_vs_rate(sweep: Sweep) -> go.Figure:
     return fig
 
 
+def capacity_label(row: dict[str, Any], rates: list[float]) -> str:
+    """Where a capacity measured at ``rates`` lies: ``"250–350"`` (met the objective at 250, missed it at 350), or
+    at the edges of the rates tried ``"≥ 550"`` (even the highest met it) and ``"< 150"`` (even the lowest missed)."""
+    best, rates = row["capacity_rps"], sorted(rates)
+    if best is None:
+        return f"< {rates[0]:g}"
+    above = [r for r in rates if r > best]
+    return f"{best:g}–{above[0]:g}" if above else f"≥ {best:g}"
+
+
 def capacity_bars(sweep: Sweep, objective_s: float) -> go.Figure:
-    """The highest rate meeting the TTFT p90 objective, per profile and replica count."""
+    """The highest rate meeting the TTFT p90 objective, per profile and replica count; each bar says when it
+    sits at an edge of the rates tried."""
     rows = sweep.capacity(objective_s)
+    rates = sorted({p.rate for p in sweep.points})
     fig = go.Figure()
-    for i, profile in enumerate(sweep.profiles()):
+    for profile in sweep.profiles():
         mine = [r for r in rows if r["profile"] == profile]
+        labels = [capacity_label(r, rates) for r in mine]
         fig.add_trace(go.Bar(x=[f"{r['replicas']} replicas" for r in mine], y=[r["capacity_rps"] or 0 for r in mine],
-                             name=profile, marker={"color": PALETTE[i % len(PALETTE)]},
-                             hovertemplate=profile + ": %{y:g} req/s<extra></extra>"))
-    fig.update_layout(barmode="group", yaxis_title="requests/s", height=400, legend_title_text="profile",
-                      title=f"Capacity: highest rate with TTFT p90 ≤ {objective_s:g} s ({sweep.scale})")
+                             name=profile, marker={"color": profile_color(profile)}, text=labels,
+                             textposition="outside", customdata=labels,
+                             hovertemplate=profile + ": capacity %{customdata} req/s<extra></extra>"))
+    top = max(rates) if rates else 1
+    fig.update_layout(barmode="group", yaxis_title="requests/s", height=420, legend_title_text="profile",
+                      yaxis_range=[0, 1.15 * top],
+                      title=f"Capacity: highest rate tried with TTFT p90 ≤ {objective_s:g} s ({sweep.scale})<br>"
+                            f"<sup>rates tried: {', '.join(f'{r:g}' for r in rates)} requests/s</sup>")
     return fig
 
 
@@ -211,8 +263,8 @@ def stale_picks(cmp: Comparison, beliefs: dict[str, dict[str, float]], believed:
     """
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1, subplot_titles=(
         "believed vs really cached, per request", "stale picks so far"))
-    for i, run in enumerate(r for r in cmp.runs if r.profile in beliefs):
-        color, seen = PALETTE[i % len(PALETTE)], beliefs[run.profile]
+    for run in (r for r in cmp.runs if r.profile in beliefs):
+        color, seen = profile_color(run.profile), beliefs[run.profile]
         rows = sorted((r.started, seen[r.request_id], r.cached_tokens / r.prompt_tokens)
                       for r in run.requests if r.ok and r.request_id in seen and r.prompt_tokens)
         if not rows:

@@ -1,7 +1,8 @@
 """Run the walkthrough notebooks with papermill and build one HTML report from them.
 
 Notebooks store figures as plotly JSON only (small files). ``OfflineHTMLExporter`` turns them into
-drawn figures with plotly.js embedded once per page, so every exported page works offline; it is
+drawn figures with plotly.js embedded once per page, and leaves out what nbconvert's page would fetch from
+a CDN (require.js, MathJax, mermaid, the widget renderer), so every exported page works offline; it is
 also registered as the nbconvert exporter ``kit_html`` (``jupyter nbconvert --to kit_html NB``).
 """
 
@@ -18,6 +19,7 @@ from kit import paths
 from kit.errors import KitError, MissingDependencyError
 
 NOTEBOOKS = paths.NOTEBOOKS
+TITLE = "Intelligent inference scheduling: the walkthrough"
 
 
 def notebooks() -> list[Path]:
@@ -46,8 +48,10 @@ def run_walkthrough(out_dir: str | Path, parameters: dict[str, Any], only: list[
         target = executed / nb.name
         tqdm.write(f"running {nb.name} → {target}")
         try:
+            # A second bar, the notebook's cells, so a long notebook shows where it is.
             papermill.execute_notebook(str(nb), str(target), parameters=params, kernel_name="python3", cwd=str(out),
-                                       progress_bar=False, execution_timeout=timeout,
+                                       progress_bar={"desc": f"  {nb.stem}", "leave": False, "position": 1},
+                                       execution_timeout=timeout,
                                        kernel_manager_class="kit.experiments.report.QuietKernelManager")
         except papermill.PapermillExecutionError as err:
             raise KitError(f"{nb.name} failed in cell {err.exec_count}: {err.ename}: {err.evalue} "
@@ -63,6 +67,7 @@ def build_report(executed: list[Path], target: Path) -> Path:
     merged = nbformat.v4.new_notebook()
     merged.metadata = nbformat.read(str(executed[0]), as_version=4).metadata if executed else {}
     merged.metadata.pop("papermill", None)
+    merged.metadata["title"] = TITLE
     for i, path in enumerate(executed):
         nb = nbformat.read(str(path), as_version=4)
         merged.cells.append(nbformat.v4.new_markdown_cell(f"<hr/>\n\n*Notebook `{path.name}`*"))
@@ -81,6 +86,19 @@ def build_report(executed: list[Path], target: Path) -> Path:
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 
 
+def strip_figure_snapshots(model: dict[str, Any], **_: Any) -> None:
+    """A Jupyter server pre-save hook (``make lab`` sets it, jupyter/jupyter_server_config.json): JupyterLab's plotly
+    renderer adds a PNG snapshot to every figure it draws, which would make a saved notebook two to three times
+    its size and put thousands of lines in every diff. The figure's JSON stays; it draws the figure again."""
+    if model.get("type") != "notebook" or not isinstance(model.get("content"), dict):
+        return
+    for cell in model["content"].get("cells", []):
+        for out in cell.get("outputs", []) if isinstance(cell, dict) else []:
+            data = out.get("data") if isinstance(out, dict) else None
+            if isinstance(data, dict) and PLOTLY_MIME in data:
+                data.pop("image/png", None)
+
+
 def draw_figures(nb: Any) -> int:
     """Give every plotly output an HTML rendering, plotly.js embedded in the first only; returns how many."""
     import plotly.io as pio
@@ -96,13 +114,28 @@ def draw_figures(nb: Any) -> int:
     return drawn
 
 
+# JupyterLab's page without the scripts it would fetch from a CDN: figures carry their own plotly.js, and
+# nothing in the walkthrough needs require.js, MathJax, mermaid or a live widget.
+OFFLINE_TEMPLATE = """{%- extends 'index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+"""
+
 try:
+    from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
     class OfflineHTMLExporter(HTMLExporter):
-        """HTML with every plotly figure drawn and plotly.js embedded once: opens offline."""
+        """HTML with every plotly figure drawn and plotly.js embedded once, and no CDN script: opens offline."""
 
         export_from_notebook = "Kit_html"
+
+        def __init__(self, **kw: Any) -> None:
+            super().__init__(**kw)
+            self.extra_loaders = [DictLoader({"kit_offline.html.j2": OFFLINE_TEMPLATE}), *self.extra_loaders]
+            self.template_file = "kit_offline.html.j2"
 
         def from_notebook_node(self, nb: Any, resources: Any = None, **kw: Any) -> tuple[str, Any]:
             nb = copy.deepcopy(nb)

@@ -179,6 +179,15 @@ class ProfileRun:
         ok = [r for r in self.requests if r.ok and r.prompt_tokens]
         return sum(r.cached_tokens for r in ok) / max(1, sum(r.prompt_tokens for r in ok))
 
+    def top_share(self, group: int) -> float:
+        """The share of one prefix group's answered requests that went to the server taking most of them (1.0: the
+        whole group on one server); 0.0 if none was answered."""
+        counts: dict[str, int] = {}
+        for r in self.requests:
+            if r.ok and r.group == group and r.endpoint:
+                counts[r.endpoint] = counts.get(r.endpoint, 0) + 1
+        return max(counts.values()) / sum(counts.values()) if counts else 0.0
+
     def stale_picks(self, beliefs: dict[str, float], believed: float = 0.9, found: float = 0.5) -> int:
         """Requests sent where the prefix scorer believed the prompt cached (score ≥ ``believed``) and the server
         found less than ``found`` of it; ``beliefs``: request id → the chosen endpoint's prefix score."""

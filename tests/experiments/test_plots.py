@@ -1,5 +1,7 @@
 """Figures from a known comparison, and the results file they can be redrawn from."""
 
+import re
+
 import pytest
 
 from kit.experiments import plots
@@ -50,6 +52,26 @@ def test_decision_breakdown_stacks_weighted_scores(cmp):
     fig = plots.decision_breakdown(cmp.run("default").decision)
     assert [list(t.x) for t in fig.data] == [[2.0, 1.0], [3.0, 0.0]]
     assert fig.data[0].y[0].endswith("← picked")
+    assert fig.layout.title.text.endswith("(scheduling profile default)")  # without the template: the config's name
+
+
+def test_the_decision_title_names_the_template_and_the_legend_stays_off_the_axes(cmp):
+    fig = plots.decision_breakdown(cmp.run("default").decision, "precise")
+    assert fig.layout.title.text.endswith("(scheduler profile precise)")
+    legend = fig.layout.legend
+    assert legend.y is None and legend.orientation in (None, "v")  # plotly's place: right of the plot area
+
+
+def test_each_profile_and_each_scorer_has_one_colour_everywhere(cmp):
+    box = {t.name: t.marker.color for t in plots.ttft_distributions(cmp).data}
+    assert box["random"] == plots.profile_color("random") == plots.PROFILE_COLORS["random"]
+    assert plots.profile_color("default-plugins") != plots.profile_color("random")
+    assert plots.profile_color("my-own") == plots.profile_color("my-own")  # unknown names: stable, from the name
+    bars = {t.name.split(" ×")[0]: t.marker.color for t in plots.decision_breakdown(cmp.run("default").decision).data}
+    reordered = dict(cmp.run("default").decision, weights={"prefix-cache-scorer": 3.0, "queue-scorer": 2.0})
+    again = {t.name.split(" ×")[0]: t.marker.color for t in plots.decision_breakdown(reordered).data}
+    assert bars == again == {"queue-scorer": plots.SCORER_COLORS["queue-scorer"],
+                             "prefix-cache-scorer": plots.SCORER_COLORS["prefix-cache-scorer"]}
 
 
 def test_queue_kv_and_table(cmp):
@@ -75,6 +97,8 @@ def test_exported_html_draws_every_figure_with_plotly_js_once(cmp):
     html, _ = OfflineHTMLExporter().from_notebook_node(nb)
     assert html.count('class="plotly-graph-div"') == 2
     assert html.count("Plotly.newPlot") >= 2
+    # Nothing is fetched from a CDN: no require.js, MathJax, mermaid or widget renderer.
+    assert not re.findall(r'<script[^>]+src="https?://', html) and "cdnjs" not in html and "unpkg" not in html
     assert 4_000_000 < len(html) < 6_000_000  # plotly.js (4.8 MB) once, not once per figure
     assert all("text/html" not in c.outputs[0]["data"] for c in nb.cells)  # the notebook itself is untouched
 
@@ -112,8 +136,13 @@ def test_sweep_figures_have_a_line_per_profile_and_a_panel_per_replica_count(swe
 
     fig = plots.ttft_vs_rate(sweep, objective_s=0.5)
     assert len(fig.data) == 4 and list(fig.data[0].y) == [0.1, 0.9] and fig.layout.yaxis.type == "log"
+    assert [a.text for a in fig.layout.annotations if "objective" in a.text] == ["objective 0.5 s"] * 2  # each panel
+    assert not [a for a in fig.layout.annotations if a.text == "new text"]
     assert list(plots.hit_rate_vs_rate(sweep).data[1].y) == [0.8, 0.8]  # default, 2 replicas
     bars = plots.capacity_bars(sweep, 0.5)
     assert [list(b.y) for b in bars.data] == [[10, 20], [20, 10]]
+    # Each bar says where the capacity lies among the rates tried, edges included.
+    assert [list(b.text) for b in bars.data] == [["10–20", "≥ 20"], ["≥ 20", "10–20"]]
+    assert [list(b.text) for b in plots.capacity_bars(sweep, 0.01).data] == [["< 10", "< 10"]] * 2
     again = Sweep.read(sweep.save(tmp_path / "s.json"))
     assert again.capacity(0.5) == sweep.capacity(0.5) and again.table() == sweep.table()

@@ -109,7 +109,7 @@ def test_a_later_notebook_switching_profiles_keeps_the_stack_on_the_port_it_was_
                    env=env).returncode == 0
         res = subprocess.run([sys.executable, "-c", later], capture_output=True, text=True, env=env, timeout=120)
         assert res.returncode == 0, res.stderr
-        assert "using the stack that is up: local/ws with 2 model servers" in res.stdout
+        assert "using the stack that is up: local/ws: default-plugins, guide release, 2 simulators" in res.stdout
         assert "started simulator" not in res.stdout  # the simulators stayed; only the gateway changed profile
         assert res.stdout.strip().endswith(f"http://127.0.0.1:{port}"), res.stdout
     finally:

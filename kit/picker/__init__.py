@@ -7,7 +7,8 @@ Pure scheduling logic: no network, no server, no plotting.
 from kit.picker.config import LoadedConfig, load_picker_config, load_picker_file
 from kit.picker.framework import CycleState, Endpoint, InferenceRequest, KVEventsConsumer
 from kit.picker.plugins.approx_prefix import PrefixMatch
-from kit.picker.scheduler import Decision, NoEndpoints, Scheduler
+from kit.picker.release import RELEASES
+from kit.picker.scheduler import Decision, NoEndpoints, Scheduler, Unparseable
 
-__all__ = ["CycleState", "Decision", "Endpoint", "InferenceRequest", "KVEventsConsumer", "LoadedConfig", "NoEndpoints",
-           "PrefixMatch", "Scheduler", "load_picker_config", "load_picker_file"]
+__all__ = ["RELEASES", "CycleState", "Decision", "Endpoint", "InferenceRequest", "KVEventsConsumer", "LoadedConfig",
+           "NoEndpoints", "PrefixMatch", "Scheduler", "Unparseable", "load_picker_config", "load_picker_file"]

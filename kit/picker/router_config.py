@@ -46,7 +46,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError
 
-from kit.config import StrictModel, describe
+from kit.config import StrictModel, describe, dotted
 from kit.errors import ConfigError
 from kit.picker.framework import (
     Clock,
@@ -335,7 +335,10 @@ class _Loader:
         try:
             params = model.model_validate(raw or {}, context={"notes": notes}) if info.cls.Params else None
         except ValidationError as err:
-            self.errors += [f"{where}.parameters.{line}" for line in describe(err)]
+            for e in err.errors():
+                msg = e["msg"].removeprefix("Value error, ")
+                self.errors.append(f"{where}.parameters.{dotted(e['loc'])}: {msg}" if e["loc"]
+                                   else f"{where}.parameters: {msg}")
             return None
         alias = {n: f.alias or n for n, f in model.model_fields.items()}
         self.warnings += [f"{where}.parameters.{alias.get(field, field)}: {msg}" if field else

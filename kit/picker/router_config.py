@@ -38,6 +38,7 @@ lacks (an error names it); the gateway scrapes every endpoint whatever the data 
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -82,6 +83,8 @@ DEFAULT_CONFIG: dict[str, Any] = {  # v0.10.0's loadDefaultConfig
         {"pluginRef": "prefix-cache-scorer", "weight": 3}]}],
     "dataLayer": {"sources": [{"pluginRef": METRICS_SOURCE, "extractors": [{"pluginRef": METRICS_EXTRACTOR}]}]},
 }
+
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------- the config's shape
@@ -476,8 +479,9 @@ class _Loader:
                 plugin = self.default_plugin(default, f"default producer of {k} (consumed by {consumer})")
                 if plugin is not None:
                     created += 1
-                    self.warnings.append(f"plugins: {default} created with no parameters: {consumer} requires "
-                                         f"{k} and no configured plugin produces it (as llm-d-router v0.10.0 does)")
+                    log.info("%s: auto-created default producer %s with no parameters: %s requires %s and no "
+                             "configured plugin produces it (as llm-d-router v0.10.0 does)", self.source, default,
+                             consumer, k)
             self.fail()
             if not created:
                 return

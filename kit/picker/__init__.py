@@ -7,8 +7,10 @@ Pure scheduling logic: no network, no server, no plotting.
 from kit.picker.config import LoadedConfig, load_picker_config, load_picker_file
 from kit.picker.framework import CycleState, Endpoint, InferenceRequest, KVEventsConsumer
 from kit.picker.plugins.approx_prefix import PrefixMatch
+from kit.picker.plugins.router.data import MatchInfo
 from kit.picker.release import RELEASES
 from kit.picker.scheduler import Decision, NoEndpoints, Scheduler, Unparseable
 
 __all__ = ["RELEASES", "CycleState", "Decision", "Endpoint", "InferenceRequest", "KVEventsConsumer", "LoadedConfig",
-           "NoEndpoints", "PrefixMatch", "Scheduler", "Unparseable", "load_picker_config", "load_picker_file"]
+           "MatchInfo", "NoEndpoints", "PrefixMatch", "Scheduler", "Unparseable", "load_picker_config",
+           "load_picker_file"]

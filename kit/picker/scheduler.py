@@ -183,6 +183,11 @@ class Scheduler:
         """Whether requests need ``await produce(req, post)`` before ``schedule`` (a render-backed token producer)."""
         return bool(self._async)
 
+    @property
+    def starts(self) -> bool:
+        """Whether some plugin wants ``response_start`` (the first bytes of each answer)."""
+        return bool(self._start)
+
     def default_render_url(self, url: str) -> None:
         """Where token producers whose config leaves ``vllm.url`` unset render (instead of upstream's
         ``http://localhost:8000``, which on the kit's local stack is the gateway itself)."""

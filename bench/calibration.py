@@ -105,7 +105,7 @@ def coefficients(hw: str) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hardware", choices=sorted(MEASURED), action="append", help="card(s) to compare (default: all)")
-    ap.add_argument("--markdown", action="store_true", help="one markdown table of every card (docs/benchmarks.md)")
+    ap.add_argument("--markdown", action="store_true", help="one markdown table of every card (as in docs/results)")
     args = ap.parse_args()
     cards = args.hardware or sorted(MEASURED)
     results = {hw: compare(hw) for hw in cards}

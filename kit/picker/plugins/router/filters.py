@@ -213,6 +213,7 @@ class LabelSelectorFilter(PluginBase):
 
 
 class ByLabelSelector(LabelSelectorFilter):
-    """``by-label-selector``: deprecated name (v0.9.0, removal planned for v0.11.0) of ``label-selector-filter``."""
+    """``by-label-selector`` of llm-d-router v0.10.0: deprecated name (v0.9.0, removal planned for v0.11.0) of
+    ``label-selector-filter``. Parameters: ``matchLabels``, ``matchExpressions``."""
 
     type = "by-label-selector"

@@ -9,13 +9,14 @@ guide's shared-prefix workload: at the guide's scale (long answers, so decoding 
 short answers (the capacity notebook's quarter-scale lengths), and with two hot groups taking half the
 traffic, each at several rates and seeds (the workload's prompts and arrivals, and the pickers' random
 choices). ``default-plugins@v0.10`` is the guide's profile loaded as release v0.10 (the same plugins, today's
-prefix hashing), to tell the profile's effect from the release's.
+prefix hashing), to tell the profile's effect from the release's; ``optimized-baseline-output-aware`` is the kit's
+variant whose in-flight load also counts the expected output tokens (``addEstimatedOutputTokens``).
 
 Per point it keeps the median over the seeds of TTFT p50/p90, E2E p90, hit rate and served requests per
 second, with the range of TTFT p90; prints one JSON document; ``--record`` writes one record per scenario
 under bench/results/optimized-baseline/ (``make results`` renders docs/results/optimized-baseline.md).
 
-    .venv/bin/python bench/optimized_baseline.py --record            # about 30 min on 2 cores
+    .venv/bin/python bench/optimized_baseline.py --record            # about 40 min on 2 cores
     .venv/bin/python bench/optimized_baseline.py --scenario short-answers --seeds 1,2
 """
 
@@ -32,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-PROFILES = ("default-plugins", "default-plugins@v0.10", "optimized-baseline")
+PROFILES = ("default-plugins", "default-plugins@v0.10", "optimized-baseline", "optimized-baseline-output-aware")
 
 # name → (title, workload parameters, num_gpu_blocks per server, requests, rates)
 SCENARIOS: dict[str, tuple[str, dict, int, int, tuple[float, ...]]] = {

@@ -126,7 +126,9 @@ NOTES = {
         "filter keeps each group on its servers (its gate opens only some 286,000 in-flight tokens behind, from "
         "defaults calibrated for Qwen3-32B on two H100s); past the knee queues form there while other servers have "
         "room. The guide's profile sees KV use and queue depth and stays flat. The release alone changes nothing "
-        "(default-plugins@v0.10)."),
+        "(default-plugins@v0.10). Counting the expected output tokens as in-flight load "
+        "(optimized-baseline-output-aware: addEstimatedOutputTokens) lets the token load see decoding servers, "
+        "and optimized-baseline then matches the guide's profile at every rate."),
     "short-answers": (
         "The same fleet and workload shape with the capacity notebook's lengths (1,500-token system prompts, "
         "300-token questions, 200-token answers) and 2,400 KV blocks per server, 1,500 requests per rate. "
@@ -135,13 +137,16 @@ NOTES = {
         "rate stays near 80% while the guide's falls to 75%: its load signal is the picker's own in-flight count, "
         "live, where the guide's queue and KV-cache signals are scraped every 50 ms and look the same for every "
         "request between two scrapes. Past the knee (600 req/s) both queue and their ranges over the seeds "
-        "overlap."),
+        "overlap, but the output-aware variant does not: 11 ms against 245 ms, and 431 served requests per "
+        "second against 373, its hit rate 83%."),
     "hot-groups": (
         "Short answers with two of the 150 groups taking half the requests (the Skewed workload). Medians over "
         "{seeds} seeds. The guide's profile wins: the affinity filter keeps a hot group on the servers that hold its "
         "prefix (the busiest server takes 417 requests against 305), since each hot request brings only its "
         "question's uncached tokens and the gate needs hundreds of thousands in flight to open; decoding is not "
-        "counted at all. TTFT p90 at 300 req/s: 613 ms against 23 ms."),
+        "counted at all. TTFT p90 at 300 req/s: 613 ms against 23 ms. Counting expected output tokens "
+        "(output-aware) brings it to 29 ms at 300 req/s, but at 600 req/s the guide's profile is still better "
+        "(383 ms against 1.8 s; the guide's own range over the seeds is wide, 42 ms to 1.8 s)."),
 }
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kit.experiments.results import ProfileRun
-from kit.picker import CycleState, Endpoint, MatchInfo, PrefixMatch
+from kit.picker import CycleState, Endpoint, PrefixMatch
 
 STALE_BELIEF, STALE_FOUND = 0.9, 0.5
 
@@ -95,7 +95,7 @@ def believed(state: CycleState, endpoint: str) -> float | None:
         if isinstance(m, PrefixMatch):
             if m.hashes:
                 shares.append(m.servers.get(endpoint, 0) / len(m.hashes))
-        elif isinstance(m, dict) and isinstance(info := m.get(endpoint), MatchInfo) and info.total_blocks:
+        elif isinstance(m, dict) and getattr(info := m.get(endpoint), "total_blocks", 0):  # a MatchInfo (v0.10)
             shares.append(info.ratio)
     return max(shares) if shares else None
 

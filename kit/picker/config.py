@@ -38,7 +38,6 @@ from kit.config import StrictModel, parse
 from kit.errors import ConfigError
 from kit.picker import registry as registries
 from kit.picker import release as releases
-from kit.picker import router_config
 from kit.picker.framework import (
     Clock,
     Consumer,
@@ -164,6 +163,8 @@ def load_picker_config(text: str, source: str = SOURCE, registry: Registry | Non
     """
     release = releases.resolve(release, text, source)
     if release == "v0.10":
+        from kit.picker import router_config  # release v0.10 only: v0.7 never imports its plugins
+
         built = router_config.load(text, source, registry or registries.default(release), clock)
         return LoadedConfig(built.scheduler, built.effective, built.warnings, source, release)
     registry = registry or registries.default()

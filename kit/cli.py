@@ -83,17 +83,19 @@ def _gateway(args: argparse.Namespace) -> int:
     from kit.picker import load_picker_file
 
     path = args.config or default_scheduler_config()
-    config = load_picker_file(path)
+    config = load_picker_file(path, release=args.release)
     if args.picker_replicas < 1:
         raise KitError(f"--picker-replicas: need at least one endpoint picker, got {args.picker_replicas}")
     if args.picker_replicas > 1:  # kit-only: replicas splitting the requests, each with its own state
         from kit.picker.replicas import ReplicatedScheduler
 
-        more = [load_picker_file(path).scheduler for _ in range(args.picker_replicas - 1)]
+        more = [load_picker_file(path, release=args.release).scheduler for _ in range(args.picker_replicas - 1)]
         config.scheduler = ReplicatedScheduler([config.scheduler, *more])
     endpoints = endpoints_from_urls(args.endpoints.split(","))
     if not endpoints:
         raise KitError("--endpoints: give at least one model-server URL")
+    if config.scheduler.renders:  # kit-only: not upstream's localhost:8000, which is this gateway on a local stack
+        config.scheduler.default_render_url((args.render_url or endpoints[0].url).rstrip("/"))
     settings = model_from_args(GatewaySettings, args, "kit gateway")
     gw = Gateway(config, endpoints, args.model, objectives=_objectives(args.objective), settings=settings)
     config.scheduler.start()  # plugins' background work, e.g. the precise scorer's KV-event subscriber
@@ -389,6 +391,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--picker-replicas", type=int, default=1,
                    help="kit-only: endpoint pickers splitting the requests at random, each with its own state "
                         "(prefix index); precise indexes all read every KV event (default: 1)")
+    g.add_argument("--release", choices=["v0.7", "v0.10"], default=None,
+                   help="the upstream release the picker follows: v0.7 (the guide's llm-d-inference-scheduler) or "
+                        "v0.10 (llm-d-router v0.10.0); default: the one the config declares (# release: ...), "
+                        "else v0.7. The picker's metric names follow it")
+    g.add_argument("--render-url", default=None,
+                   help="where a token-producer whose config leaves vllm.url unset renders prompts (default: "
+                        "the first of --endpoints; upstream's default, http://localhost:8000, is the gateway "
+                        "itself on a local stack)")
     if command in (None, "gateway"):
         from kit.gateway.settings import GatewaySettings
 

@@ -11,12 +11,15 @@ On the local stack each simulator publishes its block pool's changes over ZMQ (`
   picker ``lag`` seconds of virtual time later (default 3 ms: the median measured from a real ``kit sim``
   to the index having applied the batch, docs/results/precise.md);
 * before each scheduling decision at time *t*, every busy server is brought to *t* − ``lag`` and every batch
-  due by *t* goes, in publication order, to ``receive`` of each precise scorer of every picker replica
-  (``parse_batch`` then ``apply_events``: the code the ZMQ subscriber thread runs).
+  due by *t* goes, in publication order, to ``receive`` of each event reader of every picker replica (the
+  code the ZMQ subscriber thread runs: release v0.7's ``precise-prefix-cache-scorer``, release v0.10's
+  ``precise-prefix-cache-producer`` and its deprecated scorer).
 
-The scorer tokenizes each request itself, in process with ``kit.tokenizer``, as on the local stack, and
-reads the run's virtual clock (speculative entries expire on it). Profiles without a precise scorer
-record no events and run exactly as before.
+Release v0.7's scorer tokenizes each request itself, in process with ``kit.tokenizer``, as on the local
+stack, and its block size must be the servers'; release v0.10's producer hashes ``req.tokens`` (a rendering
+token producer's: the fleet fills them from the server's tokenizer) into its own blocks, whatever the
+servers' block size. Both read the run's virtual clock (speculative entries expire on it). Profiles without
+an event reader record no events and run exactly as before.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ DEFAULT_LAG = 0.003  # seconds; median measured from a real kit sim, publish →
 
 
 def precise_scorers(schedulers: Iterable[Any]) -> list[KVEventsConsumer]:
-    """Every precise prefix scorer of these schedulers (one per replica and plugin instance)."""
+    """Every reader of KV-cache events of these schedulers (one per replica and plugin instance)."""
     return [p for s in schedulers for p in s.plugins if isinstance(p, KVEventsConsumer)]
 
 
@@ -47,7 +50,7 @@ class EventFeed:
             raise KitError(f"event_lag: a delay cannot be negative, got {lag}")
         cfg = nodes[0].cfg
         for s in scorers:
-            if s.block_size != cfg.block_size:
+            if s.block_size is not None and s.block_size != cfg.block_size:  # None: any (release v0.10)
                 raise KitError(f"{getattr(s, 'name', s)}: tokenProcessorConfig.blockSize is {s.block_size} but the "
                                f"simulated servers use blocks of {cfg.block_size} tokens; the two must be equal "
                                "(set --block-size or the profile's blockSize)")

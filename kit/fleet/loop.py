@@ -5,9 +5,14 @@ A plain event heap orders four kinds of event: a node may finish a request (each
 scenario, ``kit.fleet.scenario``). At equal times finishes come first. With a precise prefix scorer the
 servers' KV-cache events reach its index after ``event_lag`` (``kit.fleet.events``).
 
-The picker is the gateway's: built from the same scheduler config file, asked ``schedule`` for each
-request, told ``pre_request`` (the prefix index learns) and ``response_complete``, with each endpoint's
-``in_flight`` kept as the gateway keeps it. It sees each server's metrics as the gateway's datastore
+The picker is the gateway's: built from the same scheduler config file (``Fleet.release``: the upstream
+release it follows, by default the one the profile declares), asked to read each request as the gateway
+asks (``Scheduler.request``: release v0.10's parsers) and to ``schedule`` it, told ``pre_request`` (the
+prefix index learns), ``response_start`` when the request's first token is out (release v0.10's in-flight
+load lets the prompt's tokens go; told at the next decision, before it is taken) and ``response_complete``,
+with each endpoint's ``in_flight`` kept as the gateway keeps it. A token producer that renders (``vllm``
+backend) gets the prompt's tokens from the simulated server's tokenizer, as the server's ``/render`` routes
+would give them; the ``estimate`` backend runs as it is. It sees each server's metrics as the gateway's datastore
 scrapes them: as they were at the last scrape tick (every ``refresh_interval`` seconds of virtual time),
 so load signals lag as they do in reality. A node is advanced to a tick only when a request is routed
 in that tick's interval, and an idle node that was already idle at its last scrape is not scraped again.
@@ -84,6 +89,8 @@ class Fleet:
     # Kit-only scenarios (kit.fleet.scenario, docs/explanation/fleet-simulator.md): pickers splitting the traffic,
     # and outside traffic
     picker_replicas: int = 1
+    # The upstream release the picker follows ("v0.7", "v0.10"; None: the one the profile declares, else v0.7)
+    release: str | None = None
     outside_rate: float = 0.0
     outside_prompt_len: int = 1000
     outside_output_len: int = 1
@@ -112,6 +119,8 @@ class _Run:
         self.t = 0.0  # virtual now: the picker's clock (staleness, saturation, time-to-live)
         self.loaded = self.load_picker()
         self.sched = self.loaded.scheduler
+        self.renders = self.sched.renders  # the server's render routes give the prompt's tokens
+        self.starts = self.sched.starts  # some plugin wants each answer's first token
         scenario.seed_picker(self.sched, str(fleet.seed))
         if len(_TOKENS) > _MAX_PROMPTS:
             _TOKENS.clear()
@@ -136,6 +145,7 @@ class _Run:
         self.bound = [math.inf] * len(self.nodes)
         self.version = [0] * len(self.nodes)
         self.pending: dict[int, _Request] = {}  # id(seq) → request
+        self.awaiting: list[dict[int, tuple[Sequence, _Request]]] = [{} for _ in self.nodes]  # before first token
         self.seqs: dict[int, Sequence] = {}
         self.results: list[RequestResult] = []
         self.samples: list[MetricSample] = []
@@ -151,7 +161,8 @@ class _Run:
                         unit="req", disable=not progress, leave=False, mininterval=0.5)
 
     def load_picker(self) -> Any:
-        return load_picker_file(paths.scheduler_profile(self.fleet.profile), clock=lambda: self.t)
+        return load_picker_file(paths.scheduler_profile(self.fleet.profile), clock=lambda: self.t,
+                                release=self.fleet.release)
 
     # ------------------------------------------------------------ events
     def push(self, t: float, kind: int, data: Any) -> None:
@@ -222,13 +233,32 @@ class _Run:
             self.hashes[id(ids)] = (ids, chain_hashes(ids, self.fleet.sim.block_size, self.root))
         return ids
 
+    def first_tokens(self, t: float) -> None:
+        """Tell the pickers of every request whose first token is out by ``t`` (its server brought to ``t``)."""
+        for i, waiting in enumerate(self.awaiting):
+            if not waiting:
+                continue
+            if self.nodes[i].now < t:
+                self.sync(i, t)
+                self.rebound(i)
+            for k, (seq, r) in list(waiting.items()):
+                if seq.first_token_at is not None:
+                    del waiting[k]
+                    r.sched.response_start(r.req, r.endpoint)
+
     def arrive(self, t: float, job: Job, turn: int, answers: list[str]) -> None:
         rid = next(self.rid)
         b = body(job.prompt(turn, answers), self.w.output_len, self.load)
-        req = InferenceRequest.from_body(b, self.fleet.sim.model, request_id=f"req-{rid}")
+        path = "/v1/chat/completions" if "messages" in b else "/v1/completions"
+        req = self.sched.request(b, path, self.fleet.sim.model, request_id=f"req-{rid}")
+        prompt = self.prompt_tokens(b)
+        if self.renders:
+            req.tokens = prompt
         self.scrape_all(t)
         if self.feed is not None:
             self.feed.catch_up(self, t)
+        if self.starts:
+            self.first_tokens(t)
         sched, eps = self.replicas.choose(self.sched) if self.replicas else (self.sched, self.eps)
         decision, state = sched.schedule(req, eps)
         ep = eps[self.index[decision.picked[0]]]
@@ -240,7 +270,7 @@ class _Run:
         i = self.index[ep.name]
         self.sync(i, t)
         try:
-            seq = self.nodes[i].submit(t, self.prompt_tokens(b), self.w.output_len)
+            seq = self.nodes[i].submit(t, prompt, self.w.output_len)
         except EngineFull as err:
             ep.in_flight -= 1
             sched.response_complete(req, ep)
@@ -249,7 +279,9 @@ class _Run:
             self.bar.update()
             self.job_done(t)
             return
-        self.pending[id(seq)] = _Request(rid, job, turn, answers, t, ep, req, sched)
+        self.pending[id(seq)] = r = _Request(rid, job, turn, answers, t, ep, req, sched)
+        if self.starts:
+            self.awaiting[i][id(seq)] = (seq, r)
         self.rebound(i)
 
     def finish(self, i: int) -> None:
@@ -259,6 +291,8 @@ class _Run:
             r = self.pending.pop(id(seq), None)
             if r is None:
                 continue  # outside traffic
+            if self.starts and self.awaiting[i].pop(id(seq), None) is not None:
+                r.sched.response_start(r.req, r.endpoint)  # first and last token before a decision saw them
             r.endpoint.in_flight -= 1
             r.sched.response_complete(r.req, r.endpoint)
             end = seq.last_token_at

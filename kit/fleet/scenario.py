@@ -87,10 +87,16 @@ class Outside:
 
 
 def believed(state: CycleState, endpoint: str) -> float | None:
-    """The share of the prompt's blocks the prefix scorers believed ``endpoint`` held (the highest, if several
-    scored it), or None when no prefix scorer ran."""
-    shares = [m.servers.get(endpoint, 0) / len(m.hashes) for m in state.values()
-              if isinstance(m, PrefixMatch) and m.hashes]
+    """The share of the prompt's blocks the prefix scorers (release v0.7) or prefix producers (release v0.10:
+    each endpoint's ``PrefixCacheMatchInfo``) believed ``endpoint`` held (the highest, if several did), or
+    None when none ran."""
+    shares = []
+    for m in state.values():
+        if isinstance(m, PrefixMatch):
+            if m.hashes:
+                shares.append(m.servers.get(endpoint, 0) / len(m.hashes))
+        elif isinstance(m, dict) and getattr(info := m.get(endpoint), "total_blocks", 0):  # a MatchInfo (v0.10)
+            shares.append(info.ratio)
     return max(shares) if shares else None
 
 

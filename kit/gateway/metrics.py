@@ -1,5 +1,11 @@
 """The gateway's own Prometheus metrics: counters kept as plain numbers, and the pool's gauges read at scrape time.
 
+The endpoint picker's own series are named as the picker's release names them (``EPP_NAMES``): the guide's
+v0.7 as the Gateway API Inference Extension did (``inference_extension_*``); llm-d-router v0.10.0 under its
+``llm_d_epp`` subsystem, still emitting the ``inference_extension_*`` names as deprecated twins (help text
+``[Deprecated: Use ...]``), as v0.10.0 does. The kit keeps one label, ``status``, on the attempts counter
+(upstream adds the model and the endpoint).
+
 prometheus_client's counters and histograms take a lock (and look their labels up) on every update; the
 gateway counts on every request from one event loop, so ``Tally`` keeps a dict of numbers and
 ``Buckets`` a list, handed to the registry only when ``/metrics`` is read (exposed as prometheus_client
@@ -16,12 +22,26 @@ from prometheus_client.registry import Collector
 
 from kit.picker import Endpoint
 
+# release → (scheduling attempts counter, its deprecated twins), (latency histogram, twins), latency buckets
+EPP_NAMES: dict[str, tuple[tuple[str, tuple[str, ...]], tuple[str, tuple[str, ...]], tuple[float, ...]]] = {
+    "v0.7": (("inference_extension_scheduler_attempts", ()),
+             ("inference_extension_scheduler_e2e_duration_seconds", ()),
+             (5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1)),
+    "v0.10": (("llm_d_epp_scheduler_attempts", ("inference_extension_scheduler_attempts",)),
+              ("llm_d_epp_scheduler_e2e_duration_seconds", ("inference_extension_scheduler_e2e_duration_seconds",)),
+              (1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1)),
+}
+
+
+def _deprecated(name: str, suffix: str, documentation: str) -> str:
+    return f"[Deprecated: Use {name}{suffix}] {documentation}"
+
 
 class Tally(Collector):
-    """A counter by label values, for one thread."""
+    """A counter by label values, for one thread; ``aliases``: the same counts under deprecated names."""
 
-    def __init__(self, name: str, documentation: str, labels: list[str]):
-        self.name, self.documentation, self.labels = name, documentation, labels
+    def __init__(self, name: str, documentation: str, labels: list[str], aliases: tuple[str, ...] = ()):
+        self.name, self.documentation, self.labels, self.aliases = name, documentation, labels, aliases
         self.counts: dict[tuple[str, ...], float] = {}
 
     def inc(self, *values: str) -> None:
@@ -29,18 +49,21 @@ class Tally(Collector):
         counts[values] = counts.get(values, 0.0) + 1.0
 
     def collect(self) -> Iterator[CounterMetricFamily]:
-        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
-        for values, n in list(self.counts.items()):
-            family.add_metric(list(values), n)
-        yield family
+        counts = list(self.counts.items())
+        for name in (self.name, *self.aliases):
+            doc = self.documentation if name == self.name else _deprecated(self.name, "_total", self.documentation)
+            family = CounterMetricFamily(name, doc, labels=self.labels)
+            for values, n in counts:
+                family.add_metric(list(values), n)
+            yield family
 
 
 class Buckets(Collector):
     """A histogram without labels, for one thread (exposed as a prometheus_client histogram is, without
-    ``_created``)."""
+    ``_created``); ``aliases``: the same histogram under deprecated names."""
 
-    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]):
-        self.name, self.documentation, self.bounds = name, documentation, buckets
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...], aliases: tuple[str, ...] = ()):
+        self.name, self.documentation, self.bounds, self.aliases = name, documentation, buckets, aliases
         self.counts = [0] * (len(buckets) + 1)  # the last one: above every bound
         self.sum = 0.0
 
@@ -53,9 +76,11 @@ class Buckets(Collector):
         for bound, n in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
             total += n
             cumulative.append((bound, float(total)))
-        family = HistogramMetricFamily(self.name, self.documentation)
-        family.add_metric([], cumulative, self.sum)
-        yield family
+        for name in (self.name, *self.aliases):
+            doc = self.documentation if name == self.name else _deprecated(self.name, "", self.documentation)
+            family = HistogramMetricFamily(name, doc)
+            family.add_metric([], cumulative, self.sum)
+            yield family
 
 
 class PoolGauges(Collector):

@@ -23,13 +23,14 @@ import random
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from prometheus_client import CollectorRegistry, generate_latest
 
 from kit.gateway.datastore import Datastore
 from kit.gateway.front import Front, Request, Response, Router, Stream, error, json_response
-from kit.gateway.metrics import Buckets, PoolGauges, Tally
+from kit.gateway.metrics import EPP_NAMES, Buckets, PoolGauges, Tally
 from kit.gateway.settings import GatewaySettings
 from kit.gateway.upstream import Answer, ConnectError, ConnectTimeout, Pool, ReadTimeout, UpstreamError
 from kit.http import (
@@ -41,9 +42,8 @@ from kit.http import (
     parse_json,
     run_server,
 )
-from kit.picker import Endpoint, InferenceRequest, LoadedConfig, NoEndpoints
+from kit.picker import Endpoint, InferenceRequest, LoadedConfig, NoEndpoints, Unparseable
 
-SCHED_BUCKETS = (5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1)
 _RETRY = object()
 GC_THRESHOLD = 20_000  # allocations between young-generation collections (Python's default: 700)
 # Passed on from the endpoint's answer besides Content-Type: (name, as the upstream client keys it).
@@ -66,12 +66,12 @@ class Gateway:
         self.requests = Tally("kit_gateway_requests", "Requests by serving endpoint and status code.",
                               ["endpoint", "code"])
         self.retries = Tally("kit_gateway_retries", "Requests re-scheduled after an endpoint failed.", ["endpoint"])
-        self.attempts = Tally("inference_extension_scheduler_attempts", "Scheduling attempts.", ["status"])
+        (attempts, attempt_aliases), (latency, latency_aliases), bounds = EPP_NAMES[config.release]
+        self.attempts = Tally(attempts, "Scheduling attempts.", ["status"], attempt_aliases)
         for collector in (self.requests, self.retries, self.attempts,
                           PoolGauges(self.datastore.endpoints, self.scheduler.gauges)):
             r.register(collector)
-        self.sched_latency = Buckets("inference_extension_scheduler_e2e_duration_seconds",
-                                     "Time to pick an endpoint.", SCHED_BUCKETS)
+        self.sched_latency = Buckets(latency, "Time to pick an endpoint.", bounds, latency_aliases)
         r.register(self.sched_latency)
         self.router = r = Router()
         for method, path, handler in (
@@ -154,14 +154,19 @@ class Gateway:
         if model is not None and model != self.model:
             return error(404, f"The model `{model}` does not exist.", "model")
         headers = request.headers
-        req = InferenceRequest.from_body(
-            body, self.model, headers=headers,
-            priority=self.objectives.get(headers.get(OBJECTIVE_HEADER, ""), 0),
-            request_id=headers.get(REQUEST_ID_HEADER) or f"{random.getrandbits(128):032x}")
+        try:  # v0.7: the OpenAI body as InferenceRequest.from_body reads it; v0.10: the configured parsers
+            req = self.scheduler.request(
+                body, request.path, self.model, headers=headers,
+                priority=self.objectives.get(headers.get(OBJECTIVE_HEADER, ""), 0),
+                request_id=headers.get(REQUEST_ID_HEADER) or f"{random.getrandbits(128):032x}")
+        except Unparseable as exc:
+            return error(400, str(exc))
         refused = self.scheduler.admit(req, self.datastore.endpoints)  # saturation, then any admitter plugin
         if refused:
             self.requests.inc("", "429")
             return error(429, refused)
+        if self.scheduler.renders:  # a render-backed token producer: the prompt's tokens from a model server
+            await self.scheduler.produce(req, self._render)
         tried: set[str] = set()
         for attempt in range(self.settings.max_attempts):
             start = time.perf_counter()
@@ -221,6 +226,7 @@ class Gateway:
         try:
             if answer.status >= 500 and not last:
                 return _RETRY  # nothing reached the client yet: try another endpoint
+            self.scheduler.response_start(req, ep)  # the answer's first bytes (v0.10's in-flight load lets go)
             up = answer.headers
             headers = {"Content-Type": up.get("content-type", "application/json"), ENDPOINT_HEADER: ep.name,
                        REQUEST_ID_HEADER: req.request_id, **self.scheduler.response_headers(req, ep)}
@@ -255,6 +261,24 @@ class Gateway:
             return resp
         finally:
             answer.close()
+
+    async def _render(self, url: str, body: Any, timeout: float) -> Any:
+        """POST ``body`` as JSON to ``url`` through the gateway's client; the JSON answer (a token producer's
+        render call). Raises on a status other than 200 or when the whole answer takes over ``timeout``."""
+        u = urlsplit(url)
+        base, path = f"{u.scheme}://{u.netloc}", u.path + (f"?{u.query}" if u.query else "")
+        async with asyncio.timeout(timeout):
+            answer = await self.upstream.post(base, path, orjson.dumps(body))
+            try:
+                parts = []
+                while chunk := await answer.read():
+                    parts.append(chunk)
+            finally:
+                answer.close()
+        data = b"".join(parts)
+        if answer.status != 200:
+            raise UpstreamError(f"HTTP {answer.status}: {data[:200].decode(errors='replace')}")
+        return orjson.loads(data)
 
 
 def _parse_body(raw: bytes) -> Any:

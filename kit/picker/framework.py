@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Protocol, runtime_checkable
 
@@ -59,6 +59,13 @@ class InferenceRequest:
     request_id: str = ""
     cache_salt: str = ""  # vLLM's ``cache_salt``: isolates prefix caches; part of the prefix hash seed
     messages: list[dict[str, Any]] | None = None  # a chat request's messages (tokenizers render them)
+    # The prompt's token ids (upstream's TokenizedPrompt): filled once by a token producer (the model server's
+    # render endpoint, or the tokenizer-free estimate), or by a caller that tokenizes as the server does (the
+    # fleet simulator); anything that hashes tokens reads them here. A producer that finds them set skips.
+    tokens: list[int] | None = None
+    body: dict[str, Any] | None = None  # the request body as received (the render backend sends it on)
+    path: str = ""  # the request's path (upstream's parsers are chosen by it)
+    produce_failed: bool = False  # a network producer failed: the producers after it skip this request
 
     @classmethod
     def from_body(cls, body: dict[str, Any], model: str, *, headers: dict[str, str] | None = None, priority: int = 0,
@@ -75,7 +82,7 @@ class InferenceRequest:
             text = p if isinstance(p, str) else json.dumps(p, separators=(",", ":"))
         salt = body.get("cache_salt")
         return cls(body.get("model") or model, text, {} if headers is None else headers, priority, request_id,
-                   salt if isinstance(salt, str) else "", messages)  # by position: a third of the cost of keywords
+                   salt if isinstance(salt, str) else "", messages, None, body)  # by position: keywords cost more
 
 
 class CycleState(dict):
@@ -128,6 +135,25 @@ class PrepareData(Protocol):
     PrepareRequestData); writes it into the cycle state."""
 
     def prepare_request_data(self, state: CycleState, req: InferenceRequest, eps: list[Endpoint]) -> None: ...
+
+
+Post = Callable[[str, Any, float], Awaitable[Any]]  # (url, JSON body, timeout in seconds) → the parsed JSON answer
+
+
+@runtime_checkable
+class AsyncProducer(Protocol):
+    """Computes per-request data over the network before scheduling (the token producer's render backend). The
+    caller that owns an HTTP client awaits ``produce`` with its ``post``; the picker itself opens no connection."""
+
+    async def produce(self, req: InferenceRequest, post: Post, default_url: str = "") -> bool: ...
+
+
+@runtime_checkable
+class ResponseStart(Protocol):
+    """Told when the first chunk of the answer from ``ep`` arrives (upstream's ResponseBody with StartOfStream:
+    for a streamed answer the first token, for a whole one the answer)."""
+
+    def response_start(self, req: InferenceRequest, ep: Endpoint) -> None: ...
 
 
 @runtime_checkable

@@ -19,10 +19,15 @@ from kit.picker.framework import Clock, Params
 
 
 class Registry:
-    """``type name → plugin class``; ``create`` builds an instance from a config entry."""
+    """``type name → plugin class``; ``create`` builds an instance from a config entry. ``info`` holds a release's
+    registration metadata (``kit.picker.plugins.router.Info``) and ``upstream`` every type that release registers
+    upstream, implemented by the kit or not (both only for llm-d-router v0.10)."""
 
-    def __init__(self, plugins: dict[str, type] | None = None):
+    def __init__(self, plugins: dict[str, type] | None = None, info: dict[str, Any] | None = None,
+                 upstream: frozenset[str] = frozenset()):
         self._classes: dict[str, type] = dict(plugins or {})
+        self.info: dict[str, Any] = dict(info or {})
+        self.upstream = upstream
 
     def register(self, plugin_type: str, cls: type) -> None:
         self._classes[plugin_type] = cls
@@ -73,14 +78,18 @@ class Registry:
         return plugin
 
 
-_DEFAULT: Registry | None = None
+_DEFAULT: dict[str, Registry] = {}
 
 
-def default() -> Registry:
-    """The registry of the kit's built-in plugins."""
-    global _DEFAULT
-    if _DEFAULT is None:
-        from kit.picker.plugins import BUILTINS
+def default(release: str = "v0.7") -> Registry:
+    """The registry of the kit's built-in plugins for ``release`` (``kit.picker.release``)."""
+    if release not in _DEFAULT:
+        if release == "v0.10":
+            from kit.picker.plugins.router import PLUGINS, UPSTREAM_TYPES
 
-        _DEFAULT = Registry(BUILTINS)
-    return _DEFAULT
+            _DEFAULT[release] = Registry({t: i.cls for t, i in PLUGINS.items()}, PLUGINS, UPSTREAM_TYPES)
+        else:
+            from kit.picker.plugins import BUILTINS
+
+            _DEFAULT[release] = Registry(BUILTINS)
+    return _DEFAULT[release]

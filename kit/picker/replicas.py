@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import random
 import weakref
+from typing import Any
 
-from kit.picker.framework import CycleState, Endpoint, InferenceRequest
+from kit.picker.framework import CycleState, Endpoint, InferenceRequest, Post
+from kit.picker.plugins.router.precise import PrecisePrefixProducer, PrecisePrefixScorer
 from kit.picker.plugins.scorers.precise_prefix import PrecisePrefixCacheScorer
 from kit.picker.scheduler import Decision, Scheduler, summed
+
+EVENT_READERS = (PrecisePrefixCacheScorer, PrecisePrefixProducer, PrecisePrefixScorer)
 
 
 class ReplicatedScheduler:
@@ -37,7 +41,7 @@ class ReplicatedScheduler:
         for sched in replicas[1:]:
             sched.recent = self.recent
             for mine, theirs in zip(replicas[0].plugins, sched.plugins, strict=True):
-                if isinstance(mine, PrecisePrefixCacheScorer) and isinstance(theirs, PrecisePrefixCacheScorer):
+                if isinstance(mine, EVENT_READERS) and type(theirs) is type(mine):
                     mine.feed(theirs)
 
     def _index(self, req: InferenceRequest) -> int:
@@ -59,6 +63,21 @@ class ReplicatedScheduler:
         for sched in self.replicas:
             sched.close()
 
+    @property
+    def renders(self) -> bool:
+        return self.replicas[0].renders
+
+    def default_render_url(self, url: str) -> None:
+        for sched in self.replicas:
+            sched.default_render_url(url)
+
+    def request(self, body: Any, path: str, model: str, headers: dict[str, str] | None = None, priority: int = 0,
+                request_id: str = "") -> InferenceRequest:
+        return self.replicas[0].request(body, path, model, headers, priority, request_id)  # parsing keeps no state
+
+    async def produce(self, req: InferenceRequest, post: Post) -> None:
+        await self._replica(req).produce(req, post)
+
     def admit(self, req: InferenceRequest, endpoints: list[Endpoint]) -> str | None:
         return self._replica(req).admit(req, endpoints)
 
@@ -74,6 +93,9 @@ class ReplicatedScheduler:
 
     def response_headers(self, req: InferenceRequest, ep: Endpoint) -> dict[str, str]:
         return self._replica(req).response_headers(req, ep)
+
+    def response_start(self, req: InferenceRequest, ep: Endpoint) -> None:
+        self._replica(req).response_start(req, ep)
 
     def response_complete(self, req: InferenceRequest, ep: Endpoint) -> None:
         self._replica(req).response_complete(req, ep)

@@ -7,6 +7,7 @@ saturated, and any configured admitter may refuse a request too.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -16,6 +17,7 @@ from typing import Any
 
 from kit.picker.framework import (
     Admitter,
+    AsyncProducer,
     Clock,
     CycleState,
     Endpoint,
@@ -24,14 +26,22 @@ from kit.picker.framework import (
     InferenceRequest,
     Lifecycle,
     Picker,
+    Post,
     PrepareData,
     PreRequest,
     ProfileHandler,
     ResponseComplete,
     ResponseHeaders,
+    ResponseStart,
     SaturationDetector,
     Scorer,
 )
+
+log = logging.getLogger(__name__)
+
+
+class Unparseable(ValueError):
+    """The request cannot be read by the configured parsers (the gateway answers 400)."""
 
 
 class NoEndpoints(Exception):
@@ -126,7 +136,11 @@ class Scheduler:
     that implements them, as upstream's request-control layer does."""
 
     def __init__(self, profiles: list[Profile], handler: ProfileHandler, saturation: SaturationDetector,
-                 history: int = 2000, plugins: list[object] | None = None, clock: Clock = time.monotonic):
+                 history: int = 2000, plugins: list[object] | None = None, clock: Clock = time.monotonic,
+                 parsers: Any = None, release: str = "v0.7"):
+        self.release = release
+        self.parsers = parsers  # v0.10: the request parsers (``requestHandler``); v0.7 reads OpenAI bodies itself
+        self.render_url = ""  # where token producers without a vllm.url render (the gateway's --render-url)
         self.profiles = {p.name: p for p in profiles}
         self.handler = handler
         self.saturation = saturation
@@ -142,6 +156,15 @@ class Scheduler:
         self._complete = [p for p in self.plugins if isinstance(p, ResponseComplete)]
         self._gauges = [p for p in self.plugins if isinstance(p, Gauges)]
         self._lifecycle = [p for p in self.plugins if isinstance(p, Lifecycle)]
+        self._start = [p for p in self.plugins if isinstance(p, ResponseStart)]
+        # v0.10: producers that ask the network (the token producer's render backend) before the cycle; a failure
+        # skips every producer after them in the request's cycle, as upstream stops at a failing producer
+        self._async = [p for p in self.plugins if isinstance(p, AsyncProducer) and getattr(p, "renders", True)]
+        self._guarded = release != "v0.7"
+        self._after_render: set[int] = set()
+        if self._async:
+            first = self.plugins.index(self._async[0])
+            self._after_render = {id(p) for p in self.plugins[first + 1:]}
         # Each profile's weights by scorer name, as every decision shows them (shared: a decision is a record).
         self._weights = {p.name: {s.name: w for s, w in p.scorers} for p in profiles}
 
@@ -154,6 +177,41 @@ class Scheduler:
         """Stop the plugins' background work."""
         for p in self._lifecycle:
             p.close()
+
+    @property
+    def renders(self) -> bool:
+        """Whether requests need ``await produce(req, post)`` before ``schedule`` (a render-backed token producer)."""
+        return bool(self._async)
+
+    @property
+    def starts(self) -> bool:
+        """Whether some plugin wants ``response_start`` (the first bytes of each answer)."""
+        return bool(self._start)
+
+    def default_render_url(self, url: str) -> None:
+        """Where token producers whose config leaves ``vllm.url`` unset render (instead of upstream's
+        ``http://localhost:8000``, which on the kit's local stack is the gateway itself)."""
+        self.render_url = url
+
+    async def produce(self, req: InferenceRequest, post: Post) -> None:
+        """Run the producers that ask the network (in config order) with the caller's ``post``; a producer that
+        fails leaves its data unset and the request is scheduled without it."""
+        for p in self._async:
+            if await p.produce(req, post, self.render_url) is False:
+                req.produce_failed = True
+                return
+
+    def request(self, body: Any, path: str, model: str, headers: dict[str, str] | None = None, priority: int = 0,
+                request_id: str = "") -> InferenceRequest:
+        """The request as the picker reads it: release v0.7 reads an OpenAI body (``InferenceRequest.from_body``);
+        v0.10 hands it to the parser its ``requestHandler`` resolves for ``path`` (``Unparseable`` if none can)."""
+        headers = {} if headers is None else headers
+        if self.parsers is None:
+            return InferenceRequest.from_body(body, model, headers=headers, priority=priority, request_id=request_id)
+        try:
+            return self.parsers.resolve(path).parse(path, body, model, headers, priority, request_id)
+        except ValueError as err:
+            raise Unparseable(str(err)) from None
 
     def admit(self, req: InferenceRequest, endpoints: list[Endpoint]) -> str | None:
         """Why ``req`` is refused (the gateway answers 429), or None to admit it."""
@@ -176,8 +234,11 @@ class Scheduler:
             [ep for ep in endpoints if ep.healthy]
         if not eps:
             raise NoEndpoints("no healthy endpoint is available")
-        for producer in self._prepare:
-            producer.prepare_request_data(state, req, eps)
+        if self._guarded:
+            self._produce(state, req, eps)
+        else:
+            for producer in self._prepare:
+                producer.prepare_request_data(state, req, eps)
         name = self.handler.profiles_to_run(list(self.profiles))[0]
         profile = self.profiles[name]
         candidates, filtered_by = eps, {}
@@ -200,6 +261,20 @@ class Scheduler:
         state["profile"] = profile
         return decision, state
 
+    def _produce(self, state: CycleState, req: InferenceRequest, eps: list[Endpoint]) -> None:
+        """v0.10's producers in data-dependency order; the first to fail ends them for this request (logged), as
+        upstream's director stops at a failing producer and schedules without the rest."""
+        skip = self._after_render if req.produce_failed else ()
+        for producer in self._prepare:
+            if id(producer) in skip:
+                continue
+            try:
+                producer.prepare_request_data(state, req, eps)
+            except Exception as err:
+                log.warning("data producer %s failed, the rest are skipped for this request: %s",
+                            getattr(producer, "name", producer), err)
+                return
+
     def pre_request(self, state: CycleState, req: InferenceRequest, ep: Endpoint) -> None:
         """Tell plugins where the request is going (the prefix index learns here)."""
         for p in self._pre:
@@ -211,6 +286,11 @@ class Scheduler:
         for p in self._headers:
             out.update(p.response_headers(req, ep))
         return out
+
+    def response_start(self, req: InferenceRequest, ep: Endpoint) -> None:
+        """Tell plugins the answer's first chunk arrived (the in-flight load releases the prompt's tokens)."""
+        for p in self._start:
+            p.response_start(req, ep)
 
     def response_complete(self, req: InferenceRequest, ep: Endpoint) -> None:
         """Tell plugins the answer from ``ep`` has ended."""

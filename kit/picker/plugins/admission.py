@@ -54,13 +54,20 @@ DEFAULT_QUEUE, DEFAULT_KV, DEFAULT_STALENESS = 5, 0.8, 0.2
 
 
 class UtilizationParams(Params):
-    queue_depth_threshold: int = Field(DEFAULT_QUEUE, alias="queueDepthThreshold", gt=0)
-    kv_cache_util_threshold: float = Field(DEFAULT_KV, alias="kvCacheUtilThreshold", gt=0, le=1)
-    metrics_staleness_threshold: Duration = Field(DEFAULT_STALENESS, alias="metricsStalenessThreshold", gt=0)
-    headroom: float = Field(0.0, ge=0)
+    queue_depth_threshold: int = Field(DEFAULT_QUEUE, alias="queueDepthThreshold", gt=0,
+                                       description="waiting requests that make an endpoint saturated")
+    kv_cache_util_threshold: float = Field(DEFAULT_KV, alias="kvCacheUtilThreshold", gt=0, le=1,
+                                           description="KV-cache usage that makes an endpoint saturated")
+    metrics_staleness_threshold: Duration = Field(DEFAULT_STALENESS, alias="metricsStalenessThreshold", gt=0,
+                                                  description="metrics older than this count as saturated")
+    headroom: float = Field(0.0, ge=0, description="as a filter: drop endpoints at threshold × (1 + headroom)")
 
 
 class UtilizationDetector(PluginBase):
+    """``utilization-detector`` of llm-d-inference-scheduler v0.7.0: the saturation detector, and a filter (module
+    docstring). Parameters: ``queueDepthThreshold`` (5), ``kvCacheUtilThreshold`` (0.8),
+    ``metricsStalenessThreshold`` (200ms), ``headroom`` (0)."""
+
     type = "utilization-detector"
     Params = UtilizationParams
 
@@ -93,13 +100,19 @@ class UtilizationDetector(PluginBase):
 
 
 class ProbabilisticParams(Params):
-    queue_depth_threshold: int = Field(DEFAULT_QUEUE, alias="queueDepthThreshold", gt=0)
-    kv_cache_util_threshold: float = Field(DEFAULT_KV, alias="kvCacheUtilThreshold", gt=0)
-    power: float = Field(5.0, gt=0)
-    k: float = Field(300.0, gt=0)
+    queue_depth_threshold: int = Field(DEFAULT_QUEUE, alias="queueDepthThreshold", gt=0,
+                                       description="waiting requests counted as saturation 1.0")
+    kv_cache_util_threshold: float = Field(DEFAULT_KV, alias="kvCacheUtilThreshold", gt=0,
+                                           description="KV-cache usage counted as saturation 1.0")
+    power: float = Field(5.0, gt=0, description="exponent on the saturation")
+    k: float = Field(300.0, gt=0, description="scale of the shedding probability")
 
 
 class ProbabilisticAdmitter(PluginBase):
+    """``probabilistic-admitter`` of llm-d-inference-scheduler v0.7.0: sheds sheddable requests with probability
+    ``min(saturation^power × k, 1)`` (module docstring). Parameters: ``queueDepthThreshold`` (5),
+    ``kvCacheUtilThreshold`` (0.8), ``power`` (5), ``k`` (300)."""
+
     type = "probabilistic-admitter"
     Params = ProbabilisticParams
 

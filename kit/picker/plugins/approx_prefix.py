@@ -68,15 +68,18 @@ DEFAULT_LRU_CAPACITY = 31250
 
 
 class PrefixParams(Params):
-    auto_tune: bool = Field(True, alias="autoTune")
+    auto_tune: bool = Field(True, alias="autoTune", description="block size from the first candidate's "
+                                                                 "server, LRU capacity from each server's KV blocks")
     block_size_tokens: Annotated[int, positive_or(DEFAULT_BLOCK_TOKENS)] = Field(
-        DEFAULT_BLOCK_TOKENS, alias="blockSizeTokens")
-    block_size: int | None = Field(None, alias="blockSize")
+        DEFAULT_BLOCK_TOKENS, alias="blockSizeTokens", description="tokens per block (4 characters each; ≤ 0: 16)")
+    block_size: int | None = Field(None, alias="blockSize", description="deprecated: block size in characters")
     max_prefix_blocks_to_match: Annotated[int, positive_or(DEFAULT_MAX_BLOCKS)] = Field(
-        DEFAULT_MAX_BLOCKS, alias="maxPrefixBlocksToMatch")
-    max_prefix_tokens_to_match: int = Field(0, alias="maxPrefixTokensToMatch", ge=0)
+        DEFAULT_MAX_BLOCKS, alias="maxPrefixBlocksToMatch", description="blocks hashed at most (≤ 0: 256)")
+    max_prefix_tokens_to_match: int = Field(0, alias="maxPrefixTokensToMatch", ge=0,
+                                            description="tokens hashed at most (0: maxPrefixBlocksToMatch rules)")
     lru_capacity_per_server: Annotated[int, positive_or(DEFAULT_LRU_CAPACITY)] = Field(
-        DEFAULT_LRU_CAPACITY, alias="lruCapacityPerServer")
+        DEFAULT_LRU_CAPACITY, alias="lruCapacityPerServer",
+        description="hashes remembered per server without autoTune (≤ 0: 31250)")
 
     @model_validator(mode="before")
     @classmethod
@@ -269,6 +272,11 @@ class PrefixIndex:
 
 
 class ApproxPrefixCacheProducer(PluginBase):
+    """``approx-prefix-cache-producer`` of GIE v1.5 as the guide's release reads it: where the picker sent each prompt's
+    blocks, matched before the profile runs (module docstring). Parameters: those of ``prefix-cache-scorer``
+    (``autoTune`` true, ``blockSizeTokens`` 16, ``maxPrefixBlocksToMatch`` 256, ``maxPrefixTokensToMatch`` 0,
+    ``lruCapacityPerServer`` 31250)."""
+
     type = "approx-prefix-cache-producer"
     Params = PrefixParams
 

@@ -45,9 +45,10 @@ METRICS, ENDPOINTS = "prometheus metrics", "endpoint notifications"
 
 
 class MetricsSourceParams(Params):
-    scheme: str = "http"
-    path: str = "/metrics"
-    insecure_skip_verify: bool = Field(True, alias="insecureSkipVerify")
+    scheme: str = Field("http", description="scheme of the metrics URL")
+    path: str = Field("/metrics", description="path of the metrics URL")
+    insecure_skip_verify: bool = Field(True, alias="insecureSkipVerify",
+                                       description="skip TLS verification (https)")
 
     @field_validator("scheme", "path")
     @classmethod
@@ -59,6 +60,10 @@ class MetricsSourceParams(Params):
 
 
 class MetricsDataSource(PluginBase):
+    """``metrics-data-source`` of GIE v1.4.0 (the guide's EPP, llm-d-inference-scheduler v0.7.0): in the kit the gateway
+    datastore's scraping (module docstring). Parameters: ``scheme`` (http), ``path`` (/metrics),
+    ``insecureSkipVerify`` (true)."""
+
     type = "metrics-data-source"
     Params = MetricsSourceParams
 
@@ -67,9 +72,11 @@ class MetricsDataSource(PluginBase):
 
 
 class EngineParams(Params):
-    engine_label_key: str = Field("llm-d.ai/engine-type", alias="engineLabelKey")
-    default_engine: str = Field("vllm", alias="defaultEngine")
-    engine_configs: list[dict[str, Any]] = Field(default_factory=list, alias="engineConfigs")
+    engine_label_key: str = Field("llm-d.ai/engine-type", alias="engineLabelKey",
+                                  description="the endpoint label naming its engine")
+    default_engine: str = Field("vllm", alias="defaultEngine", description="the engine when unlabelled")
+    engine_configs: list[dict[str, Any]] = Field(default_factory=list, alias="engineConfigs",
+                                                 description="per-engine metric names")
 
     @field_validator("default_engine", "engine_configs")
     @classmethod
@@ -80,6 +87,10 @@ class EngineParams(Params):
 
 
 class CoreMetricsExtractor(PluginBase):
+    """``core-metrics-extractor`` of GIE v1.4.0 (the guide's EPP, llm-d-inference-scheduler v0.7.0): reads the scrape
+    (module docstring). Parameters: ``engineLabelKey`` (llm-d.ai/engine-type), ``defaultEngine`` (vllm),
+    ``engineConfigs`` ([])."""
+
     type = "core-metrics-extractor"
     Params = EngineParams
 
@@ -88,6 +99,9 @@ class CoreMetricsExtractor(PluginBase):
 
 
 class EndpointNotificationSource(PluginBase):
+    """``endpoint-notification-source`` of GIE v1.4.0 (the guide's EPP, llm-d-inference-scheduler v0.7.0): endpoint
+    add/remove notifications for its extractors (module docstring). No parameters."""
+
     type = "endpoint-notification-source"
 
     def produces(self) -> str:

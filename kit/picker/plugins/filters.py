@@ -50,23 +50,33 @@ class _RoleFilter(PluginBase):
 
 
 class DecodeFilter(_RoleFilter):
+    """``decode-filter`` of llm-d-inference-scheduler v0.7.0: decode-capable or unlabelled endpoints
+    (``llm-d.ai/role``). No parameters."""
+
     type = "decode-filter"
     roles = frozenset({"decode", "prefill-decode", "both", "encode-prefill-decode"})
 
 
 class PrefillFilter(_RoleFilter):
+    """``prefill-filter`` of llm-d-inference-scheduler v0.7.0: endpoints labelled ``llm-d.ai/role: prefill``. No
+    parameters."""
+
     type = "prefill-filter"
     roles = frozenset({"prefill"})
     allow_unlabelled = False
 
 
 class ByLabelParams(Params):
-    label: str = Field(min_length=1)
-    valid_values: list[str] = Field(default_factory=list, alias="validValues")
-    allows_no_label: bool = Field(False, alias="allowsNoLabel")
+    label: str = Field(min_length=1, description="the label read")
+    valid_values: list[str] = Field(default_factory=list, alias="validValues", description="values kept")
+    allows_no_label: bool = Field(False, alias="allowsNoLabel", description="keep endpoints without the label")
 
 
 class ByLabelFilter(PluginBase):
+    """``by-label`` of llm-d-inference-scheduler v0.7.0: endpoints whose ``label`` has one of ``validValues`` (or, with
+    ``allowsNoLabel``, no such label). Parameters: ``label`` (required), ``validValues`` ([]), ``allowsNoLabel``
+    (false)."""
+
     type = "by-label"
     Params = ByLabelParams
 
@@ -83,10 +93,13 @@ class ByLabelFilter(PluginBase):
 
 
 class LabelSelectorParams(Params):
-    match_labels: dict[str, str] = Field(alias="matchLabels")
+    match_labels: dict[str, str] = Field(alias="matchLabels", description="labels an endpoint must carry")
 
 
 class LabelSelectorFilter(PluginBase):
+    """``label-selector-filter`` (``by-label-selector``) of llm-d-inference-scheduler v0.7.0: endpoints carrying every
+    ``matchLabels`` entry. Parameters: ``matchLabels`` (required)."""
+
     type = "label-selector-filter"
     Params = LabelSelectorParams
 

@@ -37,9 +37,9 @@ from typing import Any, NamedTuple
 
 import cbor2
 import fnv_c
-import msgpack
 
-MASK64 = (1 << 64) - 1
+from kit.picker.plugins.kv_events import Removed, Stored, decode_batch
+
 DEFAULT_TIER = "gpu"
 TIER_WEIGHTS = {"gpu": 1.0, "cpu": 0.8}
 fnv1a64 = fnv_c.fnv1a_64  # FNV-1a, 64 bits (Go's hash/fnv New64a), in C
@@ -240,36 +240,20 @@ def parse_topic(topic: str) -> tuple[str, str]:
     return (parts[1], parts[2]) if len(parts) == 3 else (topic, "")
 
 
-def as_uint64(h: Any) -> int:
-    """A vLLM block hash as the index keys it: an int, or the last 8 bytes of a bytes hash, big-endian."""
-    if isinstance(h, int):
-        return h & MASK64
-    if isinstance(h, bytes | bytearray) and h:
-        return int.from_bytes(bytes(h[-8:]).rjust(8, b"\0"), "big")
-    raise ValueError(f"unsupported block hash {h!r}")
-
-
 def parse_batch(payload: bytes) -> list[tuple]:
-    """vLLM's msgpack ``KVEventBatch`` → ``("stored", hashes, parent, tokens, tier, lora_name)``,
-    ``("removed", hashes, tier)`` or ``("cleared",)`` (the vLLM adapter of llm-d-kv-cache v0.7.0)."""
-    batch = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    """vLLM's msgpack ``KVEventBatch``, in either of vLLM's encodings (``kit.picker.plugins.kv_events``) →
+    ``("stored", hashes, parent, tokens, tier, lora_name)``, ``("removed", hashes, tier)`` or ``("cleared",)``
+    (the vLLM adapter of llm-d-kv-cache v0.7.0; the map encoding of current vLLM is read as llm-d-router
+    v0.10.0 reads it)."""
     out: list[tuple] = []
-    for ev in batch[1]:
-        tag = ev[0]
-        if tag == "BlockStored":
-            if len(ev) < 5:
-                raise ValueError(f"BlockStored: need at least 5 fields, got {len(ev)}")
-            tier = ev[6].lower() if len(ev) > 6 and ev[6] else DEFAULT_TIER
-            lora = ev[7] if len(ev) > 7 and ev[7] else None
-            out.append(("stored", [as_uint64(h) for h in ev[1]], as_uint64(ev[2]) if ev[2] is not None else 0,
-                        list(ev[3]), tier, lora))
-        elif tag == "BlockRemoved":
-            tier = ev[2].lower() if len(ev) > 2 and ev[2] else DEFAULT_TIER
-            out.append(("removed", [as_uint64(h) for h in ev[1]], tier))
-        elif tag == "AllBlocksCleared":
-            out.append(("cleared",))
+    for ev in decode_batch(payload)[1]:
+        if isinstance(ev, Stored):
+            tier = ev.medium.lower() if ev.medium else DEFAULT_TIER
+            out.append(("stored", ev.hashes, ev.parent or 0, ev.tokens, tier, ev.lora_name or None))
+        elif isinstance(ev, Removed):
+            out.append(("removed", ev.hashes, ev.medium.lower() if ev.medium else DEFAULT_TIER))
         else:
-            raise ValueError(f"unknown vLLM event tag: {tag}")
+            out.append(("cleared",))
     return out
 
 

@@ -52,7 +52,8 @@ _name = attrgetter("name")
 
 
 class PickerParams(Params):
-    max_num_of_endpoints: Annotated[int, positive_or(1)] = Field(1, alias="maxNumOfEndpoints")
+    max_num_of_endpoints: Annotated[int, positive_or(1)] = Field(1, alias="maxNumOfEndpoints",
+                                                                 description="endpoints picked (≤ 0: 1)")
 
 
 class _Picker(PluginBase):
@@ -65,6 +66,9 @@ class _Picker(PluginBase):
 
 
 class MaxScorePicker(_Picker):
+    """``max-score-picker`` of GIE v1.4.0 (the guide's EPP, llm-d-inference-scheduler v0.7.0): the highest total, ties
+    at random. Parameters: ``maxNumOfEndpoints`` (1)."""
+
     type = "max-score-picker"
 
     def pick(self, state: CycleState, scored: list[tuple[Endpoint, float]]) -> list[Endpoint]:
@@ -93,6 +97,9 @@ def _top(scored: list[tuple[Endpoint, float]]) -> list[Endpoint]:
 
 
 class RandomPicker(_Picker):
+    """``random-picker`` of GIE v1.4.0 (the guide's EPP, llm-d-inference-scheduler v0.7.0): uniform. Parameters:
+    ``maxNumOfEndpoints`` (1)."""
+
     type = "random-picker"
 
     def pick(self, state: CycleState, scored: list[tuple[Endpoint, float]]) -> list[Endpoint]:
@@ -100,6 +107,9 @@ class RandomPicker(_Picker):
 
 
 class WeightedRandomPicker(_Picker):
+    """``weighted-random-picker`` of GIE v1.4.0 (the guide's EPP, llm-d-inference-scheduler v0.7.0): in proportion to
+    the total (module docstring). Parameters: ``maxNumOfEndpoints`` (1)."""
+
     type = "weighted-random-picker"
 
     def pick(self, state: CycleState, scored: list[tuple[Endpoint, float]]) -> list[Endpoint]:
@@ -111,6 +121,9 @@ class WeightedRandomPicker(_Picker):
 
 
 class RoundRobinPicker(_Picker):
+    """``round-robin-picker``, kit-only (no upstream type; loaded by both releases): endpoints in turn. Parameters:
+    ``maxNumOfEndpoints`` (1)."""
+
     type = "round-robin-picker"
 
     def __init__(self, name: str | None = None, params: PickerParams | None = None, rng: random.Random | None = None):
@@ -124,6 +137,9 @@ class RoundRobinPicker(_Picker):
 
 
 class LeastRecentMaxScorePicker(_Picker):
+    """``least-recent-max-score-picker``, kit-only (no upstream type; loaded by both releases): the top total, ties to
+    the endpoint picked least recently. Parameters: ``maxNumOfEndpoints`` (1)."""
+
     type = "least-recent-max-score-picker"
 
     def __init__(self, name: str | None = None, params: PickerParams | None = None, rng: random.Random | None = None):

@@ -36,8 +36,9 @@ def tokenize(req: InferenceRequest) -> list[int]:
 
 
 class TokenizerParams(Params):
-    model_name: str = Field(alias="modelName", min_length=1)
-    uds_tokenizer_config: dict[str, Any] | None = Field(None, alias="udsTokenizerConfig")
+    model_name: str = Field(alias="modelName", min_length=1, description="the model whose tokenizer is used")
+    uds_tokenizer_config: dict[str, Any] | None = Field(None, alias="udsTokenizerConfig",
+                                                        description="upstream's tokenizer sidecar (accepted, unused)")
 
     @field_validator("uds_tokenizer_config")
     @classmethod
@@ -48,6 +49,9 @@ class TokenizerParams(Params):
 
 
 class TokenizerPlugin(PluginBase):
+    """``tokenizer`` of llm-d-inference-scheduler v0.7.0: tokenizes the request once per cycle, in process (module
+    docstring). Parameters: ``modelName`` (required), ``udsTokenizerConfig``."""
+
     type = "tokenizer"
     Params = TokenizerParams
 

@@ -25,12 +25,18 @@ from kit.picker.framework import CycleState, Duration, Endpoint, InferenceReques
 
 
 class ActiveRequestParams(Params):
-    request_timeout: Duration = Field(120.0, alias="requestTimeout", gt=0)
-    idle_threshold: int = Field(0, alias="idleThreshold", ge=0)
-    max_busy_score: float = Field(1.0, alias="maxBusyScore", ge=0, le=1)
+    request_timeout: Duration = Field(120.0, alias="requestTimeout", gt=0,
+                                      description="how long a request counts as in flight at most (a Go duration)")
+    idle_threshold: int = Field(0, alias="idleThreshold", ge=0,
+                                description="in-flight requests at or under which an endpoint scores 1.0")
+    max_busy_score: float = Field(1.0, alias="maxBusyScore", ge=0, le=1,
+                                  description="the highest score of an endpoint above the idle threshold")
 
 
 class ActiveRequestScorer(PluginBase):
+    """``active-request-scorer`` of llm-d-inference-scheduler v0.7.0: fewer of the gateway's in-flight requests score
+    higher (module docstring). Parameters: ``requestTimeout`` (2m), ``idleThreshold`` (0), ``maxBusyScore`` (1.0)."""
+
     type = "active-request-scorer"
     Params = ActiveRequestParams
 

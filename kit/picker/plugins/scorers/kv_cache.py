@@ -14,6 +14,9 @@ from kit.picker.framework import CycleState, Endpoint, InferenceRequest, PluginB
 
 
 class KVCacheUtilizationScorer(PluginBase):
+    """``kv-cache-utilization-scorer`` of GIE v1.4.0 (the guide's EPP, llm-d-inference-scheduler v0.7.0): ``1 − KV-cache
+    usage`` (module docstring). No parameters."""
+
     type = "kv-cache-utilization-scorer"
     def score(self, state: CycleState, req: InferenceRequest, eps: list[Endpoint]) -> dict[Endpoint, float]:
         return {ep: 1.0 - ep.metrics.kv_usage for ep in eps}

@@ -25,6 +25,9 @@ class LoadAwareParams(Params):
 
 
 class LoadAwareScorer(PluginBase):
+    """``load-aware-scorer`` of llm-d-inference-scheduler v0.7.0: 0.5 for an empty queue, less as it grows to
+    ``threshold`` (module docstring). Parameters: ``threshold`` (128)."""
+
     type = "load-aware-scorer"
     Params = LoadAwareParams
 

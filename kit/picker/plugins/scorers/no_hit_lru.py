@@ -34,12 +34,19 @@ DEFAULT_LRU_SIZE = 1024
 
 
 class NoHitLRUParams(Params):
-    lru_size: Annotated[int, positive_or(DEFAULT_LRU_SIZE)] = Field(DEFAULT_LRU_SIZE, alias="lruSize")
-    prefix_plugin_name: str = Field("prefix-cache-scorer", alias="prefixPluginName")
-    prefix_plugin_type: str = Field("prefix-cache-scorer", alias="prefixPluginType")
+    lru_size: Annotated[int, positive_or(DEFAULT_LRU_SIZE)] = Field(DEFAULT_LRU_SIZE, alias="lruSize",
+                                                                    description="endpoints remembered (≤ 0: 1024)")
+    prefix_plugin_name: str = Field("prefix-cache-scorer", alias="prefixPluginName",
+                                    description="the prefix plugin whose matches are read")
+    prefix_plugin_type: str = Field("prefix-cache-scorer", alias="prefixPluginType",
+                                    description="its type")
 
 
 class NoHitLRUScorer(PluginBase):
+    """``no-hit-lru-scorer`` of llm-d-inference-scheduler v0.7.0: spreads cold requests over the least recently used
+    endpoints (module docstring). Parameters: ``lruSize`` (1024), ``prefixPluginName`` and ``prefixPluginType``
+    (prefix-cache-scorer)."""
+
     type = "no-hit-lru-scorer"
     Params = NoHitLRUParams
 

@@ -84,54 +84,68 @@ SUBSCRIPTION_TIMEOUT = 600.0  # an endpoint not scored for 10 minutes loses its 
 
 
 class TokenProcessorParams(Params):
-    block_size: int = Field(16, alias="blockSize", gt=0)
-    hash_seed: str = Field("", alias="hashSeed")
+    block_size: int = Field(16, alias="blockSize", gt=0, description="tokens per block; must be the servers'")
+    hash_seed: str = Field("", alias="hashSeed", description="seed of the request keys")
 
 
 class InMemoryParams(Params):
-    size: int = Field(100_000_000, gt=0)
-    pod_cache_size: int = Field(10, alias="podCacheSize", gt=0)
+    size: int = Field(100_000_000, gt=0, description="keys the index holds")
+    pod_cache_size: int = Field(10, alias="podCacheSize", gt=0, description="entries per key")
 
 
 class BlockIndexParams(Params):
-    in_memory_config: InMemoryParams = Field(default_factory=InMemoryParams, alias="inMemoryConfig")
-    enable_metrics: bool = Field(False, alias="enableMetrics")
-    metrics_logging_interval: Any = Field(None, alias="metricsLoggingInterval")
+    in_memory_config: InMemoryParams = Field(default_factory=InMemoryParams, alias="inMemoryConfig",
+                                             description="the in-memory index")
+    enable_metrics: bool = Field(False, alias="enableMetrics", description="export the index's counters")
+    metrics_logging_interval: Any = Field(None, alias="metricsLoggingInterval", description="accepted, unused")
 
 
 class BackendParams(Params):
-    name: str
-    weight: float
+    name: str = Field(description="a tier (gpu, cpu, ...)")
+    weight: float = Field(description="what a block held in that tier counts")
 
 
 class IndexerParams(Params):
-    kv_block_index_config: BlockIndexParams = Field(default_factory=BlockIndexParams, alias="kvBlockIndexConfig")
-    kv_cache_backend_configs: list[BackendParams] | None = Field(None, alias="kvCacheBackendConfigs")
-    tokenizers_pool_config: dict[str, Any] | None = Field(None, alias="tokenizersPoolConfig")
-    token_processor_config: dict[str, Any] | None = Field(None, alias="tokenProcessorConfig")
+    kv_block_index_config: BlockIndexParams = Field(default_factory=BlockIndexParams, alias="kvBlockIndexConfig",
+                                                    description="the index")
+    kv_cache_backend_configs: list[BackendParams] | None = Field(None, alias="kvCacheBackendConfigs",
+                                                                 description="tier weights (gpu 1.0, cpu 0.8)")
+    tokenizers_pool_config: dict[str, Any] | None = Field(None, alias="tokenizersPoolConfig",
+                                                          description="upstream's tokenizer (accepted; the kit "
+                                                                      "tokenizes in process)")
+    token_processor_config: dict[str, Any] | None = Field(None, alias="tokenProcessorConfig",
+                                                          description="accepted, unused")
 
 
 class PodDiscoveryParams(Params):
-    socket_port: int = Field(5557, alias="socketPort", gt=0, lt=65536)
+    socket_port: int = Field(5557, alias="socketPort", gt=0, lt=65536,
+                             description="each endpoint's event port (discoverPods)")
 
 
 class KVEventsParams(Params):
-    zmq_endpoint: str = Field("", alias="zmqEndpoint")
-    topic_filter: str = Field("kv@", alias="topicFilter")
-    concurrency: int = Field(4, gt=0)
-    engine_type: str = Field("vllm", alias="engineType")
-    discover_pods: bool = Field(True, alias="discoverPods")
-    pod_discovery_config: PodDiscoveryParams = Field(default_factory=PodDiscoveryParams, alias="podDiscoveryConfig")
+    zmq_endpoint: str = Field("", alias="zmqEndpoint", description="bound when set: every server connects to it")
+    topic_filter: str = Field("kv@", alias="topicFilter", description="ZMQ subscription prefix")
+    concurrency: int = Field(4, gt=0, description="event workers (the kit applies events in one thread)")
+    engine_type: str = Field("vllm", alias="engineType", description="whose events")
+    discover_pods: bool = Field(True, alias="discoverPods", description="connect to every endpoint's socket")
+    pod_discovery_config: PodDiscoveryParams = Field(default_factory=PodDiscoveryParams, alias="podDiscoveryConfig",
+                                                     description="per-endpoint sockets")
 
 
 class PreciseParams(Params):
     token_processor_config: TokenProcessorParams = Field(default_factory=TokenProcessorParams,
-                                                         alias="tokenProcessorConfig")
-    indexer_config: IndexerParams = Field(default_factory=IndexerParams, alias="indexerConfig")
-    kv_events_config: KVEventsParams = Field(default_factory=KVEventsParams, alias="kvEventsConfig")
-    speculative_indexing: bool = Field(False, alias="speculativeIndexing")
-    speculative_ttl: Duration | None = Field(None, alias="speculativeTTL")
-    score_normalization: Literal["minmax", "absolute"] = Field("minmax", alias="scoreNormalization")
+                                                         alias="tokenProcessorConfig", description="block keys")
+    indexer_config: IndexerParams = Field(default_factory=IndexerParams, alias="indexerConfig",
+                                          description="the index")
+    kv_events_config: KVEventsParams = Field(default_factory=KVEventsParams, alias="kvEventsConfig",
+                                             description="where the KV-cache events come from")
+    speculative_indexing: bool = Field(False, alias="speculativeIndexing",
+                                       description="count the chosen endpoint as holding the blocks at once")
+    speculative_ttl: Duration | None = Field(None, alias="speculativeTTL",
+                                             description="how long speculative entries live (2s when unset)")
+    score_normalization: Literal["minmax", "absolute"] = Field("minmax", alias="scoreNormalization",
+                                                               description="kit-only: minmax (v0.7.0) or "
+                                                                           "absolute (held / prompt blocks)")
 
     @model_validator(mode="after")
     def _notes(self, info: ValidationInfo) -> PreciseParams:
@@ -179,6 +193,12 @@ class PreciseState:
 
 
 class PrecisePrefixCacheScorer(PluginBase):
+    """``precise-prefix-cache-scorer`` of llm-d-inference-scheduler v0.7.0 (llm-d-kv-cache v0.7.0): the leading blocks
+    each endpoint really holds, from the servers' KV-cache events, min-max normalised (module docstring). Parameters:
+    ``tokenProcessorConfig`` (``blockSize`` 16, ``hashSeed``), ``indexerConfig``, ``kvEventsConfig``
+    (``zmqEndpoint``, ``topicFilter`` kv@, ``concurrency`` 4, ``discoverPods`` true, ``socketPort`` 5557),
+    ``speculativeIndexing`` (false), ``speculativeTTL`` (2s), kit-only ``scoreNormalization`` (minmax)."""
+
     type = "precise-prefix-cache-scorer"
     Params = PreciseParams
 

@@ -29,6 +29,11 @@ from kit.picker.plugins.approx_prefix import ApproxPrefixCacheProducer, PrefixIn
 
 
 class PrefixCacheScorer(PluginBase):
+    """``prefix-cache-scorer`` of GIE v1.4.0 (the guide's EPP, llm-d-inference-scheduler v0.7.0): matched blocks /
+    prompt blocks from its own index or a producer's (module docstring). Parameters: ``autoTune`` (true),
+    ``blockSizeTokens`` (16), ``maxPrefixBlocksToMatch`` (256), ``maxPrefixTokensToMatch`` (0),
+    ``lruCapacityPerServer`` (31250)."""
+
     type = "prefix-cache-scorer"
     Params = PrefixParams
 

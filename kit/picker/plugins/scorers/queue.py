@@ -20,6 +20,9 @@ from kit.picker.framework import CycleState, Endpoint, InferenceRequest, PluginB
 
 
 class QueueScorer(PluginBase):
+    """``queue-scorer`` of GIE v1.4.0 (the guide's EPP, llm-d-inference-scheduler v0.7.0): a shorter waiting queue
+    scores higher, min-max over the candidates (module docstring). No parameters."""
+
     type = "queue-scorer"
     def score(self, state: CycleState, req: InferenceRequest, eps: list[Endpoint]) -> dict[Endpoint, float]:
         return min_max({ep: ep.metrics.waiting for ep in eps})

@@ -25,6 +25,9 @@ def token_for(ep: Endpoint) -> str:
 
 
 class SessionAffinityScorer(PluginBase):
+    """``session-affinity-scorer`` of llm-d-inference-scheduler v0.7.0: 1.0 for the endpoint the ``x-session-token``
+    header names (module docstring). No parameters."""
+
     type = "session-affinity-scorer"
     def score(self, state: CycleState, req: InferenceRequest, eps: list[Endpoint]) -> dict[Endpoint, float]:
         token = req.headers.get(HEADER, "")

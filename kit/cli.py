@@ -337,6 +337,22 @@ def _bench_picker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tiny_model(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from kit import tiny_model
+
+    if args.python:
+        python = args.python
+    else:
+        from kit.manifests.environments import LocalVllmSettings
+        from kit.targets.vllm import python as vllm_python
+
+        python = vllm_python(LocalVllmSettings())
+    print(tiny_model.ensure(python, out=Path(args.out) if args.out else None))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from kit.demo import run_demo
 
@@ -484,6 +500,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     bp.add_argument("--requests", type=int, default=2000, help="picks to time")
     bp.add_argument("--config", help="EndpointPickerConfig YAML (default: the guide's)")
     bp.set_defaults(func=_bench_picker)
+
+    tm = sub.add_parser("tiny-model", help="build the tiny Qwen3-shaped model real vLLM serves locally "
+                                           "(offline, deterministic, cached); print its folder")
+    tm.add_argument("--python", help="interpreter with numpy, safetensors and tokenizers (default: vLLM's, "
+                                     "from make vllm)")
+    tm.add_argument("--out", help="folder to write (default: the cache, ~/.cache/kit/models)")
+    tm.set_defaults(func=_tiny_model)
 
     d = sub.add_parser("demo", help="the main job: bring up the local stack, show scheduling, tear it down")
     d.add_argument("--out", default="out", help="folder for what the demo writes (default: out)")

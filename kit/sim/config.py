@@ -52,6 +52,8 @@ class SimConfig(StrictModel):
     kv_events_config: Annotated[KVEventsConfig | None, BeforeValidator(parse_kv_events_config)] = Field(
         None, description="vLLM's KV-cache event publisher as JSON, e.g. "
                           '\'{"enable_kv_cache_events":true,"endpoint":"tcp://*:5557","topic":"kv@IP:PORT@MODEL"}\'')
+    enable_lora: bool = Field(False, description="expose vllm:lora_requests_info as vLLM does with --enable-lora "
+                                                 "(no adapter is ever loaded)")
     hardware: Hardware = Field(
         Hardware.H100, description="GPU whose measured step times set the latency model's defaults: h100 or h200")
     step_overhead_ms: float = Field(_H100["step_overhead_ms"], ge=0, description="fixed cost of one engine step")

@@ -116,12 +116,6 @@ class TokenizeRequest(_Tolerant):
     add_generation_prompt: bool = True
     return_token_strs: bool = False
 
-    @model_validator(mode="after")
-    def _one_input(self) -> TokenizeRequest:
-        if (self.prompt is None) == (self.messages is None):
-            raise ValueError("give either 'prompt' (a string) or 'messages' (a list of messages)")
-        return self
-
 
 def check_sampling(req: CompletionRequest | ChatRequest, max_model_len: int) -> None:
     """What vLLM refuses in a request the schema accepts, in vLLM's order and words (before tokenizing)."""
@@ -135,7 +129,9 @@ def check_sampling(req: CompletionRequest | ChatRequest, max_model_len: int) -> 
                       "output tokens.", name, limit)
     if limit is not None and limit < 1:
         raise invalid(f"max_tokens must be at least 1, got {limit}.", "max_tokens", limit)
-    if req.n != 1:  # kit-only: vLLM returns n choices; the simulator one
+    if req.n < 1:
+        raise HTTPError(f"n must be at least 1, got {req.n}.")
+    if req.n > 1:  # kit-only: vLLM returns n choices; the simulator one
         raise invalid(f"the simulator returns exactly one choice; n must be 1, got {req.n}.", "n", req.n)
     if req.temperature is not None and req.temperature < 0:
         raise invalid(f"temperature must be non-negative, got {float(req.temperature)}.", "temperature",
@@ -174,5 +170,11 @@ def validate(data: dict[str, Any], model: type[M]) -> M:
         message = "; ".join(describe(err))
         if "content" in first and first.index("content") < len(first) - 1:
             raise HTTPError(message) from None
-        raise RequestValidationError(message, param=".".join(["body", *map(str, first)])) from None
+        path = [str(p) for p in first if not (isinstance(p, str) and _union_member(p))]
+        raise RequestValidationError(message, param=".".join(["body", *path])) from None
+
+
+def _union_member(part: str) -> bool:
+    """A location part naming which type of a union failed (``str``, ``list[int]``), not a field."""
+    return not part.isidentifier() or part in {"str", "int", "float", "bool", "list", "dict"}
 

@@ -158,8 +158,12 @@ class SimServer:
         return ids
 
     async def tokenize(self, request: web.Request) -> web.Response:
-        req = validate(await self._body(request), TokenizeRequest)
-        if req.prompt is not None:  # vLLM counts a prompt of any length here
+        data = await self._body(request)
+        if data.get("prompt") is None and data.get("messages") is None:  # vLLM reports the prompt's first
+            raise RequestValidationError("give either 'prompt' (a string) or 'messages' (a list of messages)",
+                                         param="body.prompt")
+        req = validate(data, TokenizeRequest)
+        if req.messages is None:  # vLLM counts a prompt of any length here; given both, it reads the messages
             ids = await self._encode(req.prompt, allow_special=req.add_special_tokens, limit=None)
         else:
             text = tokenizer.apply_chat_template([m.model_dump() for m in req.messages or []],
@@ -174,6 +178,7 @@ class SimServer:
         ids = data.get("tokens")
         if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids):
             raise RequestValidationError("tokens: must be a list of token ids", param="body.tokens")
+        _no_negative(ids, "body.tokens")
         if not all(tokenizer.valid_id(t) for t in ids):  # kit-only: vLLM answers "" for an unknown id
             raise HTTPError("'tokens' must be a list of token ids from this model's vocabulary", param="tokens")
         return web.json_response({"prompt": tokenizer.decode(ids)})
@@ -211,6 +216,7 @@ class SimServer:
         else:
             if len(p) > limit:
                 raise too_long(limit, len(p))
+            _no_negative(p, "body.prompt")
             bad = [t for t in p if not tokenizer.valid_id(t)]
             if bad:
                 raise HTTPError(f"Token id {bad[0]} is out of vocabulary")
@@ -343,6 +349,14 @@ class SimServer:
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
+
+
+def _no_negative(ids: list[int], where: str) -> None:
+    """A token id below 0 does not fit vLLM's request schema (its ids are ``int >= 0``)."""
+    for i, t in enumerate(ids):
+        if t < 0:
+            raise RequestValidationError(f"{where.removeprefix('body.')}[{i}]: must be greater than or equal to 0, "
+                                         f"got {t}", param=f"{where}.{i}")
 
 
 def _drop(request: web.Request) -> None:

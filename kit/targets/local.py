@@ -297,11 +297,11 @@ class LocalTarget:
         def answers(p: Proc) -> bool:  # generous: restarting a busy server that is fine would lose its cache
             return p.healthy(timeout=5)
 
-        wanted_args = [w["args"] for w in wanted]
-        keep = [p for p in state.sims if p.owned() and list(p.args) in wanted_args and answers(p)]
+        wanted_args = [(w["args"], w["env"]) for w in wanted]  # a server runs as planned: arguments and environment
+        keep = [p for p in state.sims if p.owned() and (list(p.args), p.env) in wanted_args and answers(p)]
         gw = state.gateway
         keep_gw = gw is not None and gw.owned() and list(gw.args) == gw_plan["args"] and answers(gw)
-        have = {tuple(p.args) for p in keep}
+        have = {tuple(p.args) for p in keep}  # a port's server has one command line
         missing = [(i, w) for i, w in enumerate(wanted) if tuple(w["args"]) not in have]
         self._check_ports([(w["port"], f"{w['role']} {i}") for i, w in missing]
                           + ([] if keep_gw else [(gw_plan["port"], "gateway")]), state)

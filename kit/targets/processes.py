@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
@@ -91,6 +91,7 @@ class Proc:
     instance: str | None = None  # the token the process returns in x-kit-instance (None: vLLM, which has none)
     drain_grace: float = DEFAULT_DRAIN_GRACE  # seconds it lets open requests finish when told to stop
     program: str = "kit"  # a key of PROGRAMS
+    env: dict[str, str] = field(default_factory=dict)  # the variables ``start`` added to the kit's environment
 
     def owned(self) -> bool:
         """Alive and still the process the kit started (its command line matches), not a reused pid."""
@@ -201,7 +202,7 @@ def start(args: list[str], url: str, log: Path, role: str, *, stack: str | None 
                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                              env=full_env)
     token = instance if program == "kit" else None
-    return Starting(p, Proc(p.pid, url, str(log), role, tuple(args), token, grace, program), offset)
+    return Starting(p, Proc(p.pid, url, str(log), role, tuple(args), token, grace, program, dict(env or {})), offset)
 
 
 def wait_ready(starting: list[Starting], wait: float, progress: Callable[[list[Starting]], None] | None = None

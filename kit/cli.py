@@ -337,6 +337,16 @@ def _bench_picker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from kit.experiments.calibrate import calibrate
+
+    calibrate(args.url, Path(args.out), name=args.name, repeat=args.repeat, max_prefill=args.max_prefill,
+              max_seqs=args.max_seqs)
+    return 0
+
+
 def _tiny_model(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -500,6 +510,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     bp.add_argument("--requests", type=int, default=2000, help="picks to time")
     bp.add_argument("--config", help="EndpointPickerConfig YAML (default: the guide's)")
     bp.set_defaults(func=_bench_picker)
+
+    ca = sub.add_parser("calibrate", help="measure a running model server's step times through its API; write a "
+                                          "hardware profile for kit sim/simulate --hardware FILE")
+    ca.add_argument("--url", required=True, help="the model server (one vLLM or kit sim, not a gateway)")
+    ca.add_argument("--out", required=True, help="the profile file to write (YAML)")
+    ca.add_argument("--name", help="the profile's name (default: the file's)")
+    ca.add_argument("--repeat", type=int, default=3, help="runs per shape; the median counts (default: 3)")
+    ca.add_argument("--max-prefill", type=int, default=2048,
+                    help="longest prompt measured, within the server's batch budget (vLLM on a CPU: 2048)")
+    ca.add_argument("--max-seqs", type=int, default=16, help="largest decode batch measured (default: 16)")
+    ca.set_defaults(func=_calibrate)
 
     tm = sub.add_parser("tiny-model", help="build the tiny Qwen3-shaped model real vLLM serves locally "
                                            "(offline, deterministic, cached); print its folder")

@@ -34,6 +34,7 @@ class LocalVllmSettings(StrictModel):
     block_size: int = Field(32, ge=1, description="--block-size (vLLM on a CPU needs a multiple of 32)")
     max_model_len: int | None = Field(None, ge=16, description="--max-model-len (default: the model's)")
     max_num_seqs: int | None = Field(None, ge=1, description="--max-num-seqs (default: vLLM's)")
+    max_num_batched_tokens: int | None = Field(None, ge=1, description="--max-num-batched-tokens (default: vLLM's)")
     kv_cache_bytes: int | None = Field(None, ge=1, description="--kv-cache-memory-bytes per server (default: vLLM's "
                                        "share of the device's memory)")
     pin_cores: bool = Field(False, description="CPU build: bind server i's threads to core i "

@@ -83,6 +83,7 @@ def serve_args(env: Environment, port: int, events: dict | None, grace: float) -
             "--enable-prefix-caching", "--block-size", str(v.block_size), "--enable-prompt-tokens-details",
             "--enable-scale-out", "--shutdown-timeout", f"{grace:g}", "--disable-uvicorn-access-log"]
     for flag, value in (("--max-model-len", v.max_model_len), ("--max-num-seqs", v.max_num_seqs),
+                        ("--max-num-batched-tokens", v.max_num_batched_tokens),
                         ("--kv-cache-memory-bytes", v.kv_cache_bytes)):
         if value is not None:
             args += [flag, str(value)]

@@ -205,7 +205,7 @@ class SimMetrics:
     def on_finish(self, seq: Sequence) -> None:
         m, self.stepped_at = (self.model, ENGINE), time.time()
         if seq.finish_reason == "abort":
-            return  # aborts are not successes (vLLM's abort series stays at 0 for client disconnects too)
+            return  # as vLLM, a request the client gave up on is not counted (the abort series stays at 0)
         self.success.labels(*m, seq.finish_reason).inc()
         computed = seq.prompt_len - seq.cached_tokens
         self.prompt_tokens.labels(*m).inc(seq.prompt_len)

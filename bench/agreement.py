@@ -1,0 +1,208 @@
+"""Hold the simulator to a real engine: two real vLLM servers, the same two simulated, and the fleet simulator.
+
+    .venv/bin/python bench/agreement.py [--profile FILE] [--rates LOW,HIGH] [--requests N] [--repeat R]
+
+1. **Real stack**: ``kit deploy -e local-vllm`` (two ``vllm serve`` on this CPU, the kit's gateway with the
+   guide's default profile) on free ports, in its own state folder (``--reuse DIR`` keeps a running one).
+2. **Profile**: ``kit calibrate`` on real server 0 (or ``--profile FILE``): the simulator's six step coefficients and
+   the request overhead vLLM's API adds outside the engine.
+3. **Rates**: the fleet simulator with the profile finds the two servers' saturation throughput; the run uses
+   half of it and one and a half times it (or ``--rates``).
+4. At each rate, one shared-prefix workload (the same prompts and Poisson arrivals everywhere) through
+   (a) the real stack, (b) the local stack on two ``kit sim`` shaped like the real servers (block size 32, 256
+   blocks, 16 sequences, a 2,048-token budget) with the profile at time scale 1, their request overhead (measured
+   the same way) topped up with ``--extra-latency-ms`` to vLLM's, and (c) ``kit simulate`` with the same settings
+   (virtual clock, no HTTP, so without any request overhead).
+5. TTFT p50/p90, end-to-end p50/p90, throughput and hit rate of (b) and (c) against (a): one JSON per run in
+   ``bench/results/agreement/`` with the date, machine, load, command and commit, and a markdown table.
+
+The machine may be shared: the load average is recorded before and after each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from kit.experiments.calibrate import calibrate
+from kit.experiments.loadgen import run_workload
+from kit.experiments.results import Summary
+from kit.experiments.workloads import Load, SharedPrefix
+from kit.fleet import Fleet, SimConfig, simulate
+from kit.manifests.environments import load_environment
+from kit.targets.local import LocalTarget
+from kit.targets.processes import free_port_block
+
+OUT = Path(__file__).parent / "results" / "agreement"
+FIGURES = ("ttft_p50_s", "ttft_p90_s", "e2e_p50_s", "e2e_p90_s", "requests_per_s", "output_tokens_per_s",
+           "prefix_cache_hit_rate")
+TARGETED = ("ttft_p50_s", "ttft_p90_s", "requests_per_s")  # ±15%
+GROUPS, SYSTEM, QUESTION, OUTPUT = 12, 400, 40, 32  # the shared-prefix workload (kit tokens = the model's tokens)
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def sim_settings(profile: Path, overhead_ms: float) -> dict:
+    """The simulators shaped like the local-vllm servers (environments/local-vllm.yaml), at real speed."""
+    return {"block_size": 32, "num_gpu_blocks": 256, "max_num_seqs": 16, "max_num_batched_tokens": 2048,
+            "max_model_len": 8192, "hardware": str(profile), "time_scale": 1, "extra_latency_ms": overhead_ms}
+
+
+def workload(requests: int, seed: int) -> SharedPrefix:
+    return SharedPrefix(groups=GROUPS, prompts_per_group=max(1, requests // GROUPS), system_prompt_len=SYSTEM,
+                        question_len=QUESTION, output_len=OUTPUT, seed=seed)
+
+
+def fleet(profile: Path) -> Fleet:
+    """Two simulated servers on the virtual clock (no HTTP: no request overhead)."""
+    return Fleet(replicas=2, sim=SimConfig(**sim_settings(profile, 0.0)))
+
+
+def saturation(profile: Path) -> float:
+    """Requests per second two simulated servers complete when flooded (the fleet simulator, virtual clock)."""
+    return simulate(workload(240, 7), Load(rate=200.0), fleet(profile)).summary.requests_per_s or 0.0
+
+
+def through(target: LocalTarget, w: SharedPrefix, load: Load) -> Summary:
+    assert target.reset_caches(), "a server refused to reset its prefix cache"
+    with target.gateway() as url:
+        return run_workload(url, w, load, progress=True).summary()
+
+
+def one_rate(real: LocalTarget, sim: LocalTarget, profile: Path, w: SharedPrefix, rate: float) -> dict:
+    """The same prompts and arrivals through the three systems."""
+    load = Load(rate=rate, arrival="poisson")
+    rows = {}
+    for name, fn in (("real", lambda: through(real, w, load)), ("local-sim", lambda: through(sim, w, load)),
+                     ("fleet", lambda: simulate(w, load, fleet(profile)).summary)):
+        before = load_average()
+        started = time.monotonic()
+        summary = fn()
+        rows[name] = {**{k: getattr(summary, k) for k in FIGURES}, "ok": summary.ok, "errors": summary.errors,
+                      "load_before": before, "load_after": load_average(),
+                      "seconds": round(time.monotonic() - started, 1)}
+        print(f"  {name:9s} " + "  ".join(f"{k} {rows[name][k]}" for k in FIGURES), file=sys.stderr)
+    for name in ("local-sim", "fleet"):
+        rows[name]["error_vs_real"] = {k: round(rows[name][k] / rows["real"][k] - 1, 4) if rows["real"][k] else None
+                                       for k in FIGURES}
+    return rows
+
+
+def markdown(runs: list[dict]) -> str:
+    lines = ["| rate (req/s) | system | TTFT p50 | TTFT p90 | E2E p50 | E2E p90 | throughput (req/s) | hit rate | "
+             "load |", "|---|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        for name, row in run["systems"].items():
+            err = row.get("error_vs_real", {})
+
+            def cell(k: str, unit: float = 1e3, fmt: str = "{:.0f} ms", r=row, e=err) -> str:
+                v = r[k]
+                text = "–" if v is None else fmt.format(v * unit)
+                return text + (f" ({100 * e[k]:+.0f}%)" if e.get(k) is not None else "")
+
+            lines.append(f"| {run['rate']:.2f} | {name} | {cell('ttft_p50_s')} | {cell('ttft_p90_s')} | "
+                         f"{cell('e2e_p50_s')} | {cell('e2e_p90_s')} | {cell('requests_per_s', 1, '{:.2f}')} | "
+                         f"{cell('prefix_cache_hit_rate', 1, '{:.2f}')} | {row['load_before']} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", type=Path, help="a hardware profile (kit calibrate); default: measure server 0")
+    ap.add_argument("--rates", help="LOW,HIGH requests per second (default: 0.5× and 1.5× the fleet's saturation)")
+    ap.add_argument("--requests", type=int, default=120, help="requests per run (default: 120)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per rate, with workload seeds 7, 8, ... (default: 1)")
+    ap.add_argument("--reuse", type=Path, help="state folder of a local-vllm stack already deployed (kept running)")
+    ap.add_argument("--out-dir", type=Path, default=OUT)
+    args = ap.parse_args()
+    os.environ["KIT_STATE_DIR"] = str(args.reuse or tempfile.mkdtemp(prefix="kit-agreement-"))
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H%M%SZ")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    if args.reuse:
+        recorded = json.loads(next(args.reuse.glob("local-*.json")).read_text())
+        port = int(recorded["gateway"]["url"].rsplit(":", 1)[1])
+    else:
+        port = free_port_block(4)
+    real = LocalTarget(load_environment("local-vllm", overrides={"local": {"gateway_port": port}}))
+    print(f"agreement: deploying local-vllm at {port} (load {load_average()})", file=sys.stderr)
+    real.deploy(timeout=60)
+    try:
+        profile = args.profile
+        if profile is None:
+            profile = args.out_dir / f"cpu-tiny-qwen3-{stamp}.yaml"
+            calibrate(real._load().sims[0].url, profile, name="cpu-tiny-qwen3", repeat=3)
+        overhead = yaml.safe_load(profile.read_text()).get("request_overhead_ms", 0.0)
+        sim_port = free_port_block(4)
+
+        def sim_stack(extra_ms: float) -> LocalTarget:
+            return LocalTarget(load_environment("local", postfix="agreement-sim", overrides={"local": {
+                "gateway_port": sim_port, "simulator": sim_settings(profile.resolve(), extra_ms)}}))
+
+        # The simulator's HTTP front has a request overhead of its own: measured the same way, and topped up to
+        # vLLM's with --extra-latency-ms.
+        sim = sim_stack(0.0)
+        sim.deploy(timeout=60)
+        own = calibrate(sim._load().sims[0].url, args.out_dir / f"sim-front-{stamp}.yaml", repeat=3,
+                        say=lambda _: None)["request_overhead_ms"]
+        extra = round(max(0.0, overhead - own), 3)
+        print(f"agreement: request overhead: vLLM {overhead} ms, the simulator's own {own} ms: "
+              f"--extra-latency-ms {extra}", file=sys.stderr)
+        sim = sim_stack(extra)
+        sim.deploy(timeout=60)
+        try:
+            if args.rates:
+                rates = [float(r) for r in args.rates.split(",")]
+                sat = None
+            else:
+                sat = saturation(profile)
+                rates = [round(0.5 * sat, 2), round(1.5 * sat, 2)]
+            print(f"agreement: rates {rates} (fleet saturation {sat} req/s)", file=sys.stderr)
+            runs = []
+            for rate in rates:
+                for i in range(args.repeat):
+                    print(f"agreement: rate {rate} req/s, run {i + 1} of {args.repeat}", file=sys.stderr)
+                    w = workload(args.requests, 7 + i)
+                    systems = one_rate(real, sim, profile, w, rate)
+                    run = {"date": stamp, "machine": f"{platform.node()}, {os.cpu_count()} cores",
+                           "command": " ".join(["bench/agreement.py", *sys.argv[1:]]), "commit": commit(),
+                           "profile": str(profile), "request_overhead_ms": overhead,
+                           "sim_request_overhead_ms": own, "sim_extra_latency_ms": extra, "saturation_req_s": sat,
+                           "rate": rate, "repeat": i, "workload": w.model_dump(), "systems": systems}
+                    (args.out_dir / f"{stamp}-rate{rate:g}-run{i}.json").write_text(json.dumps(run, indent=2) + "\n")
+                    runs.append(run)
+        finally:
+            sim.destroy()
+    finally:
+        if not args.reuse:
+            real.destroy()
+    print(markdown(runs))
+    errors = [abs(e) for run in runs for s in ("local-sim", "fleet") for k in TARGETED
+              if (e := run["systems"][s]["error_vs_real"][k]) is not None]
+    print(f"\n{sum(e <= 0.15 for e in errors)} of {len(errors)} targeted figures (TTFT p50/p90, throughput) within "
+          f"±15%; median |error| {100 * statistics.median(errors):.1f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

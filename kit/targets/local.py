@@ -323,7 +323,7 @@ class LocalTarget:
                 self._save(state)
             launched = start(gw_plan["args"], gw_plan["url"], logs / "gateway.log", role="gateway", stack=self._stack)
             started.append(launched.proc)
-            gw = wait_ready([launched], timeout)[0]
+            gw = wait_ready([launched], timeout, stop_on_failure=False)[0]
             state.gateway = gw
             say(f"started gateway at {gw.url} (pid {gw.pid}) with scheduler config {gw_plan['config']}")
         state.scheduler_config, state.model = gw_plan["config"], self.env.model
@@ -346,14 +346,15 @@ class LocalTarget:
             state.sims.append(s.proc)
             self._save(state)  # recorded before it answers: a deploy killed now still finds it
             say(f"started {w['role']} {i} at {w['url']} (pid {s.proc.pid}, log {s.log})")
+        # On failure the roll-back stops them (they are in ``started``), saying so.
         if self._vllm:
             progress = real.StartupProgress(launched)
             try:
-                wait_ready(launched, max(timeout, self.local.vllm.startup_timeout), progress)
+                wait_ready(launched, max(timeout, self.local.vllm.startup_timeout), progress, stop_on_failure=False)
             finally:
                 progress.close()
         else:
-            wait_ready(launched, timeout)
+            wait_ready(launched, timeout, stop_on_failure=False)
         say(f"{len(launched)} {self._server_role} server(s) answering")
 
     def _roll_back(self, state: State, started: list[Proc], say: Say) -> None:

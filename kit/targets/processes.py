@@ -205,12 +205,13 @@ def start(args: list[str], url: str, log: Path, role: str, *, stack: str | None 
     return Starting(p, Proc(p.pid, url, str(log), role, tuple(args), token, grace, program, dict(env or {})), offset)
 
 
-def wait_ready(starting: list[Starting], wait: float, progress: Callable[[list[Starting]], None] | None = None
-               ) -> list[Proc]:
+def wait_ready(starting: list[Starting], wait: float, progress: Callable[[list[Starting]], None] | None = None,
+               *, stop_on_failure: bool = True) -> list[Proc]:
     """Wait until every process answers ``/health``; ``progress(still_starting)`` is called on each round.
 
     If one exits, or ``wait`` seconds pass, or anything else goes wrong (an interrupt too), every process of
-    ``starting`` is stopped before the error propagates.
+    ``starting`` is stopped before the error propagates (unless ``stop_on_failure`` is False: the caller stops
+    them, saying so).
     """
     deadline = time.monotonic() + wait
     pending = list(starting)
@@ -232,7 +233,7 @@ def wait_ready(starting: list[Starting], wait: float, progress: Callable[[list[S
                 raise KitError(f"{late} did not become healthy within {wait:g}s")
             time.sleep(0.05 if all(s.proc.program == "kit" for s in pending) else 0.5)
     except BaseException:
-        for s in starting:
+        for s in starting if stop_on_failure else ():
             if s.popen.poll() is None:  # our own child: its pid cannot have been reused
                 end_child(s.popen, group=True)
         raise

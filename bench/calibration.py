@@ -124,7 +124,7 @@ def compare_profile(path: str) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hardware", choices=sorted(MEASURED), action="append", help="card(s) to compare (default: all)")
-    ap.add_argument("--markdown", action="store_true", help="one markdown table of every card (docs/benchmarks.md)")
+    ap.add_argument("--markdown", action="store_true", help="one markdown table of every card (as in docs/results)")
     ap.add_argument("--profile", help="a hardware profile written by kit calibrate: the simulator against its points")
     args = ap.parse_args()
     if args.profile:

@@ -1,4 +1,5 @@
-"""Benchmarks of the fleet simulator (docs/benchmarks.md, "Fleet simulator").
+"""Benchmarks of the fleet simulator (figures: docs/results/fleet.md; add ``--record`` to write a run's record
+under bench/results/, then ``make results``).
 
     .venv/bin/python bench/fleet_bench.py core              # SimPy against a plain event heap
     .venv/bin/python bench/fleet_bench.py speed --replicas 16 --requests 10000 --rate 35
@@ -23,6 +24,8 @@ import random
 import resource
 import statistics
 import time
+
+from record import write_record
 
 
 def core(nodes: int = 256, events: int = 400_000, repeat: int = 3) -> dict:
@@ -191,13 +194,78 @@ def fidelity(replicas: int = 4, profiles: tuple[str, ...] = ("random", "default-
     return rows
 
 
+SPEED_NOTES = ("One simulation of a shared-prefix workload under the {profile} profile, timed: *wall*, *CPU* (the "
+               "process's CPU seconds) and *picker*, the time inside `Scheduler.schedule` and `pre_request` (timed "
+               "around each call). Workload: {groups} × {prompts_per_group}, system {system_prompt_len:,} + question "
+               "{question_len:,} → {output_len:,} tokens; {kv_blocks:,} KV blocks per server. The results themselves "
+               "(TTFT, hit rate, simulated time) do not depend on the machine; the times do, so read them with the "
+               "load.")
+
+
+def record_speed(out: dict, _args: argparse.Namespace) -> None:
+    r, n, rate = out["replicas"], out["requests"], out["rate"]
+    write_record("fleet", f"speed-{r}x{n}-at-{rate:g}", f"Speed: {r:,} servers × {n:,} requests at {rate:,g}/s",
+                 figures={"wall (s)": out["wall_s"], "CPU (s)": out["cpu_s"], "simulated (s)": out["simulated_s"],
+                          "requests / wall s": out["requests_per_wall_s"],
+                          "picker share": f"{out['picker_share']:.0%}",
+                          "picker time per request": f"{out['picker_us_per_request'] / 1000:.2f} ms",
+                          "peak memory (MiB)": out["peak_rss_mib"], "TTFT p90 (s)": out["ttft_p90_s"],
+                          "hit rate": out["hit_rate"], "errors": out["errors"]},
+                 notes=SPEED_NOTES.format(profile=out["profile"], kv_blocks=out["kv_blocks"], **out["workload"]))
+
+
+def record_core(out: dict, _args: argparse.Namespace) -> None:
+    write_record("fleet", "event-heap", "SimPy or a plain event heap",
+                 figures={f"SimPy {out['simpy_version']} (events/s)": out["simpy"]["events_per_s"],
+                          "heapq (events/s)": out["heap"]["events_per_s"],
+                          "heap over SimPy": f"{out['heap_over_simpy']}×"},
+                 notes="The fleet's pattern: each server steps with its own durations, and its next step is due when "
+                       "the last one ends; median of 3. The kit uses the heap.")
+
+
+def record_picker(out: list[dict], _args: argparse.Namespace) -> None:
+    names = [k.removesuffix("_median_us") for k in out[0] if k.endswith("_median_us")]
+    write_record("picker", "fleet-scale", "Scheduling cycle at fleet scale",
+                 table={"columns": ["endpoints", *(f"{'Scheduler.' if n == 'schedule' else ''}{n} µs"
+                                                   for n in names)],
+                        "rows": [[row["endpoints"], *(row[f"{n}_median_us"] for n in names)] for row in out]},
+                 notes=f"Medians (wall clock) of `Scheduler.schedule` with the default profile over N endpoints, and "
+                       f"of each scorer alone, on {out[0]['prompt_chars']:,}-character prompts sharing 32 prefixes.")
+
+
+def record_fidelity(rows: list[dict], args: argparse.Namespace) -> None:
+    keys = ("prefix_cache_hit_rate", "ttft_p50_s", "ttft_p90_s")
+    table = []
+    for profile in dict.fromkeys(r["profile"] for r in rows):
+        mine = [r for r in rows if r["profile"] == profile]
+        for r in mine:
+            table.append([profile, r["seed"], *(r[k][side] for k in keys for side in ("http", "virtual", "ratio"))])
+        medians = []
+        for k in keys:
+            http, virt = (statistics.median(r[k][side] for r in mine) for side in ("http", "virtual"))
+            medians += [http, virt, round(virt / http, 2) if http else None]
+        table.append([f"{profile}, median of {len(mine)}", None, *medians])
+    columns = ["profile", "seed"] + [f"{what} {side}" for what in ("hit rate", "TTFT p50 s", "TTFT p90 s")
+                                     for side in ("HTTP", "virtual", "virtual/HTTP")]
+    write_record("fleet", "fidelity", "Agreement with the HTTP stack", table={"columns": columns, "rows": table},
+                 notes=f"The same profile, workload, load and seed on the local stack ({args.replicas} `kit sim` "
+                       f"processes behind `kit gateway`) and on the virtual clock with the same simulator settings; "
+                       f"notebook 04's workload, {args.requests} requests at {args.rate:g}/s, simulators at time scale "
+                       f"{args.time_scale:g}. Times are wall seconds (model × time scale).")
+
+
+RECORDERS = {"speed": record_speed, "core": record_core, "picker": record_picker, "fidelity": record_fidelity}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
-    c = sub.add_parser("core", help="SimPy against a plain event heap")
+    rec = argparse.ArgumentParser(add_help=False)
+    rec.add_argument("--record", action="store_true", help="also write a record for the results pages (make results)")
+    c = sub.add_parser("core", help="SimPy against a plain event heap", parents=[rec])
     c.add_argument("--nodes", type=int, default=256)
     c.add_argument("--events", type=int, default=400_000)
-    s = sub.add_parser("speed", help="one fleet simulation, timed")
+    s = sub.add_parser("speed", help="one fleet simulation, timed", parents=[rec])
     s.add_argument("--replicas", type=int, default=16)
     s.add_argument("--requests", type=int, default=10_000)
     s.add_argument("--rate", type=float, default=35.0)
@@ -209,9 +277,9 @@ def main() -> None:
     s.add_argument("--output", type=int, default=1000)
     s.add_argument("--sample-interval", type=float, default=1.0)
     s.add_argument("--kv-blocks", type=int, default=40_000, help="KV blocks per server (kit sim's default)")
-    pk = sub.add_parser("picker", help="the picker's time per request, and each scorer's")
-    pk.add_argument("--endpoints", type=int, default=256)
-    f = sub.add_parser("fidelity", help="the virtual clock against the HTTP stack")
+    pk = sub.add_parser("picker", help="the picker's time per request, and each scorer's", parents=[rec])
+    pk.add_argument("--endpoints", default="256", help="endpoint counts, comma-separated")
+    f = sub.add_parser("fidelity", help="the virtual clock against the HTTP stack", parents=[rec])
     f.add_argument("--replicas", type=int, default=4)
     f.add_argument("--profiles", default="random,default-plugins")
     f.add_argument("--seeds", default="1,2,3")
@@ -223,10 +291,12 @@ def main() -> None:
         out = fidelity(a.replicas, tuple(a.profiles.split(",")), tuple(int(x) for x in a.seeds.split(",")),
                        a.time_scale, a.requests, a.rate)
     elif a.what == "picker":
-        out = picker(a.endpoints)
+        out = [picker(int(n)) for n in a.endpoints.split(",")]
     else:
         out = core(a.nodes, a.events) if a.what == "core" else speed(a)
     print(json.dumps(out, indent=1))
+    if a.record:
+        RECORDERS[a.what](out, a)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Approximate vs precise vs random prefix-cache routing on the virtual clock, at 16 servers past saturation
-(issue #11; docs/benchmarks.md, "Issue #11 on the virtual clock").
+(docs/results/precise.md, the virtual-clock figures).
 
 Every point is one ``kit.fleet.simulate`` run: a shared-prefix workload whose groups fill 73% of the fleet's
 KV cache, under one profile, at one rate, in one scenario, with one seed (the workload's prompts and
@@ -14,7 +14,7 @@ Settings: ``local`` is ``environments/local.yaml``'s simulator (16 sequences, 51
 scale 1, so times are the model's) with bench/precise_routing.py's workload scaled to 16 servers (48 groups
 × 16 prompts, system 2,000 + question 100 → 16 tokens: prefill-bound, like upstream's 32B model); ``h100``
 is the kit's default server (Qwen3-0.6B on an H100) with the guide's workload (150 × 5, 6,000 + 1,200 →
-1,000) and 9,630 blocks, as docs/benchmarks.md's guide-scale run.
+1,000) and 9,630 blocks, as the guide-scale run in docs/results/scheduling.md.
 
 Profiles: shipped names or files, plus ``precise-speculative``: ``precise.yaml`` with ``speculativeIndexing``
 on and ``speculativeTTL`` from ``--speculative-ttl``. *Hit rate* is that of the routed requests; *stale

@@ -1,4 +1,4 @@
-"""The precise prefix index on its own (issue #11): event lag, memory per million blocks, scorer cost.
+"""The precise prefix index on its own (docs/results/precise.md): event lag, memory per million blocks, scorer cost.
 
 * **event lag**: a real ``kit sim`` publishes its KV-cache events to a precise scorer in this process
   (central mode, as the local stack runs it) while requests are sent to the simulator at ``--rate``;

@@ -1,4 +1,4 @@
-"""Approximate vs precise vs random prefix-cache routing under cache pressure on the local stack (issue #11).
+"""Approximate vs precise vs random prefix-cache routing under cache pressure on the local stack.
 
 Starts the local environment on free ports with its own state folder; per repeat, runs one shared-prefix
 workload under each profile (cold caches; the gateway restarts with each profile) while an outside
@@ -6,7 +6,7 @@ client sends its own long prompts straight to the servers (``--outside-rate``), 
 requests sent where the prefix scorer believed the prompt was cached (score ≥ 0.9) and the server found
 less than half of it. The hit rate is that of the routed requests (cached prompt tokens the servers
 reported for them over their prompt tokens); the servers' own counters also count the outside traffic.
-Prints one JSON summary; the figures in docs/benchmarks.md come from it.
+Prints one JSON summary; the figures in docs/results/precise.md come from it.
 
     .venv/bin/python bench/precise_routing.py --repeat 2
 """

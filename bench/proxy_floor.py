@@ -6,9 +6,9 @@ back, with no picker, no checks and no metrics; ``wrk`` measures it with 64 conn
 the proxy's CPU µs per request) and with one (p50 latency). What the kit gateway costs above the floor
 of its stack is its own work; the floor itself is what choosing the stack costs.
 
-* ``aiohttp+aiohttp``: aiohttp's server and client (the gateway before issue #12);
+* ``aiohttp+aiohttp``: aiohttp's server and client (the gateway's first stack);
 * ``aiohttp+kit``: aiohttp's server and the gateway's own client (``kit.gateway.upstream``), as the gateway
-  was served until its own server replaced aiohttp's (issue #12);
+  was served until its own server replaced aiohttp's;
 * ``front+kit``: the gateway's own server (``kit.gateway.front``: routing, limits, error handling) and its
   client, as now;
 * ``httptools+kit``: a bare asyncio protocol parsing requests with httptools, and the gateway's client:

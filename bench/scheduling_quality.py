@@ -1,4 +1,4 @@
-"""Issue #12's scheduling-quality bar on the virtual clock: the kit's profiles against round-robin, per rate.
+"""The scheduling-quality bar on the virtual clock: the kit's profiles against round-robin, per rate.
 
 Run: ``.venv/bin/python bench/scheduling_quality.py [--seeds 0 1] [--out FILE]``
 

@@ -1,7 +1,8 @@
 """Simulator benchmarks: fidelity to the latency model under load, sustained streams, SSE rate, memory.
 
-Run: ``make bench`` (or ``.venv/bin/python bench/sim_bench.py [--quick] [--out FILE]``). Each part
-starts its own ``kit sim`` process on a free port and stops it. Results print as JSON.
+Run: ``make bench`` (or ``.venv/bin/python bench/sim_bench.py [--quick] [--out FILE] [--record]``). Each part
+starts its own ``kit sim`` process on a free port and stops it. Results print as JSON; ``--record`` also writes
+them as records for the results pages (``bench/results/simulator/``, then ``make results``).
 
 * fidelity / sustained streams: N streaming requests start together (unique 512-token prompts, 64
   output tokens). The same workload replayed through the engine on a virtual clock gives the latency
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import aiohttp
 import psutil
+from record import write_record
 
 from kit import tokenizer
 from kit.experiments.client import make_body, send
@@ -151,10 +153,44 @@ def memory(n: int = 1000) -> dict:
             "running_after_clients_left": after.running}
 
 
+FIDELITY_COLUMNS = {"concurrency": "streams", "ok": "ok", "model_ttft_ms": "model TTFT ms",
+                    "server_ttft_ms": "server TTFT ms", "client_ttft_ms": "client TTFT ms",
+                    "model_itl_ms": "model ITL ms", "server_itl_ms": "server ITL ms", "client_itl_ms": "client ITL ms",
+                    "itl_ratio": "client/model ITL", "sse_events_per_s": "SSE events/s"}
+
+
+def record(result: dict) -> None:
+    """The three measurements as records for docs/results/simulator.md."""
+    rows = [[row[k] for k in FIDELITY_COLUMNS] for row in result["fidelity"]]
+    write_record("simulator", "fidelity", "Fidelity to the latency model, and concurrent streams sustained",
+                 table={"columns": list(FIDELITY_COLUMNS.values()), "rows": rows},
+                 figures={"most concurrent streams sustained": result["max_sustained_streams"]},
+                 notes="N streaming completions start together (each a unique 512-token prompt, 64 output tokens), "
+                       "Qwen3-0.6B-on-H100 defaults, `--max-num-seqs 4096`, time scale 1. *Model*: the same requests "
+                       "replayed through the engine on a virtual clock (the latency model's prediction); *server*: the "
+                       "simulator's own TTFT and ITL histograms; *client*: the load generator. Means over the run. "
+                       "A level is sustained when every stream completes and the client's ITL stays within 1.25× of "
+                       "the model's.")
+    sse = result["sse"]
+    write_record("simulator", "sse-rate", "SSE events per second, flat out",
+                 figures={"SSE events/s": sse["sse_events_per_s"], "events": sse["events"], "seconds": sse["wall_s"]},
+                 notes=f"{sse['concurrency']} streams with `--time-scale 0.001`, so the engine never waits: the most "
+                       "events one simulator process streams. Client and server share the machine's cores.")
+    mem = result["memory"]
+    write_record("simulator", "memory", "Memory per 1,000 in-flight requests",
+                 figures={"resident memory idle (MiB)": mem["idle_rss_mib"],
+                          f"resident memory with {mem['in_flight']:,} requests in flight (MiB)": mem["busy_rss_mib"],
+                          "MiB per 1,000 in-flight requests": mem["mib_per_1000"],
+                          "requests running after the clients left": mem["running_after_clients_left"]},
+                 notes="Streaming requests (256-token prompts) held in flight (`--time-scale 200`); resident memory "
+                       "of the simulator process (psutil).")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer concurrency levels")
     ap.add_argument("--out", help="also write the JSON here")
+    ap.add_argument("--record", action="store_true", help="also write records for the results pages (make results)")
     args = ap.parse_args()
     levels = [1, 32, 256] if args.quick else [1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096]
     result = {"fidelity": fidelity(levels), "sse": sse_rate(), "memory": memory()}
@@ -164,6 +200,8 @@ def main() -> None:
     print(text)
     if args.out:
         Path(args.out).write_text(text)
+    if args.record:
+        record(result)
 
 
 if __name__ == "__main__":

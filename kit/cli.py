@@ -154,10 +154,12 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _envs(args: argparse.Namespace) -> int:
-    from kit.manifests.environments import available
+    from kit.manifests.environments import available, releases
 
+    follows = releases()
+    width = max(map(len, follows), default=0)
     for name, desc in available().items():
-        print(f"{name:14} {desc}")
+        print(f"{name:{width}}  {follows[name]:11}  {desc}")
     return 0
 
 
@@ -363,6 +365,14 @@ def _tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plugins(args: argparse.Namespace) -> int:
+    from kit.picker import catalog
+
+    entries = catalog.catalog()
+    print(catalog.markdown(entries) if args.markdown else catalog.text(entries), end="" if args.markdown else "\n")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from kit.demo import run_demo
 
@@ -528,6 +538,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                                      "from make vllm)")
     tm.add_argument("--out", help="folder to write (default: the cache, ~/.cache/kit/models)")
     tm.set_defaults(func=_tiny_model)
+
+    pl = sub.add_parser("plugins", help="every scheduler plugin the picker implements: kind, upstream release, "
+                                        "parameters and defaults")
+    pl.add_argument("--markdown", action="store_true", help="print the reference page (docs/reference/plugins.md)")
+    pl.set_defaults(func=_plugins)
 
     d = sub.add_parser("demo", help="the main job: bring up the local stack, show scheduling, tear it down")
     d.add_argument("--out", default="out", help="folder for what the demo writes (default: out)")

@@ -5,10 +5,28 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-ROOT = Path(os.environ.get("KIT_HOME", Path(__file__).resolve().parents[1]))
+_PACKAGE = Path(__file__).resolve().parent
+_CHECKOUT = _PACKAGE.parent  # the repository, for a clone or an editable install
+
+
+def _data_root() -> Path:
+    """``$KIT_HOME`` if set; else the repository when the package runs from a checkout (its top-level
+    ``environments/`` and ``templates/`` are the data); else the copy a wheel carries in ``kit/_data``."""
+    if os.environ.get("KIT_HOME"):
+        return Path(os.environ["KIT_HOME"]).expanduser().resolve()
+    if (_CHECKOUT / "environments").is_dir() and (_CHECKOUT / "templates").is_dir():
+        return _CHECKOUT
+    return _PACKAGE / "_data"
+
+
+ROOT = _data_root()
+FROM_CHECKOUT = ROOT == _CHECKOUT
 ENVIRONMENTS = ROOT / "environments"
 TEMPLATES = ROOT / "templates"
 SCHEDULER_CONFIGS = TEMPLATES / "scheduler"
+NOTEBOOKS = ROOT / "notebooks"
+# Folders a wheel carries in kit/_data (setup.py copies them at build time).
+SHIPPED_DATA = ("environments", "templates", "notebooks")
 
 
 def default_scheduler_config() -> Path:
@@ -32,9 +50,11 @@ def scheduler_profile(name_or_path: str) -> str:
 
 
 def output_dir() -> Path:
-    """Where notebooks write what they measure (results files): ``$KIT_OUT``, else ``out/`` in the kit's folder
-    (git-ignored), never beside the notebooks. ``make demo`` points it at its own output folder."""
-    return Path(os.environ.get("KIT_OUT") or ROOT / "out").expanduser().resolve()
+    """Where notebooks write what they measure (results files): ``$KIT_OUT``, else ``out/`` in the repository
+    (git-ignored) or, for an installed wheel, in the current folder; never beside the notebooks. ``make demo``
+    points it at its own output folder."""
+    default = ROOT / "out" if FROM_CHECKOUT else Path.cwd() / "out"
+    return Path(os.environ.get("KIT_OUT") or default).expanduser().resolve()
 
 
 def output_file(name: str) -> Path:

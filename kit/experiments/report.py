@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from kit import paths
 from kit.errors import KitError, MissingDependencyError
 
-NOTEBOOKS = paths.ROOT / "notebooks"
+NOTEBOOKS = paths.NOTEBOOKS
 
 
 def notebooks() -> list[Path]:

@@ -9,7 +9,7 @@ On the local stack each simulator publishes its block pool's changes over ZMQ (`
 * each batch is encoded as on the wire (``kit.sim.kv_events.encode_batch``: vLLM's msgpack
   ``KVEventBatch`` stamped with the step's end, topic ``kv@<endpoint>@<model>``) and becomes visible to the
   picker ``lag`` seconds of virtual time later (default 3 ms: the median measured from a real ``kit sim``
-  to the index having applied the batch, docs/benchmarks.md, issue #11);
+  to the index having applied the batch, docs/results/precise.md);
 * before each scheduling decision at time *t*, every busy server is brought to *t* − ``lag`` and every batch
   due by *t* goes, in publication order, to ``receive`` of each precise scorer of every picker replica
   (``parse_batch`` then ``apply_events``: the code the ZMQ subscriber thread runs).
@@ -31,7 +31,7 @@ from kit.fleet.node import Node
 from kit.picker import KVEventsConsumer
 from kit.sim.kv_events import encode_batch
 
-DEFAULT_LAG = 0.003  # seconds; issue #11's measured median, simulator publish → index updated
+DEFAULT_LAG = 0.003  # seconds; median measured from a real kit sim, publish → index updated (bench/precise_index.py)
 
 
 def precise_scorers(schedulers: Iterable[Any]) -> list[KVEventsConsumer]:

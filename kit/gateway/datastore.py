@@ -159,7 +159,7 @@ class Datastore:
 
 class _Watch:
     """``async with``: ``asyncio.timeout``'s behaviour without its cost (with ``asyncio.timeout(None)`` the watch was
-    about 7% of the gateway's own instructions per request, issue #12): no timer of its own; the watchdog
+    about 7% of the gateway's own instructions per request, counted by valgrind): no timer of its own; the watchdog
     ``expire``s it at its deadline, and ``_failed`` as soon as its endpoint leaves rotation as hung. Expiring
     cancels the task on the loop's next round, unless the block has ended by then; the block then raises
     ``TimeoutError``, unless the task was also cancelled by someone else (as ``asyncio.Timeout`` does)."""

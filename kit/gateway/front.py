@@ -1,8 +1,8 @@
 """The gateway's HTTP/1.1 server: an asyncio protocol per client connection, requests parsed by httptools.
 
 aiohttp's server cost the gateway about 70 µs of CPU per request more than a bare httptools protocol
-(docs/benchmarks.md, issue #12), so the gateway serves its clients through this module; the simulator
-stays on aiohttp (``kit.http.start_app``). Both keep issue #13's hardening, with the limits and the
+(docs/results/gateway.md), so the gateway serves its clients through this module; the simulator
+stays on aiohttp (``kit.http.start_app``). Both keep the same hardening, with the limits and the
 drain sequence shared in ``kit.http``:
 
 * keep-alive and pipelining: requests on one connection are answered in order, one at a time, by one

@@ -7,7 +7,7 @@ sends no first byte within ``first_byte_timeout`` (or leaves rotation as hung me
 request is scheduled again without it; a 4xx passes through, and once bytes have reached the client
 nothing is retried. A client that disconnects cancels the upstream request.
 
-The hop is kept cheap (issue #12; docs/benchmarks.md has the profile): uvloop runs the event loop,
+The hop is kept cheap (docs/results/gateway.md has the profile): uvloop runs the event loop,
 clients are served by the gateway's own HTTP/1.1 server (``kit.gateway.front``: httptools, with the
 simulator's limits), the body is parsed by orjson and forwarded as received, the endpoints are reached
 through kept-alive connections of the gateway's own client (``kit.gateway.upstream``), an answer that
@@ -290,7 +290,7 @@ def serve(gw: Gateway, host: str, port: int) -> None:
 
     async def start() -> Front:
         front = await gw.start(host, port)
-        # The cyclic garbage collector took ~7% of the gateway's CPU under load (perf, issue #12), rescanning what
+        # The cyclic garbage collector took ~7% of the gateway's CPU under load (perf), rescanning what
         # was loaded at start (modules, the picker) and running every 700 allocations: leave the former out of its
         # scans and run it less often (requests free nearly everything they allocate by reference counting).
         gc.collect()

@@ -1,7 +1,7 @@
 """The proxy's client: kept-alive HTTP/1.1 connections to the endpoints, and nothing else.
 
 aiohttp's client spent more CPU per proxied request than everything else in the gateway together
-(docs/benchmarks.md, issue #12), so the proxy talks to its endpoints through this small client: an
+(docs/results/gateway.md), so the proxy talks to its endpoints through this small client: an
 asyncio protocol per connection, answers parsed by httptools (the llhttp parser), one pool of idle
 connections per endpoint (most recently used first; one idle longer than ``keepalive`` seconds is
 closed instead of reused), and TCP_NODELAY, so each piece of an answer is passed on as it arrives.

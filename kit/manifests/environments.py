@@ -1,5 +1,11 @@
 """Environments: one YAML file per place the kit can deploy, validated by one strict model.
 
+Two release tracks, as data (``release``): ``guide`` (the default) is the helmfile-era guide the kit was
+built on (llm-d-infra / inferencepool / llm-d-modelservice shapes, EPP llm-d-inference-scheduler v0.7.0);
+``llm-d-v0.10`` is today's optimized-baseline guide on llm-d-router v0.10.0 (its standalone and gateway
+charts and the guide's kustomize model servers; ``router`` says which mode). The release also names the
+picker release whose plugins and strictness apply to the environment's scheduler config.
+
 Names follow the guide: the namespace comes from ``-n``, else ``$NAMESPACE``, else
 ``vllm-k8s-inference-scheduler``; the release postfix from ``--postfix``, else
 ``$RELEASE_NAME_POSTFIX``, else ``inference-scheduling``. ``--set a.b=c`` overrides any field
@@ -21,6 +27,14 @@ from kit.errors import ConfigError, UnknownChoiceError
 
 DEFAULT_NAMESPACE = "vllm-k8s-inference-scheduler"
 DEFAULT_POSTFIX = "inference-scheduling"
+Release = Literal["guide", "llm-d-v0.10"]
+# The picker release (kit.picker.load_picker_config's ``release``) each environment release deploys.
+PICKER_RELEASE: dict[str, str] = {"guide": "v0.7", "llm-d-v0.10": "v0.10"}
+# The endpoint-picker image family each release deploys (a guide environment with today's EPP, or the
+# reverse, is a mistake the loader names).
+EPP_IMAGE = {"guide": "llm-d-inference-scheduler", "llm-d-v0.10": "llm-d-router-endpoint-picker"}
+# Gateway providers llm-d-router v0.10's optimized-baseline guide lists for gateway mode.
+ROUTER_PROVIDERS = ("istio", "gke", "agentgateway")
 _DNS = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -90,6 +104,10 @@ class HardwareSettings(StrictModel):
     security_context: dict[str, Any] = Field(
         default_factory=dict, description="model-server container securityContext fields, merged over the kit's "
                                           "hardened defaults (docs/how-to/deploy-to-a-cluster.md)")
+    pod_security_context: dict[str, Any] = Field(default_factory=dict, description="model-server pod securityContext "
+                                                 "(e.g. the XPU overlay's fsGroup 107)")
+    limits: dict[str, str] = Field(default_factory=dict, description="model-server resource limits that differ from "
+                                                                     "the requests (cpu, memory), e.g. {cpu: '20'}")
 
 
 class ModelServerSettings(StrictModel):
@@ -98,9 +116,12 @@ class ModelServerSettings(StrictModel):
     served_model_name: str | None = Field(None, description="name clients use (default: the model)")
     args: list[str] = Field(default_factory=list, description="extra engine arguments")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment variables (no secrets)")
-    hf_token: bool = Field(True, description="mount the HF token from secret vllm-k8s-hf-token (false: public model)")
+    hf_token: bool = Field(True, description="mount the HF token (secret vllm-k8s-hf-token; llm-d-hf-token for "
+                                             "release llm-d-v0.10; false: a public model)")
     pod_monitor: bool = Field(True, description="render a PodMonitor for the servers' /metrics")
     startup_failure_threshold: int = Field(60, ge=1, description="startup probe failures allowed (30 s apart)")
+    termination_grace_seconds: int | None = Field(None, ge=0, description="model-server pods' termination grace "
+                                                                          "period (none: Kubernetes' 30 s)")
     security_waivers: list[Literal["run-as-non-root", "capabilities", "seccomp"]] = Field(
         default_factory=list, description="hardening rules this server's image cannot meet, e.g. run-as-non-root "
                                           "for an image that runs as root; kit validate lists them "
@@ -115,10 +136,33 @@ class EppSettings(StrictModel):
     memory_limit: str = Field("16Gi", description="EPP memory limit")
 
 
+class RouterSettings(StrictModel):
+    """Release llm-d-v0.10: how llm-d-router's charts deploy the endpoint picker."""
+
+    mode: Literal["standalone", "gateway"] = Field(
+        "standalone", description="standalone: the EPP pod carries a proxy and its Service is the entry point (no "
+                                  "Gateway API); gateway: an InferencePool behind a Gateway and HTTPRoute")
+    proxy: Literal["envoy", "agentgateway"] = Field("envoy", description="standalone: the proxy beside the EPP")
+    envoy_image: str = Field("docker.io/envoyproxy/envoy:distroless-v1.33.2", description="standalone Envoy proxy")
+    agentgateway_image: str = Field("cr.agentgateway.dev/agentgateway:v1.1.0",
+                                    description="standalone agentgateway proxy")
+    proxy_resources: dict[str, Any] = Field(
+        default_factory=lambda: {"requests": {"cpu": "4", "memory": "8Gi"}, "limits": {"memory": "16Gi"}},
+        description="standalone proxy resources (the guide's base values)")
+    service_port: int = Field(80, ge=1, le=65535, description="standalone: the EPP Service's port for clients")
+    proxy_port: int = Field(8081, ge=1, le=65535, description="standalone: the proxy's listener port")
+    guide: str = Field("optimized-baseline", description="value of the llm-d.ai/guide label the pool selects")
+    epp_verbosity: int = Field(2, ge=0, description="EPP --v (the guide's base values: 2)")
+    request_timeout: str = Field("300s", description="gateway mode: the HTTPRoute's request timeout (not on GKE)")
+
+
 class Environment(StrictModel):
     name: str = Field(description="the environment's name (its file name)")
     description: str = Field(description="one line shown by `kit envs`")
     target: Literal["local", "cluster"] = Field(description="processes on loopback, or a Kubernetes cluster")
+    release: Release = Field("guide", description="upstream release deployed: guide (the helmfile-era guide, EPP "
+                                                  "v0.7) or llm-d-v0.10 (today's optimized-baseline guide, "
+                                                  "llm-d-router v0.10)")
     model: str = Field("Qwen/Qwen3-0.6B", min_length=1, description="model served")
     replicas: int = Field(2, ge=1, le=64, description="decode replicas")
     namespace: str = Field(DEFAULT_NAMESPACE, description="Kubernetes namespace")
@@ -130,16 +174,41 @@ class Environment(StrictModel):
     hardware: HardwareSettings | None = Field(None, description="cluster: accelerator backend")
     model_server: ModelServerSettings | None = Field(None, description="cluster: model-server image and args")
     epp: EppSettings = Field(default_factory=EppSettings, description="cluster: endpoint picker")
+    router: RouterSettings | None = Field(None, description="cluster, release llm-d-v0.10: standalone or gateway "
+                                                            "mode, and the standalone proxy")
 
     @model_validator(mode="after")
     def _target_sections(self) -> Environment:
         if self.target == "local" and self.local is None:
             raise ValueError("local: a local environment needs its local settings")
+        if self.router is not None and self.release != "llm-d-v0.10":
+            raise ValueError(f"router: only release llm-d-v0.10 deploys llm-d-router's charts (release is "
+                             f"{self.release!r})")
         if self.target == "cluster":
-            missing = [k for k in ("gateway", "hardware", "model_server") if getattr(self, k) is None]
+            needed = ("hardware", "model_server") if self.standalone else ("gateway", "hardware", "model_server")
+            missing = [k for k in needed if getattr(self, k) is None]
             if missing:
                 raise ValueError(f"{', '.join(missing)}: a cluster environment needs these sections")
+            family = EPP_IMAGE[self.release]
+            if family not in self.epp.image:
+                raise ValueError(f"epp.image: release {self.release} deploys the {family} image, not "
+                                 f"{self.epp.image!r}; pick an environment of that release (kit envs) or set epp.image")
+            if self.release == "llm-d-v0.10" and not self.standalone:
+                assert self.gateway is not None
+                if self.gateway.provider not in ROUTER_PROVIDERS:
+                    raise ValueError(f"gateway.provider: llm-d-router v0.10's gateway mode lists "
+                                     f"{', '.join(ROUTER_PROVIDERS)}, not {self.gateway.provider!r}")
         return self
+
+    @property
+    def picker_release(self) -> str:
+        """The picker release (``kit.picker.load_picker_config``'s ``release``) this environment deploys."""
+        return PICKER_RELEASE[self.release]
+
+    @property
+    def standalone(self) -> bool:
+        """Release llm-d-v0.10 in standalone mode: no Gateway API objects, the EPP's proxy is the entry point."""
+        return self.release == "llm-d-v0.10" and (self.router or RouterSettings()).mode == "standalone"
 
     @property
     def served_name(self) -> str:
@@ -159,12 +228,21 @@ class Environment(StrictModel):
 
 
 def available() -> dict[str, str]:
-    """Environment name → description, from ``environments/*.yaml``."""
+    """Environment name → description, from ``environments/*.yaml`` (a file named ``_*.yaml`` is a shared
+    base that other files extend, not an environment)."""
     out = {}
     for f in sorted(paths.ENVIRONMENTS.glob("*.yaml")):
+        if f.name.startswith("_"):
+            continue
         data = yaml.safe_load(f.read_text()) or {}
         out[f.stem] = data.get("description", "")
     return out
+
+
+def releases() -> dict[str, str]:
+    """Environment name → the release it follows (its ``extends`` chain merged; ``guide`` by default)."""
+    choices = available()
+    return {name: str(_read(name, choices, ()).get("release", "guide")) for name in choices}
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
@@ -200,7 +278,7 @@ def _read(name: str, choices: dict[str, str], chain: tuple[str, ...]) -> dict[st
     """An environment file with its ``extends`` chain merged in (the file wins over its base)."""
     if name in chain:
         raise ConfigError(f"environments/{name}.yaml", [f"extends: circular ({' → '.join((*chain, name))})"])
-    if name not in choices:
+    if name not in choices and not (name.startswith("_") and (paths.ENVIRONMENTS / f"{name}.yaml").is_file()):
         raise UnknownChoiceError("environment", name, choices)
     data = yaml.safe_load((paths.ENVIRONMENTS / f"{name}.yaml").read_text()) or {}
     if not isinstance(data, dict):

@@ -1,5 +1,9 @@
 """Render an environment into the manifests the guide deploys: three releases and the HTTPRoute.
 
+This module renders release ``guide``; ``kit.manifests.router`` renders ``llm-d-v0.10`` (today's
+optimized-baseline guide), and ``render`` picks by the environment's release. Either way the scheduler
+config is checked by the picker of the release the environment deploys, since the EPP will read it.
+
 Templates live in ``templates/releases/*.yaml.j2``; this module computes names, labels and the
 values the templates need, renders, parses, and orders the objects for apply. Every object carries
 labels naming the stack (release postfix), its namespace and its release, which is how the cluster
@@ -11,8 +15,7 @@ carry a hash of the namespace and postfix, so no two stacks share one.
 from __future__ import annotations
 
 import hashlib
-import re
-from dataclasses import dataclass
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -21,39 +24,53 @@ import yaml
 
 from kit import paths
 from kit.errors import ConfigError, KitError
-from kit.manifests.environments import Environment, merge
-from kit.picker import load_picker_config
+from kit.manifests.environments import Environment
+from kit.manifests.objects import (
+    EPP_PORT,
+    HARDENED,
+    HF_SECRET,
+    KIND_ORDER,
+    MANAGED_BY,
+    MODEL_PORT,
+    NAMESPACE,
+    RELEASE,
+    RELEASES,
+    STACK,
+    WAIVERS,
+    Rendered,
+    _label_value,
+    _resources,
+    fit,
+    hf_secret,
+    model_server_security,
+    release_name,
+)
+from kit.picker import LoadedConfig, load_picker_config
 
-MODEL_PORT = 8000
-EPP_PORT = 9002
-HF_SECRET = "vllm-k8s-hf-token"
-MANAGED_BY = "app.kubernetes.io/managed-by"
-STACK = "kit.llm-d.ai/stack"
-NAMESPACE = "kit.llm-d.ai/namespace"
-RELEASE = "kit.llm-d.ai/release"
-WAIVERS = "kit.llm-d.ai/security-waivers"
-# Every container the kit renders: the Pod Security Standards' "restricted" profile, container by container.
-HARDENED: dict[str, Any] = {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
-                            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
-RELEASES = ("infra", "gaie", "ms", "route")
-KIND_ORDER = ("Namespace", "ServiceAccount", "Secret", "ConfigMap", "ClusterRole", "ClusterRoleBinding", "Role",
-              "RoleBinding", "ResourceClaimTemplate", "AgentgatewayParameters", "Service", "Deployment", "Gateway",
-              "InferencePool", "DestinationRule", "HealthCheckPolicy", "GCPBackendPolicy", "ServiceMonitor",
-              "PodMonitor", "HTTPRoute")
 VARIANT = {"cuda": "gpu", "rocm": "gpu", "xpu": "gpu", "tpu": "tpu", "cpu": "cpu", "sim": "cpu"}
 
 
-def release_name(release: str, postfix: str) -> str:
-    return f"{release}-{postfix}" if release != "route" else f"llm-d-{postfix}"
+# Re-exported: callers import the shared names from here as they always did.
+__all__ = [
+    "EPP_PORT", "HARDENED", "HF_SECRET", "KIND_ORDER", "MANAGED_BY", "MODEL_PORT", "NAMESPACE", "RELEASE",
+    "RELEASES", "STACK", "WAIVERS", "Rendered", "check_scheduler_config", "fit", "hf_secret",
+    "model_server_security", "names", "release_name", "releases", "render", "summary", "to_yaml", "write",
+]
 
 
-def fit(stem: str, suffix: str, limit: int, key: tuple[str, ...], always: bool = False) -> str:
-    """``stem + suffix`` in at most ``limit`` characters. A stem that is cut (every stem, with ``always``)
-    ends in 8 hex digits of a hash of ``key``, so names that differ only past the cut stay distinct."""
-    if not always and len(stem) + len(suffix) <= limit:
-        return stem + suffix
-    digest = hashlib.sha256("\0".join(key).encode()).hexdigest()[:8]
-    return f"{stem[: limit - len(suffix) - len(digest) - 1].rstrip('-')}-{digest}{suffix}"
+def releases(env: Environment) -> tuple[str, ...]:
+    """The releases of ``env``'s track, in apply order."""
+    return ("gateway", "router", "ms") if env.release == "llm-d-v0.10" else RELEASES
+
+
+def check_scheduler_config(env: Environment, text: str, source: str) -> LoadedConfig:
+    """Load ``text`` with the picker of the release ``env`` deploys; its ConfigError names the field path."""
+    if env.release == "guide":
+        return load_picker_config(text, source)  # the picker's default release, v0.7
+    if "release" not in inspect.signature(load_picker_config).parameters:
+        # Until the picker takes a release, it checks every config as v0.7 does.
+        return load_picker_config(text, source)
+    return load_picker_config(text, source, release=env.picker_release)  # type: ignore[call-arg]
 
 
 def names(env: Environment) -> dict[str, str]:
@@ -75,25 +92,6 @@ def names(env: Environment) -> dict[str, str]:
     }
 
 
-def _label_value(v: str) -> str:
-    """A valid label value from free text (model names contain '/')."""
-    v = re.sub(r"[^A-Za-z0-9._-]", "-", v)[-63:]
-    return v.strip("-._") or "x"
-
-
-@dataclass
-class Rendered:
-    env: Environment
-    objects: list[dict[str, Any]]
-    plugins_config: str
-
-    def by_release(self) -> dict[str, list[dict[str, Any]]]:
-        out: dict[str, list[dict[str, Any]]] = {}
-        for obj in self.objects:
-            out.setdefault(obj["metadata"]["labels"][RELEASE], []).append(obj)
-        return out
-
-
 def _env() -> jinja2.Environment:
     j = jinja2.Environment(loader=jinja2.FileSystemLoader(paths.TEMPLATES / "releases"),
                            undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
@@ -103,44 +101,23 @@ def _env() -> jinja2.Environment:
     return j
 
 
-def _resources(env: Environment) -> dict[str, Any]:
-    hw = env.hardware
-    assert hw is not None
-    amounts: dict[str, Any] = {}
-    if hw.cpu:
-        amounts["cpu"] = hw.cpu
-    if hw.memory:
-        amounts["memory"] = hw.memory
-    if hw.accelerator_resource and hw.accelerators_per_replica:
-        amounts[hw.accelerator_resource] = str(hw.accelerators_per_replica)
-    out: dict[str, Any] = {"requests": dict(amounts), "limits": dict(amounts)} if amounts else {}
-    if hw.dra_device_class:
-        out["claims"] = [{"name": "accelerator"}]
-    return out
-
-
-def model_server_security(env: Environment) -> dict[str, Any]:
-    """The model-server container's securityContext: the hardened defaults less what the environment waives,
-    with the environment's own fields merged over them."""
-    assert env.hardware is not None and env.model_server is not None
-    base = {k: v for k, v in HARDENED.items()
-            if not (k == "runAsNonRoot" and "run-as-non-root" in env.model_server.security_waivers)}
-    return merge(base, env.hardware.security_context)
-
-
 def render(env: Environment, scheduler_config: str | None = None) -> Rendered:
     """All objects of the three releases and the HTTPRoute, in apply order."""
-    if env.hardware is None or env.model_server is None or env.gateway is None:
+    if env.hardware is None or env.model_server is None or (env.gateway is None and not env.standalone):
         raise KitError(f"environment {env.name!r} runs processes on this machine; it has no manifests to render")
     config_path = Path(scheduler_config) if scheduler_config else Path(env.scheduler_path())
     try:
         plugins_config = config_path.read_text()
     except OSError as err:
         raise ConfigError(str(config_path), [f"cannot read the scheduler config: {err.strerror}"]) from None
-    load_picker_config(plugins_config, str(config_path))  # an invalid plugin file fails here
+    check_scheduler_config(env, plugins_config, str(config_path))  # an invalid plugin file fails here
+    if env.release == "llm-d-v0.10":
+        from kit.manifests.router import render_router
+
+        return render_router(env, plugins_config, config_path)
 
     hw, ms, gw = env.hardware, env.model_server, env.gateway
-    assert hw and ms and gw
+    assert hw and ms and gw is not None
     rn, ns = env.release_postfix, env.namespace
     n = names(env)
 
@@ -191,8 +168,9 @@ def write(rendered: Rendered, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = []
+    route = release_name("route", rendered.env.release_postfix) if rendered.env.release == "guide" else None
     for release, objs in rendered.by_release().items():
-        f = out / ("httproute.yaml" if release.startswith("llm-d-") else f"{release}.yaml")
+        f = out / ("httproute.yaml" if release == route else f"{release}.yaml")
         f.write_text(to_yaml(objs))
         files.append(f)
     return files

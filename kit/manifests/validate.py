@@ -3,7 +3,8 @@
 * Built-in kinds are checked against the Kubernetes OpenAPI schemas (``kubernetes-validate``, strict:
   unknown fields are errors).
 * Custom resources are checked against the ``openAPIV3Schema`` of their CRD: by default the pinned
-  upstream CRDs shipped in ``kit/manifests/schemas/`` (its README names each one), else a folder of
+  upstream CRDs shipped in ``kit/manifests/schemas/`` (its README names each one; release llm-d-v0.10
+  takes its newer ones from ``schemas/llm-d-v0.10/`` and the rest from there), else a folder of
   CRD YAML files (``--schemas DIR``) or the cluster's own. Unknown fields are errors here too, except
   where the CRD preserves unknown fields.
 * Cross-object rules: the pool selects the model-server pods and nothing else; its target port is a
@@ -39,6 +40,8 @@ from kit.manifests.render import RELEASE, WAIVERS, Rendered, render
 
 K8S_VERSION = "1.34.0"
 SHIPPED_SCHEMAS = Path(__file__).resolve().parent / "schemas"
+# CRDs a release pins at other versions than the guide's (GAIE v1.6.0's InferencePool for llm-d-v0.10).
+RELEASE_SCHEMAS = {"llm-d-v0.10": SHIPPED_SCHEMAS / "llm-d-v0.10"}
 _SECRETISH = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY)", re.I)
 _HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -93,9 +96,11 @@ class CrdSchemas:
         return out
 
     @classmethod
-    def shipped(cls) -> CrdSchemas:
-        """The pinned upstream CRDs the kit ships (``kit/manifests/schemas/``)."""
-        return cls.from_dir(str(SHIPPED_SCHEMAS))
+    def shipped(cls, release: str = "guide") -> CrdSchemas:
+        """The pinned upstream CRDs the kit ships for ``release`` (``kit/manifests/schemas/``)."""
+        base = cls.from_dir(str(SHIPPED_SCHEMAS))
+        own = RELEASE_SCHEMAS.get(release)
+        return cls.from_dir(str(own)).with_fallback(base) if own else base
 
     def with_fallback(self, other: CrdSchemas) -> CrdSchemas:
         """These schemas, and ``other``'s for the kinds these do not define (a new object; neither changes)."""
@@ -170,6 +175,7 @@ def _cross_object(objs: list[dict[str, Any]]) -> list[str]:
                                 f"Service/{svc['metadata']['name']}")
             if not any(_matches(svc["spec"]["selector"], t["metadata"].get("labels", {})) for _, t in pods):
                 problems.append(f"Service/{svc['metadata']['name']}: selector matches no endpoint-picker pods")
+    problems += _endpoint_selectors(pods)
     gateways = {g["metadata"]["name"] for g in by_kind.get("Gateway", [])}
     pool_ports = {p["metadata"]["name"]: {t["number"] for t in p["spec"]["targetPorts"]} for p in pools}
     for route in by_kind.get("HTTPRoute", []):
@@ -196,6 +202,37 @@ def _cross_object(objs: list[dict[str, Any]]) -> list[str]:
                     problems.append(f"{_ref(o)}: label {key}={value!r} is not a valid label value (at most 63 "
                                     "letters, digits, '-', '_' or '.', starting and ending with a letter or digit)")
     problems += _secret_values(objs)
+    return problems
+
+
+def _endpoint_selectors(pods: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[str]:
+    """An EPP without a pool (llm-d-router's standalone mode, ``--endpoint-selector``) must select the
+    model-server pods and nothing else, on a port they serve."""
+    problems = []
+    for w, t in pods:
+        for c in t["spec"]["containers"]:
+            args = c.get("args") or []
+            if "--endpoint-selector" not in args:
+                continue
+            ref = f"{_ref(w)}: container {c['name']}: --endpoint-selector"
+            i = args.index("--endpoint-selector")
+            text = args[i + 1] if i + 1 < len(args) else ""
+            sel = dict(p.split("=", 1) for p in text.split(",") if "=" in p)
+            if not sel:
+                problems.append(f"{ref} is empty; the EPP refuses to start without one")
+                continue
+            selected = [(pw, pt) for pw, pt in pods if _matches(sel, pt["metadata"].get("labels", {}))]
+            if not any(pw["metadata"].get("labels", {}).get(RELEASE, "").startswith("ms-") for pw, _ in selected):
+                problems.append(f"{ref} {text} matches no model-server pods")
+            for pw, _ in selected:
+                if not pw["metadata"].get("labels", {}).get(RELEASE, "").startswith("ms-"):
+                    problems.append(f"{ref} {text} also matches pods of {_ref(pw)}, which do not serve the model")
+            if "--endpoint-target-ports" in args:
+                ports = {int(p) for p in args[args.index("--endpoint-target-ports") + 1].split(",")}
+                for pw, pt in selected:
+                    served = {p["containerPort"] for cc in pt["spec"]["containers"] for p in cc.get("ports", [])}
+                    for port in sorted(ports - served):
+                        problems.append(f"{ref}: target port {port} is not a container port of {_ref(pw)}")
     return problems
 
 
@@ -282,17 +319,17 @@ def validate_objects(objs: list[dict[str, Any]], crds: CrdSchemas | None = None)
 
 def validate(rendered: Rendered, schemas: str | Path | None = None) -> tuple[list[str], list[str]]:
     """Validate against the CRDs in folder ``schemas``, or the shipped ones."""
-    crds = CrdSchemas.from_dir(str(Path(schemas).resolve())) if schemas else CrdSchemas.shipped()
+    crds = CrdSchemas.from_dir(str(Path(schemas).resolve())) if schemas else CrdSchemas.shipped(rendered.env.release)
     return validate_objects(rendered.objects, crds)
 
 
 def checked_render(env: Environment, scheduler_config: str | None = None,
                    crds: CrdSchemas | None = None) -> tuple[Rendered, list[str]]:
-    """Render and validate (custom resources against ``crds``, by default the pinned CRDs the kit ships);
-    return the manifests and the notes on what could not be checked; raise NotReadyError listing every
-    problem."""
+    """Render and validate (custom resources against ``crds``, by default the pinned CRDs the kit ships for
+    the environment's release); return the manifests and the notes on what could not be checked; raise
+    NotReadyError listing every problem."""
     rendered = render(env, scheduler_config)
-    crds = CrdSchemas.shipped() if crds is None else crds
+    crds = CrdSchemas.shipped(env.release) if crds is None else crds
     problems, notes = validate_objects(rendered.objects, crds)
     if problems:
         raise NotReadyError(problems, f"{len(problems)} problem(s) in the {len(rendered.objects)} objects "

@@ -26,7 +26,7 @@ class Hardware(StrEnum):
 
 
 # Minimax fits (largest relative error) to the step times measured on each card for a
-# Qwen3-0.6B-shaped model, 2026-11-27: docs/explanation/simulator.md, docs/benchmarks.md (bench/calibration.py).
+# Qwen3-0.6B-shaped model, 2026-11-27: docs/explanation/simulator.md, docs/results/simulator.md (bench/calibration.py).
 HARDWARE: dict[str, dict[str, float]] = {
     Hardware.H100: {"step_overhead_ms": 2.44, "prefill_us_per_token": 3.13, "prefill_ns_per_token_pair": 0.307,
                     "decode_us_per_seq": 4.05, "decode_ns_per_context_token": 39.3,

@@ -180,6 +180,12 @@ class LocalTarget:
         return False
 
     # ------------------------------------------------------------------------ plan
+    @property
+    def _release(self) -> dict[str, str]:
+        """The picker release to load the scheduler config with (and to start the gateway with), when the
+        environment follows another release than the guide's."""
+        return {"release": self.env.picker_release} if self.env.release != "guide" else {}
+
     def _sim_args(self, port: int) -> list[str]:
         args = ["sim", "--host", self.local.host, "--port", str(port), "--model", self.env.model]
         for key, value in self.local.simulator.items():
@@ -214,7 +220,7 @@ class LocalTarget:
         bad file fails before anything starts."""
         host, gw_port = self.local.host, self.local.gateway_port
         config_path = str(Path(scheduler_config).resolve()) if scheduler_config else self.env.scheduler_path()
-        load_picker_file(config_path)
+        load_picker_file(config_path, **self._release)
         # The precise scorer reads the servers' KV-cache events: wire them (kit.targets.kv_events).
         wiring = kv_events.wire(config_path, host, gw_port, self.env.replicas, self.env.model,
                                 paths.state_dir() / f"local-{self.env.release_postfix}-scheduler.yaml",
@@ -225,7 +231,8 @@ class LocalTarget:
                    "args": ["gateway", "--host", host, "--port", str(gw_port), "--model", self.env.model,
                             "--endpoints", ",".join(s["url"] for s in sims), "--config", config_path,
                             "--refresh-interval", str(self.local.refresh_interval)]
-                   + (["--picker-replicas", str(self.local.picker_replicas)] if self.local.picker_replicas > 1 else [])}
+                   + (["--picker-replicas", str(self.local.picker_replicas)] if self.local.picker_replicas > 1 else [])
+                   + (["--release", self.env.picker_release] if self._release else [])}
         return [*sims, gateway]
 
     def plan(self, scheduler_config: str | None = None) -> list[dict[str, Any]]:
@@ -271,7 +278,7 @@ class LocalTarget:
         drain_grace()  # a bad $KIT_DRAIN_GRACE fails before anything starts
         if self._vllm:
             real.ensure_model(self.local.vllm, say)  # the tiny model is built once, before any server starts
-        for w in load_picker_file(gw_plan["config"]).warnings:
+        for w in load_picker_file(gw_plan["config"], **self._release).warnings:
             say(f"warning: {gw_plan['config']}: {w}")
         with self._locked(timeout, say):
             state = self._load()

@@ -1,5 +1,5 @@
 """The virtual clock agrees with the HTTP stack on the same profile, workload, load and seed (a looser
-version of the figures in docs/benchmarks.md, which come from ``bench/fleet_bench.py fidelity``)."""
+version of the figures in docs/results/fleet.md, which come from ``bench/fleet_bench.py fidelity``)."""
 
 import random
 

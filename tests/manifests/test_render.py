@@ -17,7 +17,9 @@ from kit.picker import load_picker_config
 from tests.conftest import SCHEMAS
 
 ROOT = Path(__file__).resolve().parents[2]
-CLUSTER_ENVS = [n for n in available() if load_environment(n).target == "cluster"]
+# The guide track's cluster environments (today's llm-d track: tests/manifests/test_router.py).
+CLUSTER_ENVS = [n for n in available() if load_environment(n).target == "cluster" and
+                load_environment(n).release == "guide"]
 
 
 def objs(env_name: str, **kw):

@@ -146,13 +146,14 @@ def test_the_shipped_crds_are_package_data_with_their_provenance():
     import tomllib
 
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["kit.manifests"]
-    files = sorted(p for p in SCHEMAS.iterdir())
-    assert len([f for f in files if f.suffix == ".yaml"]) == 9
+    files = sorted(p for p in SCHEMAS.rglob("*") if p.is_file())
+    assert len([f for f in files if f.suffix == ".yaml"]) == 10
     readme = (SCHEMAS / "README.md").read_text()
     for f in files:
         assert any(f.relative_to(SCHEMAS.parent).match(glob) for glob in data), f"{f.name} is not package data"
         if f.suffix == ".yaml":
-            assert f"`{f.name}`" in readme, f"{f.name} has no provenance line in schemas/README.md"
+            name = f.relative_to(SCHEMAS).as_posix()
+            assert f"`{name}`" in readme, f"{name} has no provenance line in schemas/README.md"
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""The scheduling cycle's one-pass code (issue #12, docs/benchmarks.md "the request path") gives what the
+"""The scheduling cycle's one-pass code (docs/results/gateway.md, instructions per request) gives what the
 straightforward formulas give, bit for bit: weighted totals, min/max normalisation, the max-score picker's
 top scores, and admission without admitters."""
 

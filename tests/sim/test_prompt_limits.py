@@ -51,7 +51,7 @@ def test_a_64_mib_prompt_is_refused_without_stalling_the_server(sim_factory):
     assert status == 400 and "maximum context length is 40960 tokens" in body["error"]["message"]
     assert probe.count > 0
     # Before the fix the whole prompt was tokenized on the event loop: /health waited 10 s and more.
-    # What is left is reading and parsing 64 MiB of JSON (see docs/benchmarks.md).
+    # What is left is reading and parsing 64 MiB of JSON (see docs/results/hardening.md).
     assert probe.worst < 2.0, probe.worst
 
 

@@ -31,7 +31,7 @@ plain Kubernetes Service does, the baseline the guide compares against::
 ``least-recent-max-score-picker`` (kit-only) picks the top score like ``max-score-picker`` but breaks ties
 by the endpoint it picked least recently (never-picked first, in name order) instead of at random. Among
 endpoints that look alike, arrivals then rotate as under round-robin, which spaces each server's
-prefills; random ties let two land together (docs/benchmarks.md, issue #12)::
+prefills; random ties let two land together (docs/results/scheduling.md)::
 
     plugins:
     - type: least-recent-max-score-picker

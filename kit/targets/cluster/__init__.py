@@ -35,7 +35,7 @@ class ClusterTarget:
         return self._cluster
 
     def crd_schemas(self) -> CrdSchemas:
-        return apply.crd_schemas(self.cluster)
+        return apply.crd_schemas(self.cluster, self.env.release)
 
     def plan(self, scheduler_config: str | None = None) -> list[dict[str, Any]]:
         rendered, notes = checked_render(self.env, scheduler_config, self.crd_schemas())

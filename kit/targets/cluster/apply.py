@@ -22,7 +22,7 @@ from kubernetes.dynamic.exceptions import ApiException
 
 from kit.errors import ApplyError, KitError, NotReadyError
 from kit.manifests.environments import Environment
-from kit.manifests.render import HF_SECRET, MANAGED_BY, NAMESPACE, STACK, Rendered, render
+from kit.manifests.render import MANAGED_BY, NAMESPACE, STACK, Rendered, hf_secret, render
 from kit.manifests.validate import CrdSchemas, checked_render
 from kit.targets import Say
 from kit.targets.cluster.client import CLUSTER_SCOPED, Cluster, ref
@@ -41,9 +41,10 @@ CRD_HINTS = {
 }
 
 
-def crd_schemas(cluster: Cluster) -> CrdSchemas:
-    """The cluster's own CRDs, with the kit's pinned ones for the kinds the cluster does not define."""
-    return cluster.crd_schemas().with_fallback(CrdSchemas.shipped())
+def crd_schemas(cluster: Cluster, release: str = "guide") -> CrdSchemas:
+    """The cluster's own CRDs, with the kit's pinned ones (of ``release``) for the kinds the cluster does not
+    define."""
+    return cluster.crd_schemas().with_fallback(CrdSchemas.shipped(release))
 
 
 def prerequisites(env: Environment, cluster: Cluster, rendered: Rendered | None = None) -> list[str]:
@@ -69,23 +70,25 @@ def prerequisites(env: Environment, cluster: Cluster, rendered: Rendered | None 
             group = obj["apiVersion"].rsplit("/", 1)[0] if "/" in obj["apiVersion"] else "core"
             missing_groups.setdefault(group, []).append(obj["kind"])
     for group, kinds in missing_groups.items():
-        problems.append(f"the cluster does not serve {', '.join(sorted(set(kinds)))} ({group}): "
-                        f"{CRD_HINTS.get(group, 'install the CRDs that define them')}")
+        hint = CRD_HINTS.get(group, "install the CRDs that define them")
+        if env.release == "llm-d-v0.10" and group == "inference.networking.k8s.io":
+            hint = hint.replace("v1.4.0", "v1.6.0")  # today's guide installs GAIE's latest release
+        problems.append(f"the cluster does not serve {', '.join(sorted(set(kinds)))} ({group}): {hint}")
     gw = env.gateway
-    assert gw is not None
-    if "gateway.networking.k8s.io" not in missing_groups:
+    if gw is not None and not env.standalone and "gateway.networking.k8s.io" not in missing_groups:
         classes = cluster.list("gateway.networking.k8s.io/v1", "GatewayClass", None, "")
         if gw.class_name not in {c["metadata"]["name"] for c in classes}:
             problems.append(f"GatewayClass {gw.class_name} is missing: install the {gw.provider} gateway "
                             "control plane (see the guide's gateway-provider prerequisites)")
     if env.model_server and env.model_server.hf_token:
+        secret_name = hf_secret(env)
         try:
-            secret = core.read_namespaced_secret(HF_SECRET, env.namespace)
+            secret = core.read_namespaced_secret(secret_name, env.namespace)
             if "HF_TOKEN" not in (secret.data or {}):
-                problems.append(f"secret {HF_SECRET} has no key HF_TOKEN")
+                problems.append(f"secret {secret_name} has no key HF_TOKEN")
         except ApiException as err:
             if err.status == 404:
-                problems.append(f"secret {HF_SECRET} is missing: kubectl create secret generic {HF_SECRET} "
+                problems.append(f"secret {secret_name} is missing: kubectl create secret generic {secret_name} "
                                 f"--from-literal=HF_TOKEN=<your token> -n {env.namespace}")
     return problems
 
@@ -115,9 +118,12 @@ def condition(conds: list[dict[str, Any]] | None, kind: str) -> dict[str, Any] |
     return next((c for c in conds or [] if c.get("type") == kind), None)
 
 
-def readiness(obj: dict[str, Any]) -> tuple[bool, str]:
-    """(ready, why) for a live object, the way kubectl and the Gateway API judge it."""
+def readiness(obj: dict[str, Any], standalone: bool = False) -> tuple[bool, str]:
+    """(ready, why) for a live object, the way kubectl and the Gateway API judge it. In standalone mode no
+    gateway accepts the InferencePool: the EPP beside its proxy watches it, so it is ready once it exists."""
     kind, st = obj["kind"], obj.get("status") or {}
+    if standalone and kind == "InferencePool" and not st.get("parents"):
+        return True, "exists (standalone: watched by the EPP, no gateway)"
     if kind == "Deployment":
         want = obj["spec"].get("replicas", 1)
         gen, seen = obj["metadata"].get("generation", 0), st.get("observedGeneration", 0)
@@ -155,7 +161,7 @@ def readiness(obj: dict[str, Any]) -> tuple[bool, str]:
 
 
 def wait(cluster: Cluster, objs: list[dict[str, Any]], timeout: float = 900, poll: float = 2.0,
-         say: Say = print) -> None:
+         say: Say = print, standalone: bool = False) -> None:
     """Until every object is ready; raise NotReadyError naming each that is not, and why.
 
     Polls quickly at first (0.2 s) and backs off to ``poll`` seconds."""
@@ -167,7 +173,7 @@ def wait(cluster: Cluster, objs: list[dict[str, Any]], timeout: float = 900, pol
         waiting = []
         for obj in pending:
             live = cluster.get(obj)
-            ok, why = readiness(live) if live else (False, "not found")
+            ok, why = readiness(live, standalone) if live else (False, "not found")
             if not ok:
                 if why.startswith("rollout failed"):
                     raise NotReadyError([f"{ref(obj)}: {why}"])
@@ -187,7 +193,7 @@ def deploy(env: Environment, cluster: Cluster, scheduler_config: str | None = No
            timeout: float = 900, say: Say = print) -> list[str]:
     """Apply the stack (or check it server-side with ``dry_run``) and wait until it is ready; returns what
     was applied. Nothing is applied unless the manifests are valid and every prerequisite is met."""
-    rendered, _ = checked_render(env, scheduler_config, crd_schemas(cluster))
+    rendered, _ = checked_render(env, scheduler_config, crd_schemas(cluster, env.release))
     problems = prerequisites(env, cluster, rendered) + collisions(env, cluster, rendered)
     if problems:
         raise NotReadyError(problems, "nothing was applied")
@@ -205,6 +211,6 @@ def deploy(env: Environment, cluster: Cluster, scheduler_config: str | None = No
     if dry_run:
         say(f"dry run: the API server accepted all {len(applied)} objects; nothing was changed")
         return applied
-    wait(cluster, rendered.objects, timeout=timeout, say=say)
+    wait(cluster, rendered.objects, timeout=timeout, say=say, standalone=env.standalone)
     say(f"stack {env.release_postfix} ready in namespace {env.namespace}")
     return applied

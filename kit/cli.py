@@ -523,7 +523,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     ca = sub.add_parser("calibrate", help="measure a running model server's step times through its API; write a "
                                           "hardware profile for kit sim/simulate --hardware FILE")
-    ca.add_argument("--url", required=True, help="the model server (one vLLM or kit sim, not a gateway)")
+    ca.add_argument("--url", required=True, action="append",
+                    help="a model server (vLLM or kit sim, not a gateway); several are measured at once")
     ca.add_argument("--out", required=True, help="the profile file to write (YAML)")
     ca.add_argument("--name", help="the profile's name (default: the file's)")
     ca.add_argument("--repeat", type=int, default=3, help="runs per shape; the median counts (default: 3)")

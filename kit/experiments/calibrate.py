@@ -1,20 +1,25 @@
 """Measure a running model server's engine step times through its API and fit the simulator's latency model.
 
-    kit calibrate --url http://127.0.0.1:8001 --out cpu.yaml
+    kit calibrate --url http://127.0.0.1:8001 [--url http://127.0.0.1:8002] --out cpu.yaml
 
 The result is a hardware profile: the six coefficients of the simulator's step model
 (``kit.sim.config.SimConfig.step_seconds``) with the points they were fitted to, which ``kit sim --hardware FILE``
 and ``kit simulate --hardware FILE`` load beside the shipped ``h100`` and ``h200``.
 
-What is measured, with requests only (any vLLM-compatible server: real vLLM, or ``kit sim`` to check the method):
+What is measured, with requests only (any vLLM-compatible server: real vLLM, or ``kit sim`` to check the method),
+streamed as the kit's workloads stream them:
 
-* **prefill**: one request at a time, a prompt of N fresh token ids (no prefix-cache hit), one token asked,
-  not streamed: its end-to-end time is one engine step that prefills N tokens (N within the server's batch
-  budget, ``--max-prefill``), plus the HTTP round trip, which a user's time to first token includes too;
+* **prefill**: one request at a time, a prompt of N fresh token ids (no prefix-cache hit), one token asked:
+  its end-to-end time is one engine step that prefills N tokens (N within the server's batch budget,
+  ``--max-prefill``), plus the request's round trip, which a user's time to first token includes too;
 * **decode**: B requests at once, each with L fresh prompt tokens, asking for T1 and then for T2 tokens
   (``ignore_eos``): the slowest one's end-to-end time grows by (T2 - T1) decode steps of B sequences with
   about L + T tokens of context, so the step time is the difference over T2 - T1. Streamed token gaps are not
   used: a busy vLLM sends several tokens in one chunk, and a token that ends inside a UTF-8 character in none.
+
+Given several servers (``--url`` more than once), each shape runs on all of them at once, so the step times
+include what servers sharing a machine cost each other (on a CPU they share its cores), as they will when
+they serve a workload together; every server's points enter the fit.
 
 Each point is the median of ``repeat`` runs. The fit minimises the squared relative error of every point: the
 decode points give the fixed step cost, the per-sequence cost and the attention read costs (bandwidth-bound in
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import os
 import platform
 import random
@@ -86,15 +92,21 @@ class Calibrator:
         return [self.rng.choice(self.vocabulary) for _ in range(n)]
 
     async def _one(self, session: aiohttp.ClientSession, prompt: list[int], max_tokens: int) -> float:
-        body = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True}
+        """One streamed request's end-to-end time (checking it generated what it asked)."""
+        body = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True,
+                "stream": True, "stream_options": {"include_usage": True}}
         start = time.perf_counter()
+        usage = None
         async with session.post(self.url + "/v1/completions", json=body) as r:
-            data = await r.json()
             if r.status != 200:
-                raise KitError(f"{self.url} answered {r.status} to a calibration request: {data}")
-        if data["usage"]["completion_tokens"] != max_tokens:
-            raise KitError(f"{self.url} generated {data['usage']['completion_tokens']} tokens, not {max_tokens}")
-        return time.perf_counter() - start
+                raise KitError(f"{self.url} answered {r.status} to a calibration request: {await r.text()}")
+            async for line in r.content:
+                if line.startswith(b"data: {"):
+                    usage = json.loads(line[6:]).get("usage") or usage
+        took = time.perf_counter() - start
+        if not usage or usage["completion_tokens"] != max_tokens:
+            raise KitError(f"{self.url} generated {usage and usage['completion_tokens']} tokens, not {max_tokens}")
+        return took
 
     async def prefill(self, session: aiohttp.ClientSession, n: int) -> float:
         return await self._one(session, self.prompt(n), 1)
@@ -112,7 +124,6 @@ class Calibrator:
 
 def vocabulary(url: str, model: str) -> list[int]:
     """Ordinary token ids of the server's tokenizer: those of a plain English text (no special tokens)."""
-    import json
     import urllib.request
 
     text = ("The quick brown fox jumps over the lazy dog while the support team answers every customer question "
@@ -126,21 +137,31 @@ def vocabulary(url: str, model: str) -> list[int]:
     return ids
 
 
-async def measure(cal: Calibrator, prefill_n: list[int], decode: list[tuple[int, int]], repeat: int,
+async def measure(cals: list[Calibrator], prefill_n: list[int], decode: list[tuple[int, int]], repeat: int,
                   say: Say) -> list[Point]:
+    """Each shape on every server at once; one point per shape and server."""
     points = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
                                      timeout=aiohttp.ClientTimeout(total=600)) as s:
-        await cal.prefill(s, 16)  # warm the connection and the server
+        await asyncio.gather(*(c.prefill(s, 16) for c in cals))  # warm the connections and the servers
+
+        async def runs(shape) -> list[list[float]]:  # per server, ``repeat`` runs
+            out: list[list[float]] = [[] for _ in cals]
+            for _ in range(repeat):
+                for i, t in enumerate(await asyncio.gather(*(shape(c) for c in cals))):
+                    out[i].append(t)
+            return out
+
         for n in prefill_n:
-            runs = [await cal.prefill(s, n) for _ in range(repeat)]
-            points.append(Point("prefill", n, 1, statistics.median(runs), runs))
-            say(f"prefill {n:>5} tokens: {1e3 * points[-1].seconds:8.2f} ms")
+            per = await runs(lambda c, n=n: c.prefill(s, n))
+            points += [Point("prefill", n, 1, statistics.median(r), r) for r in per]
+            say(f"prefill {n:>5} tokens: " + ", ".join(f"{1e3 * statistics.median(r):8.2f}" for r in per) + " ms")
         for b, length in decode:
-            runs = [await cal.decode(s, b, length) for _ in range(repeat)]
+            per = await runs(lambda c, b=b, length=length: c.decode(s, b, length))
             context = length + sum(DECODE_T) // 2
-            points.append(Point("decode", context, b, statistics.median(runs), runs))
-            say(f"decode B={b:>2} L={length:>5}: {1e3 * points[-1].seconds:8.2f} ms per step")
+            points += [Point("decode", context, b, statistics.median(r), r) for r in per]
+            say(f"decode B={b:>2} L={length:>5}: " + ", ".join(f"{1e3 * statistics.median(r):8.2f}" for r in per)
+                + " ms per step")
     return points
 
 
@@ -223,9 +244,12 @@ def predicted(cfg: SimConfig, p: Point, request_s: float = 0.0) -> float:
     return cfg.step_seconds(0, p.seqs, p.seqs * p.tokens, 0, p.tokens)
 
 
-def calibrate(url: str, out: Path, *, name: str | None = None, repeat: int = 3, max_prefill: int = 2048,
-              max_seqs: int = 16, say: Say = print) -> dict:
-    """Measure the server at ``url``, fit, and write the profile to ``out``; returns what was written."""
+def calibrate(urls: str | list[str], out: Path, *, name: str | None = None, repeat: int = 3,
+              max_prefill: int = 2048, max_seqs: int = 16, say: Say = print) -> dict:
+    """Measure the servers at ``urls`` (one, or several at once), fit, and write the profile to ``out``; returns
+    what was written."""
+    urls = [urls] if isinstance(urls, str) else list(urls)
+    url = urls[0]
     served = models(url)
     if not served:
         raise KitError(f"{url}/v1/models lists no model")
@@ -241,21 +265,27 @@ def calibrate(url: str, out: Path, *, name: str | None = None, repeat: int = 3, 
                        f"{DECODE_L[0] + max(DECODE_T)} tokens")
     load_before = _load()
     started = time.monotonic()
-    say(f"kit calibrate: measuring {url} ({model}): prefill of {prefill_n} tokens, decode of "
+    say(f"kit calibrate: measuring {', '.join(urls)} ({model}): prefill of {prefill_n} tokens, decode of "
         f"{', '.join(f'{b}×{length}' for b, length in decode)} (sequences × context), median of {repeat}")
-    cal = Calibrator(url, model, vocabulary(url, model))
-    points = asyncio.run(measure(cal, prefill_n, decode, repeat, say))
+    words = vocabulary(url, model)
+    cals = [Calibrator(u, model, words, seed=i) for i, u in enumerate(urls)]
+    points = asyncio.run(measure(cals, prefill_n, decode, repeat, say))
     x = fit(points)
     coeffs, request_s = coefficients(x), x[6]
     cfg = SimConfig(hardware="h100", **coeffs)
-    rows = {p.name: {"measured_ms": round(1e3 * p.seconds, 3), "runs_ms": [round(1e3 * r, 3) for r in p.runs],
-                     "model_ms": round(1e3 * predicted(cfg, p, request_s), 3),
-                     "error": round(predicted(cfg, p, request_s) / p.seconds - 1, 4)} for p in points}
+    rows = {}
+    for p in points:  # one row per shape: the median over the servers
+        rows.setdefault(p.name, []).append(p)
+    rows = {name: {"measured_ms": round(1e3 * statistics.median(p.seconds for p in ps), 3),
+                   "runs_ms": [round(1e3 * r, 3) for p in ps for r in p.runs],
+                   "model_ms": round(1e3 * predicted(cfg, ps[0], request_s), 3),
+                   "error": round(predicted(cfg, ps[0], request_s) / statistics.median(p.seconds for p in ps) - 1, 4)}
+            for name, ps in rows.items()}
     worst = max(abs(r["error"]) for r in rows.values())
     profile = {
         "name": name or out.stem,
-        "description": f"step times of {model} measured through the API of {url}",
-        "measured": {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "url": url,
+        "description": f"step times of {model} measured through the API of {', '.join(urls)}",
+        "measured": {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "urls": urls,
                      "model": model, "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores",
                      "load_before": load_before, "load_after": _load(), "seconds": round(time.monotonic() - started),
                      "block_size": info.block_size if info else None,

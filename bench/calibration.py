@@ -16,7 +16,9 @@ import argparse
 import itertools
 import sys
 
-from kit.sim.config import Hardware, SimConfig
+import yaml
+
+from kit.sim.config import SimConfig
 from kit.sim.engine import Engine
 
 # Milliseconds per step, as measured.
@@ -41,7 +43,7 @@ LIMIT = 2048  # the target covers shapes with L (or N) up to this
 
 def _engine(hardware: str, seqs: int, tokens: int, budget: int) -> Engine:
     blocks = seqs * (tokens // 16 + 2) + 16
-    return Engine(SimConfig(hardware=Hardware(hardware), enable_prefix_caching=False, max_num_seqs=max(seqs, 1),
+    return Engine(SimConfig(hardware=hardware, enable_prefix_caching=False, max_num_seqs=max(seqs, 1),
                             max_num_batched_tokens=budget, num_gpu_blocks=blocks, max_model_len=tokens + 16))
 
 
@@ -96,17 +98,37 @@ def compare(hw: str) -> list[tuple[str, float, float, float, bool]]:
 
 
 def coefficients(hw: str) -> str:
-    cfg = SimConfig(hardware=Hardware(hw))
+    cfg = SimConfig(hardware=hw)
     return ", ".join(f"{k} {getattr(cfg, k)}" for k in (
         "step_overhead_ms", "prefill_us_per_token", "prefill_ns_per_token_pair", "decode_us_per_seq",
         "decode_ns_per_context_token", "decode_ns_per_longest_context_token"))
+
+
+def compare_profile(path: str) -> int:
+    """The simulator with a measured profile against the points it was fitted to."""
+    with open(path) as fh:
+        profile = yaml.safe_load(fh)
+    overhead = profile.get("request_overhead_ms", 0.0)
+    print(f"{path}: {coefficients(path)}; request overhead {overhead} ms")
+    errors = []
+    for shape, point in profile["points"].items():
+        sim = simulated(path, shape) + (overhead if shape.startswith("prefill") else 0.0)
+        errors.append(sim / point["measured_ms"] - 1)
+        print(f"  {shape:22s} measured {point['measured_ms']:8.2f} ms   simulator {sim:8.2f} ms   "
+              f"{100 * errors[-1]:+6.1f}%")
+    sizes = sorted(map(abs, errors))
+    print(f"largest error {100 * sizes[-1]:.1f}%, median {100 * sizes[len(sizes) // 2]:.1f}%")
+    return 0
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hardware", choices=sorted(MEASURED), action="append", help="card(s) to compare (default: all)")
     ap.add_argument("--markdown", action="store_true", help="one markdown table of every card (as in docs/results)")
+    ap.add_argument("--profile", help="a hardware profile written by kit calibrate: the simulator against its points")
     args = ap.parse_args()
+    if args.profile:
+        return compare_profile(args.profile)
     cards = args.hardware or sorted(MEASURED)
     results = {hw: compare(hw) for hw in cards}
     for hw in cards:

@@ -341,6 +341,32 @@ def _bench_picker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from kit.experiments.calibrate import calibrate
+
+    calibrate(args.url, Path(args.out), name=args.name, repeat=args.repeat, max_prefill=args.max_prefill,
+              max_seqs=args.max_seqs)
+    return 0
+
+
+def _tiny_model(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from kit import tiny_model
+
+    if args.python:
+        python = args.python
+    else:
+        from kit.manifests.environments import LocalVllmSettings
+        from kit.targets.vllm import python as vllm_python
+
+        python = vllm_python(LocalVllmSettings())
+    print(tiny_model.ensure(python, out=Path(args.out) if args.out else None))
+    return 0
+
+
 def _plugins(args: argparse.Namespace) -> int:
     from kit.picker import catalog
 
@@ -504,6 +530,25 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     bp.add_argument("--requests", type=int, default=2000, help="picks to time")
     bp.add_argument("--config", help="EndpointPickerConfig YAML (default: the guide's)")
     bp.set_defaults(func=_bench_picker)
+
+    ca = sub.add_parser("calibrate", help="measure a running model server's step times through its API; write a "
+                                          "hardware profile for kit sim/simulate --hardware FILE")
+    ca.add_argument("--url", required=True, action="append",
+                    help="a model server (vLLM or kit sim, not a gateway); several are measured at once")
+    ca.add_argument("--out", required=True, help="the profile file to write (YAML)")
+    ca.add_argument("--name", help="the profile's name (default: the file's)")
+    ca.add_argument("--repeat", type=int, default=3, help="runs per shape; the median counts (default: 3)")
+    ca.add_argument("--max-prefill", type=int, default=2048,
+                    help="longest prompt measured, within the server's batch budget (vLLM on a CPU: 2048)")
+    ca.add_argument("--max-seqs", type=int, default=16, help="largest decode batch measured (default: 16)")
+    ca.set_defaults(func=_calibrate)
+
+    tm = sub.add_parser("tiny-model", help="build the tiny Qwen3-shaped model real vLLM serves locally "
+                                           "(offline, deterministic, cached); print its folder")
+    tm.add_argument("--python", help="interpreter with numpy, safetensors and tokenizers (default: vLLM's, "
+                                     "from make vllm)")
+    tm.add_argument("--out", help="folder to write (default: the cache, ~/.cache/kit/models)")
+    tm.set_defaults(func=_tiny_model)
 
     pl = sub.add_parser("plugins", help="every scheduler plugin the picker implements: kind, upstream release, "
                                         "parameters and defaults")

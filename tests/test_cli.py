@@ -90,8 +90,8 @@ def test_bench_picker_prints_percentiles():
 def test_envs_lists_local():
     res = kit("envs")
     rows = [line.split()[:2] for line in res.stdout.splitlines()]
-    guide = ["agentgateway", "cpu", "digitalocean", "gke", "gke_tpu", "istio", "kgateway", "local", "precise", "sim",
-             "xpu"]
+    guide = ["agentgateway", "cpu", "digitalocean", "gke", "gke_tpu", "istio", "kgateway", "local-vllm-gpu",
+             "local-vllm", "local", "precise", "sim", "xpu"]
     assert res.returncode == 0 and [name for name, release in rows if release == "guide"] == guide
     assert {"optimized-baseline", "optimized-baseline-istio", "local-llm-d"} <= {
         name for name, release in rows if release == "llm-d-v0.10"}

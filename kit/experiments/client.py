@@ -112,16 +112,21 @@ async def _read_stream(resp: aiohttp.ClientResponse, res: RequestResult, chat: b
         chunk = json.loads(payload)
         _take_usage(res, chunk.get("usage"))
         for choice in chunk.get("choices") or []:
-            piece = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+            # A chunk carries tokens even when its text is empty (vLLM holds back the bytes of a character that a
+            # later token completes); the chat's first chunk, the role, carries none.
+            delta = choice.get("delta") or {}
+            carries = "content" in delta and "role" not in delta if chat else "text" in choice
+            piece = delta.get("content") if chat else choice.get("text")
             if choice.get("finish_reason"):
                 res.finish_reason = choice["finish_reason"]
-            if piece:
+            if carries:
                 now = time.perf_counter()
                 if last is None:
                     res.ttft = now - start
                 else:
                     res.itls.append(now - last)
                 last = now
+            if piece:
                 res.text += piece
     if not done:
         res.error = "the stream ended before [DONE]"

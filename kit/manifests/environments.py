@@ -38,13 +38,36 @@ ROUTER_PROVIDERS = ("istio", "gke", "agentgateway")
 _DNS = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
+class LocalVllmSettings(StrictModel):
+    """Real ``vllm serve`` processes as the local stack's model servers (docs/how-to/run-on-real-vllm.md)."""
+
+    python: str | None = Field(None, description="interpreter of vLLM's environment (default: $KIT_VLLM_PYTHON, "
+                               "else .venv-vllm/bin/python in the kit's folder (make vllm), else the `vllm` command's)")
+    model: str | None = Field(None, description="what vLLM loads, a folder or a Hugging Face name (default: the kit's "
+                              "tiny model, made offline); clients use the environment's model name")
+    block_size: int = Field(32, ge=1, description="--block-size (vLLM on a CPU needs a multiple of 32)")
+    max_model_len: int | None = Field(None, ge=16, description="--max-model-len (default: the model's)")
+    max_num_seqs: int | None = Field(None, ge=1, description="--max-num-seqs (default: vLLM's)")
+    max_num_batched_tokens: int | None = Field(None, ge=1, description="--max-num-batched-tokens (default: vLLM's)")
+    kv_cache_bytes: int | None = Field(None, ge=1, description="--kv-cache-memory-bytes per server (default: vLLM's "
+                                       "share of the device's memory)")
+    pin_cores: bool = Field(False, description="CPU build: bind server i's threads to core i "
+                            "(VLLM_CPU_OMP_THREADS_BIND), instead of vLLM's default, which binds them all to core 0")
+    args: list[str] = Field(default_factory=list, description="more vllm serve arguments, passed as given")
+    env: dict[str, str] = Field(default_factory=dict, description="more environment variables for the servers")
+    startup_timeout: float = Field(900, gt=0, description="seconds a server may take to answer /health")
+
+
 class LocalSettings(StrictModel):
     host: str = Field("127.0.0.1", description="address the gateway and simulators bind")
     gateway_port: int = Field(8000, ge=1, le=65535, description="gateway port; simulators take the ports after it")
     refresh_interval: float = Field(0.05, gt=0, description="seconds between metric scrapes of each simulator")
     picker_replicas: int = Field(1, ge=1, le=16, description="kit-only: endpoint pickers in the gateway splitting "
                                  "the requests, each with its own prefix index (kit gateway --picker-replicas)")
+    model_servers: Literal["sim", "vllm"] = Field("sim", description="the simulator (kit sim), or real vLLM "
+                                                  "(vllm serve)")
     simulator: dict[str, Any] = Field(default_factory=dict, description="kit sim settings (SimConfig fields)")
+    vllm: LocalVllmSettings = Field(default_factory=LocalVllmSettings, description="settings of real vLLM servers")
 
     @field_validator("simulator")
     @classmethod

@@ -2,15 +2,18 @@
 
 Defaults model ``Qwen/Qwen3-0.6B`` served by vLLM on one 80 GB H100; docs/explanation/simulator.md gives the
 derivation of every number. The latency model's coefficients come from step times measured on an H100
-and an H200 (``--hardware``); any of them can be set on its own. ``kit sim`` builds its command-line
+and an H200 (``--hardware h100|h200``), or from a profile file that ``kit calibrate`` measured on a running
+server (``--hardware FILE``); any of them can be set on its own. ``kit sim`` builds its command-line
 flags from this model, so the field descriptions are the ``--help`` text.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
+import yaml
 from pydantic import BeforeValidator, Field, model_validator
 
 from kit.config import StrictModel
@@ -33,6 +36,28 @@ HARDWARE: dict[str, dict[str, float]] = {
                     "decode_ns_per_longest_context_token": 389.0},
 }
 _H100 = HARDWARE[Hardware.H100]
+COEFFICIENTS = tuple(_H100)  # the latency model's six coefficients, in SimConfig's units
+
+
+def hardware_profile(value: str) -> dict[str, float]:
+    """The coefficients of a shipped card (``h100``, ``h200``) or of a profile file written by ``kit calibrate``
+    (YAML with a ``coefficients`` mapping); ValueError naming what is wrong."""
+    if value in HARDWARE:
+        return HARDWARE[value]
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ValueError(f"hardware: expected h100, h200 or a profile file written by kit calibrate, got {value!r}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"hardware: {value}: not readable YAML ({err})") from None
+    coeffs = data.get("coefficients") if isinstance(data, dict) else None
+    if not isinstance(coeffs, dict):
+        raise ValueError(f"hardware: {value}: no 'coefficients' mapping (a profile written by kit calibrate has one)")
+    bad = [k for k in COEFFICIENTS if not isinstance(coeffs.get(k), int | float) or coeffs[k] < 0]
+    if bad:
+        raise ValueError(f"hardware: {value}: coefficients missing, not numbers or negative: {', '.join(bad)}")
+    return {k: float(coeffs[k]) for k in COEFFICIENTS}
 
 
 class SimConfig(StrictModel):
@@ -52,8 +77,11 @@ class SimConfig(StrictModel):
     kv_events_config: Annotated[KVEventsConfig | None, BeforeValidator(parse_kv_events_config)] = Field(
         None, description="vLLM's KV-cache event publisher as JSON, e.g. "
                           '\'{"enable_kv_cache_events":true,"endpoint":"tcp://*:5557","topic":"kv@IP:PORT@MODEL"}\'')
-    hardware: Hardware = Field(
-        Hardware.H100, description="GPU whose measured step times set the latency model's defaults: h100 or h200")
+    enable_lora: bool = Field(False, description="expose vllm:lora_requests_info as vLLM does with --enable-lora "
+                                                 "(no adapter is ever loaded)")
+    hardware: str = Field(
+        Hardware.H100.value, description="whose measured step times set the latency model's defaults: h100, h200, "
+                                         "or a profile file written by kit calibrate")
     step_overhead_ms: float = Field(_H100["step_overhead_ms"], ge=0, description="fixed cost of one engine step")
     prefill_us_per_token: float = Field(
         _H100["prefill_us_per_token"], ge=0, description="cost per uncached prompt token computed")
@@ -86,8 +114,8 @@ class SimConfig(StrictModel):
     @classmethod
     def _hardware_defaults(cls, data: Any) -> Any:
         """Latency coefficients not given take the chosen hardware's measured values."""
-        if isinstance(data, dict) and str(data.get("hardware", Hardware.H100)) in HARDWARE:
-            return {**HARDWARE[str(data.get("hardware", Hardware.H100))], **data}
+        if isinstance(data, dict):
+            return {**hardware_profile(str(data.get("hardware", Hardware.H100.value))), **data}
         return data
 
     @model_validator(mode="after")

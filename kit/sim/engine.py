@@ -39,6 +39,7 @@ class Sequence:
     target_len: int
     natural_stop: bool
     arrival: float
+    max_tokens: int = 0  # what the request asked for (``target_len`` is less when it stops on its own)
     out: asyncio.Queue[int] | None = field(default_factory=asyncio.Queue)  # None: nobody streams the tokens
     num_computed: int = 0
     blocks: list[Block] = field(default_factory=list)
@@ -96,6 +97,7 @@ class Engine:
         self.root, self.hash_block = block_hasher(cfg.prefix_caching_hash_algo, cfg.model,
                                                   os.environ.get("PYTHONHASHSEED"))
         self.on_events: Callable[[list], None] | None = None
+        self.on_step: Callable[[int], None] | None = None  # tokens each step of ``run()`` computed (metrics)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.observer = observer
@@ -119,7 +121,7 @@ class Engine:
         seq = Sequence(
             id=next(self._ids), prompt_len=len(prompt), tokens=list(prompt),
             target_len=natural_len if natural else max_tokens, natural_stop=natural,
-            arrival=self.clock(), out=asyncio.Queue() if self.streams else None,
+            arrival=self.clock(), max_tokens=max_tokens, out=asyncio.Queue() if self.streams else None,
         )
         if cfg.enable_prefix_caching:
             seq.hashes = self.hash_prompt(prompt)
@@ -142,6 +144,12 @@ class Engine:
         self.pool.release(seq.blocks)
         seq.blocks = []
         self._finish(seq, "abort")
+
+    def preempt_all(self) -> None:
+        """Send every running sequence back to the waiting queue (its blocks freed; it recomputes), in an order
+        that keeps them first-come first-served, as vLLM does before a forced cache reset."""
+        while self.running:
+            self._preempt()
 
     # ---------------------------------------------------------------- scheduling
     def _blocks_for(self, n_tokens: int) -> int:
@@ -320,6 +328,8 @@ class Engine:
                 await asyncio.sleep(0)
             self.complete(plan)
             self.steps += 1
+            if self.on_step is not None:
+                self.on_step(sum(n for _, n in plan))
             self.flush_events()
 
     # ------------------------------------------------------------------- events

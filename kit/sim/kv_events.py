@@ -2,8 +2,9 @@
 
 The ZMQ publisher is ``kit.sim.kv_publisher`` (kept apart so the settings load without pyzmq).
 
-Follows vLLM v0.17.1 (``vllm/config/kv_events.py``, ``vllm/distributed/kv_events.py``,
-``vllm/v1/core/kv_cache_utils.py``, ``vllm/utils/hashing.py``, ``vllm/v1/core/block_pool.py``):
+Follows vLLM 0.32.0 (``vllm/config/kv_events.py``, ``vllm/distributed/kv_events.py``,
+``vllm/v1/core/kv_cache_utils.py``, ``vllm/utils/hashing.py``, ``vllm/v1/core/block_pool.py``), checked against
+batches a real vLLM 0.32.0 published (``tests/fixtures/vllm-0.32-kv-events``):
 
 * **Settings**: the keys of vLLM's ``KVEventsConfig`` with its defaults; ``publisher`` is ``zmq`` when
   events are enabled and ``null`` otherwise.
@@ -14,11 +15,13 @@ Follows vLLM v0.17.1 (``vllm/config/kv_events.py``, ``vllm/distributed/kv_events
   default) is Python's tuple hash rooted at the model name: fast, and the same within one process.
 * **Wire**: one ZMQ multipart message per engine step with events: ``[topic, seq (8 bytes,
   big-endian), payload]``; the payload is msgpack of ``[ts, [event, ...], data_parallel_rank]`` and each
-  event an array whose first element is its tag (msgspec's ``array_like`` tagged structs, trailing
-  default fields omitted): ``["BlockStored", block_hashes, parent_block_hash, token_ids, block_size,
-  lora_id, medium, lora_name]``, ``["BlockRemoved", block_hashes, medium]``, ``["AllBlocksCleared"]``.
-  Hashes travel as the last 8 bytes read as an unsigned integer (``VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES``,
-  default 1) or as the raw bytes when that variable is 0.
+  event a map whose ``"type"`` names it (msgspec's tagged structs, fields left at their default omitted):
+  ``{"type": "BlockStored", "block_hashes", "parent_block_hash", "token_ids", "block_size", "lora_id",
+  "medium", "lora_name", "extra_keys" (one nil per block), "group_idx": 0, "kv_cache_spec_kind":
+  "full_attention"}``, one ``{"type": "BlockRemoved", "block_hashes": [hash], "medium", "group_idx": 0}`` per
+  evicted block, and ``{"type": "AllBlocksCleared"}``. Releases up to vLLM 0.17 sent each event as an array
+  starting with its tag instead. Hashes travel as the last 8 bytes read as an unsigned integer
+  (``VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES``, default 1) or as the raw bytes when that variable is 0.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from pydantic import Field, model_validator
 from kit.config import StrictModel
 
 MEDIUM_GPU = "GPU"
+FULL_ATTENTION = "full_attention"  # the KV-cache spec kind of every layer of a Qwen3-like model
 _MASK64 = (1 << 64) - 1
 
 
@@ -121,15 +125,18 @@ def external(h: BlockHash, as_int: bool = True) -> int | bytes:
 # ------------------------------------------------------------------------------------------------ wire
 def encode_batch(ts: float, events: Sequence[tuple], block_size: int, as_int: bool = True) -> bytes:
     """msgpack of vLLM's ``KVEventBatch`` from the block pool's events (see ``kit.sim.kvcache``)."""
-    out: list[list] = []
+    out: list[dict] = []
     for ev in events:
         if ev[0] == "stored":
             _, hashes, parent, tokens = ev
-            out.append(["BlockStored", [external(h, as_int) for h in hashes],
-                        None if parent is None else external(parent, as_int), list(tokens), block_size,
-                        None, MEDIUM_GPU, None])
-        elif ev[0] == "removed":
-            out.append(["BlockRemoved", [external(h, as_int) for h in ev[1]], MEDIUM_GPU])
+            out.append({"type": "BlockStored", "block_hashes": [external(h, as_int) for h in hashes],
+                        "parent_block_hash": None if parent is None else external(parent, as_int),
+                        "token_ids": list(tokens), "block_size": block_size, "lora_id": None, "medium": MEDIUM_GPU,
+                        "lora_name": None, "extra_keys": [None] * len(hashes), "group_idx": 0,
+                        "kv_cache_spec_kind": FULL_ATTENTION})
+        elif ev[0] == "removed":  # vLLM reports each evicted block in its own event
+            out += [{"type": "BlockRemoved", "block_hashes": [external(h, as_int)], "medium": MEDIUM_GPU,
+                     "group_idx": 0} for h in ev[1]]
         else:
-            out.append(["AllBlocksCleared"])
+            out.append({"type": "AllBlocksCleared"})
     return msgpack.packb([ts, out, 0], use_bin_type=True)

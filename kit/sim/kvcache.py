@@ -16,9 +16,8 @@
 With ``events`` set to a list (``kit.sim.kv_events`` does it when ``--kv-events-config`` enables them)
 the pool records what changed, as vLLM's block pool does: ``("stored", hashes, parent, tokens)`` for
 each run of blocks a request filled (its hashes even where another block already held one, as vLLM
-reports duplicates too), ``("removed", [hash])`` for each cached block evicted for reuse, and on a
-reset ``("cleared",)`` when no cached block is left, or ``("removed", hashes)`` for the idle blocks
-forgotten while running requests keep theirs. With ``events`` None (the default) nothing is recorded.
+reports duplicates too), ``("removed", [hash])`` for each cached block evicted for reuse, and
+``("cleared",)`` for a reset. With ``events`` None (the default) nothing is recorded.
 """
 
 from __future__ import annotations
@@ -158,13 +157,14 @@ class BlockPool:
                 if b.hash is None:
                     self.free.move_to_end(b.id, last=False)
 
-    def reset(self) -> None:
-        """Forget every idle cached block (blocks of running requests keep their hash)."""
-        forgotten = []
+    def reset(self) -> bool:
+        """Forget every cached block, as vLLM's reset does: only when no request holds a block (else nothing
+        changes and the answer is False)."""
+        if any(b.ref for b in self.blocks):
+            return False
         for b in self.blocks:
-            if b.ref == 0 and b.hash is not None:
-                del self.cached[b.hash]
-                forgotten.append(b.hash)
-                b.hash = None
-        if self.events is not None and (forgotten or not self.cached):
-            self.events.append(("removed", forgotten) if self.cached else ("cleared",))
+            b.hash = None
+        self.cached.clear()
+        if self.events is not None:
+            self.events.append(("cleared",))
+        return True

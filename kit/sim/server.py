@@ -1,4 +1,8 @@
-"""The simulator's HTTP face: what ``vllm serve`` answers, over the simulated engine."""
+"""The simulator's HTTP face: what ``vllm serve`` answers, over the simulated engine.
+
+Routes, shapes and errors follow vLLM 0.32 as ``tests/contract`` checks them against a real server; the
+differences kept on purpose are listed in docs/explanation/simulator.md.
+"""
 
 from __future__ import annotations
 
@@ -19,16 +23,41 @@ from kit.sim import kv_publisher
 from kit.sim.config import SimConfig
 from kit.sim.engine import DONE, Engine, EngineFull, Sequence
 from kit.sim.metrics import SimMetrics
-from kit.sim.protocol import ChatRequest, CompletionRequest, TokenizeRequest, read_object, validate
+from kit.sim.protocol import (
+    ChatRequest,
+    CompletionRequest,
+    RequestValidationError,
+    TokenizeRequest,
+    check_sampling,
+    invalid,
+    read_object,
+    too_long,
+    validate,
+)
 
 MAX_BODY = 64 * 1024 * 1024
 OFFLOAD_CHARS = 32 * 1024  # longer texts are tokenized in a worker thread, so the server keeps answering
-VERSION = "0.11.0-kit-sim"
+VLLM_VERSION = "0.32.0"  # the vLLM release whose API the simulator answers as
+VERSION = f"{VLLM_VERSION}-kit-sim"
+COMPLETION_MAX_TOKENS = 16  # vLLM's (and OpenAI's) default for /v1/completions
 
 
 def natural_length(prompt: list[int]) -> int:
     """Where the simulated model would stop on its own: 8..128 tokens, fixed per prompt."""
     return 8 + zlib.crc32(repr(prompt[-64:]).encode()) % 121
+
+
+def _request_id(chat: bool) -> str:
+    return ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:16]  # vLLM's form
+
+
+@web.middleware
+async def _route_errors(request: web.Request, handler) -> web.StreamResponse:
+    """An unknown route or method is answered as vLLM's FastAPI answers it: ``{"detail": ...}``."""
+    try:
+        return await handler(request)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+        return web.json_response({"detail": exc.reason}, status=exc.status)
 
 
 def _usage(seq: Sequence) -> dict:
@@ -47,7 +76,7 @@ class SimServer:
         self.engine.observer = self.metrics
         self.rng = random.Random(cfg.seed)
         self.started = int(time.time())
-        self.app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors(MAX_BODY)])
+        self.app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors(MAX_BODY), _route_errors])
         self.app.add_routes([
             web.get("/health", self.health),
             web.get("/ping", self.health),
@@ -88,14 +117,19 @@ class SimServer:
     async def prometheus(self, _r: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
 
-    async def reset_prefix_cache(self, _r: web.Request) -> web.Response:
-        self.engine.pool.reset()
+    async def reset_prefix_cache(self, request: web.Request) -> web.Response:
+        """vLLM's answer: ``{"success": bool}``; refused while requests hold blocks, unless
+        ``?reset_running_requests=true`` (they are preempted first, and recompute)."""
+        if request.query.get("reset_running_requests", "").lower() == "true":
+            self.engine.preempt_all()
+        success = self.engine.pool.reset()
         self.engine.flush_events()
-        return web.Response(status=200)
+        return web.json_response({"success": success})
 
     def _check_model(self, name: str | None) -> None:
         if name is not None and name != self.cfg.model:
-            raise HTTPError(f"The model `{name}` does not exist.", status=404, param="model")
+            raise HTTPError(f"The model `{name}` does not exist. Valid aliases: {self.cfg.model}.", status=404,
+                            param="model")
 
     async def _body(self, request: web.Request) -> dict:
         data = await read_object(request)
@@ -109,59 +143,96 @@ class SimServer:
             return tokenizer.encode(text, allow_special=allow_special, limit=limit)
         return await asyncio.to_thread(tokenizer.encode, text, allow_special=allow_special, limit=limit)
 
-    def _too_long(self, tokens: str) -> HTTPError:
-        return HTTPError(f"This model's maximum context length is {self.cfg.max_model_len} tokens. However, your "
-                         f"request has {tokens} input tokens. Please reduce the length of the input.")
-
     async def _prompt_ids(self, text: str, *, allow_special: bool) -> list[int]:
-        """A prompt's ids; a prompt longer than the model's context is refused without tokenizing all of it."""
+        """A prompt's ids; a prompt longer than the model's context is refused without tokenizing all of it,
+        and, as vLLM does, without tokenizing at all when it has more characters than that many tokens can hold."""
         limit = self.cfg.max_model_len
+        if len(text) > limit * tokenizer.MAX_ID_CHARS:
+            raise invalid(f"This model's maximum context length is {limit} tokens. However, your prompt contains "
+                          f"{len(text)} characters (more than {limit * tokenizer.MAX_ID_CHARS} characters, which is "
+                          f"the upper bound for {limit} input tokens). Please reduce the length of the input prompt.",
+                          "input_text", len(text))
         ids = await self._encode(text, allow_special=allow_special, limit=limit)
         if len(ids) > limit:
-            raise self._too_long(f"more than {limit}")
+            raise too_long(limit, limit + 1)
         return ids
 
     async def tokenize(self, request: web.Request) -> web.Response:
-        req = validate(await self._body(request), TokenizeRequest)
-        if req.prompt is not None:  # vLLM counts a prompt of any length here
+        data = await self._body(request)
+        if data.get("prompt") is None and data.get("messages") is None:  # vLLM reports the prompt's first
+            raise RequestValidationError("give either 'prompt' (a string) or 'messages' (a list of messages)",
+                                         param="body.prompt")
+        req = validate(data, TokenizeRequest)
+        if req.messages is None:  # vLLM counts a prompt of any length here; given both, it reads the messages
             ids = await self._encode(req.prompt, allow_special=req.add_special_tokens, limit=None)
         else:
             text = tokenizer.apply_chat_template([m.model_dump() for m in req.messages or []],
                                                  add_generation_prompt=req.add_generation_prompt)
             ids = await self._encode(text, allow_special=True, limit=None)
-        return web.json_response({"count": len(ids), "max_model_len": self.cfg.max_model_len, "tokens": ids})
+        strs = [tokenizer.decode([t]) for t in ids] if req.return_token_strs else None
+        return web.json_response({"count": len(ids), "max_model_len": self.cfg.max_model_len, "tokens": ids,
+                                  "token_strs": strs})
 
     async def detokenize(self, request: web.Request) -> web.Response:
         data = await self._body(request)
         ids = data.get("tokens")
-        if not isinstance(ids, list) or not all(isinstance(t, int) and tokenizer.valid_id(t) for t in ids):
+        if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids):
+            raise RequestValidationError("tokens: must be a list of token ids", param="body.tokens")
+        _no_negative(ids, "body.tokens")
+        if not all(tokenizer.valid_id(t) for t in ids):  # kit-only: vLLM answers "" for an unknown id
             raise HTTPError("'tokens' must be a list of token ids from this model's vocabulary", param="tokens")
         return web.json_response({"prompt": tokenizer.decode(ids)})
 
     # ---------------------------------------------------------------- generation
+    def _max_tokens(self, asked: int | None, prompt_len: int, default: int | None) -> int:
+        """vLLM's ``get_max_tokens``: what was asked (or the default), at most what the context leaves."""
+        room = self.cfg.max_model_len - prompt_len
+        wanted = asked if asked is not None else default
+        n = room if wanted is None else min(wanted, room)
+        if n < 1:
+            raise invalid(f"max_tokens must be at least 1, got {n}.", "max_tokens", n)
+        return n
+
     async def _completion_input(self, request: web.Request) -> tuple[CompletionRequest, list[int], int]:
         data = await self._body(request)
         prompt, limit = data.get("prompt"), self.cfg.max_model_len
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], list):
             prompt = prompt[0]
         if isinstance(prompt, list) and len(prompt) > limit and all(isinstance(t, int) for t in prompt[:8]):
-            raise self._too_long(str(len(prompt)))  # before validating a long list of ids
+            raise too_long(limit, len(prompt))  # before validating a long list of ids
         req = validate(data, CompletionRequest)
-        if isinstance(req.prompt, str):
-            ids = await self._prompt_ids(req.prompt, allow_special=False)
+        check_sampling(req, limit)
+        p = req.prompt
+        if p is None or p == "":
+            raise invalid("Either prompt or prompt_embeds must be provided and non-empty.", "prompt")
+        if isinstance(p, list) and not p:
+            raise HTTPError("You must pass at least one prompt")
+        if isinstance(p, list) and isinstance(p[0], str | list):
+            if len(p) != 1:  # kit-only: vLLM serves a batch of prompts in one request
+                raise invalid("the simulator serves one prompt per request.", "prompt")
+            p = req.prompt = p[0]
+        if isinstance(p, str):
+            ids = await self._prompt_ids(p, allow_special=False)
         else:
-            bad = [t for t in req.prompt if not tokenizer.valid_id(t)]
+            if len(p) > limit:
+                raise too_long(limit, len(p))
+            _no_negative(p, "body.prompt")
+            bad = [t for t in p if not tokenizer.valid_id(t)]
             if bad:
-                raise HTTPError(f"token id {bad[0]} is out of vocabulary", param="prompt")
-            ids = list(req.prompt)
-        return req, ids, req.max_tokens or 16
+                raise HTTPError(f"Token id {bad[0]} is out of vocabulary")
+            ids = list(p)
+        return req, ids, self._max_tokens(req.max_tokens, len(ids), COMPLETION_MAX_TOKENS)
 
     async def _chat_input(self, request: web.Request) -> tuple[ChatRequest, list[int], int]:
         req = validate(await self._body(request), ChatRequest)
+        check_sampling(req, self.cfg.max_model_len)
+        if not req.messages:
+            raise HTTPError("Cannot apply chat template to an empty conversation. Provide at least one message.")
         text = tokenizer.apply_chat_template([m.model_dump() for m in req.messages],
                                              add_generation_prompt=req.add_generation_prompt)
         ids = await self._prompt_ids(text, allow_special=True)
-        return req, ids, req.max_completion_tokens or req.max_tokens or max(1, self.cfg.max_model_len - len(ids))
+        asked = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        return req, ids, self._max_tokens(asked, len(ids), None)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         req, ids, limit = await self._completion_input(request)
@@ -172,10 +243,22 @@ class SimServer:
         return await self._generate(request, req, ids, limit, chat=True)
 
     def _rendered(self, req: CompletionRequest | ChatRequest, ids: list[int], limit: int, chat: bool) -> dict:
-        """vLLM's render answer (a GenerateRequest): what the engine would be given, without running it."""
-        params = {"max_tokens": limit, "temperature": 1.0 if req.temperature is None else req.temperature,
-                  "top_p": 1.0 if req.top_p is None else req.top_p, "ignore_eos": req.ignore_eos, "seed": req.seed}
-        return {"request_id": self._head(chat)["id"], "token_ids": ids, "features": None, "sampling_params": params}
+        """vLLM's render answer (a ``GenerateRequest``): what the engine would be given, without running it.
+        As vLLM's, sampling parameters left at their defaults are omitted, but ``max_tokens``."""
+        params: dict = {"presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0,
+                        "temperature": 1.0 if req.temperature is None else float(req.temperature),
+                        "top_p": 1.0 if req.top_p is None else float(req.top_p), "min_p": 0.0, "stop": [],
+                        "stop_token_ids": [], "max_tokens": limit, "output_kind": 2, "skip_clone": True,
+                        "bad_words": [], "skip_reading_prefix_cache": False}
+        if req.seed is not None:
+            params["seed"] = req.seed
+        if req.ignore_eos:
+            params["ignore_eos"] = True
+        return {"request_id": _request_id(chat), "token_ids": ids, "token_offsets": None, "features": None,
+                "content_parts": None, "sampling_params": params, "model": self.cfg.model, "reasoning_ended": None,
+                "reasoning_parser_kwargs": None, "return_token_ids": None, "output_mode": "tokens",
+                "stream": req.stream, "stream_options": req.stream_options.model_dump() if req.stream_options else None,
+                "cache_salt": None, "priority": 0, "kv_transfer_params": None, "ec_transfer_params": None}
 
     async def render_completion(self, request: web.Request) -> web.Response:
         req, ids, limit = await self._completion_input(request)
@@ -211,7 +294,7 @@ class SimServer:
             self.engine.abort(seq)  # no-op unless the client left early
 
     def _head(self, chat: bool) -> dict:
-        return {"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex,
+        return {"id": _request_id(chat),
                 "object": "chat.completion.chunk" if chat else "text_completion",
                 "created": int(time.time()), "model": self.cfg.model}
 
@@ -266,6 +349,14 @@ class SimServer:
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
+
+
+def _no_negative(ids: list[int], where: str) -> None:
+    """A token id below 0 does not fit vLLM's request schema (its ids are ``int >= 0``)."""
+    for i, t in enumerate(ids):
+        if t < 0:
+            raise RequestValidationError(f"{where.removeprefix('body.')}[{i}]: must be greater than or equal to 0, "
+                                         f"got {t}", param=f"{where}.{i}")
 
 
 def _drop(request: web.Request) -> None:

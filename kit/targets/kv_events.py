@@ -6,6 +6,10 @@ ZMQ endpoint and every simulator connects to it and publishes its KV-cache event
 endpoint is ``tcp://<host>:<gateway port + replicas + 1>``, the port after the simulators'. The
 gateway reads a copy of the config in the state folder whose precise scorers bind that endpoint
 (``discoverPods`` off: the endpoints share one host), everything else unchanged.
+
+Real vLLM servers publish whatever the profile (``always``): a vLLM server takes a minute to start, so a
+change of profile must restart the gateway only; with no precise scorer nothing binds the endpoint, and
+ZMQ drops the events.
 """
 
 from __future__ import annotations
@@ -28,23 +32,27 @@ class Wiring:
     host: str = "127.0.0.1"
     model: str = ""
 
-    def sim_args(self, port: int) -> list[str]:
+    def events(self, port: int) -> dict | None:
+        """vLLM's ``--kv-events-config`` for the server on ``port`` (None: no events)."""
         if self.events_port is None:
-            return []
-        events = {"enable_kv_cache_events": True, "publisher": "zmq",
-                  "endpoint": f"tcp://{self.host}:{self.events_port}", "topic": f"kv@{self.host}:{port}@{self.model}"}
-        return ["--kv-events-config", json.dumps(events, separators=(",", ":"))]
+            return None
+        return {"enable_kv_cache_events": True, "publisher": "zmq",
+                "endpoint": f"tcp://{self.host}:{self.events_port}", "topic": f"kv@{self.host}:{port}@{self.model}"}
+
+    def sim_args(self, port: int) -> list[str]:
+        events = self.events(port)
+        return [] if events is None else ["--kv-events-config", json.dumps(events, separators=(",", ":"))]
 
 
 def wire(config_path: str, host: str, gateway_port: int, replicas: int, model: str, out: Path,
-         events_port: int | None = None) -> Wiring:
-    """The wiring for ``config_path``; a config without the precise scorer is used as it is. The events bind
-    ``events_port`` if given, else the port after the simulators'."""
+         events_port: int | None = None, *, always: bool = False) -> Wiring:
+    """The wiring for ``config_path``; a config without the precise scorer is used as it is (and, unless
+    ``always``, gets no events port). The events bind ``events_port`` if given, else the port after the servers'."""
     doc = yaml.safe_load(Path(config_path).read_text()) or {}
     scorers = [p for p in doc.get("plugins") or [] if isinstance(p, dict) and p.get("type") == PRECISE]
-    if not scorers:
-        return Wiring(config_path)
     port = events_port or gateway_port + replicas + 1
+    if not scorers:
+        return Wiring(config_path, port, host, model) if always else Wiring(config_path)
     for p in scorers:
         params = p.setdefault("parameters", None) or {}
         events = params.get("kvEventsConfig") or {}

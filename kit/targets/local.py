@@ -1,9 +1,12 @@
-"""The local target: simulators and the gateway as processes on loopback, tracked in a state file.
+"""The local target: model servers and the gateway as processes on loopback, tracked in a state file.
+
+The model servers are simulators (``kit sim``), or real ``vllm serve`` processes when the environment says
+``local.model_servers: vllm`` (``kit.targets.vllm`` builds their command lines); the verbs are the same.
 
 ``deploy`` starts what is missing and leaves what already runs as asked (deploying twice is safe);
 a different replica count or scheduler config changes only what must change, and a deploy that fails
 stops what it started. ``destroy`` stops the gateway first (it stops accepting and lets open requests
-finish for its drain grace, ``$KIT_DRAIN_GRACE``), then the simulators.
+finish for its drain grace, ``$KIT_DRAIN_GRACE``), then the model servers.
 
 Each stack (release postfix) has one state file in the per-user state folder (``kit.paths.state_dir``),
 so every directory, terminal and notebook kernel sees the same stack. The file is replaced atomically,
@@ -35,7 +38,8 @@ from kit.http import drain_grace
 from kit.manifests.environments import Environment
 from kit.picker import load_picker_file
 from kit.targets import Say, Status, kv_events
-from kit.targets.processes import Proc, healthy, marked, port_in_use, scrape, spawn, stop
+from kit.targets import vllm as real
+from kit.targets.processes import Proc, marked, port_in_use, scrape, start, stop, wait_ready
 from kit.vllm_metrics import EndpointMetrics
 
 LOCK_WAIT = 120.0  # seconds ``destroy`` waits for another command on the same stack (``deploy``: its timeout)
@@ -77,6 +81,10 @@ def _state(proc: dict[str, Any]) -> str:
 
 def _port(proc: Proc) -> int | None:
     return urlsplit(proc.url).port
+
+
+def _command(plan: dict[str, Any]) -> str:
+    return ("vllm " if plan.get("program") == "vllm" else "kit ") + " ".join(plan["args"])
 
 
 class LocalTarget:
@@ -188,19 +196,37 @@ class LocalTarget:
                 args += [flag, str(value)]
         return args
 
+    @property
+    def _vllm(self) -> bool:
+        return self.local.model_servers == "vllm"
+
+    @property
+    def _server_role(self) -> str:
+        return "vllm" if self._vllm else "simulator"
+
+    def _server(self, i: int, wiring: kv_events.Wiring) -> dict[str, Any]:
+        """Model server ``i``: its port, url and command line (``program`` and interpreter for vLLM)."""
+        port = self.local.gateway_port + 1 + i
+        plan: dict[str, Any] = {"role": self._server_role, "url": f"http://{self.local.host}:{port}", "port": port}
+        if self._vllm:
+            plan.update(program="vllm", env=real.serve_env(self.local.vllm, i),
+                        args=["serve", *real.serve_args(self.env, port, wiring.events(port), drain_grace())])
+        else:
+            plan.update(program="kit", env={}, args=self._sim_args(port) + wiring.sim_args(port))
+        return plan
+
     def _processes(self, scheduler_config: str | None) -> list[dict[str, Any]]:
-        """Simulators first, then the gateway in front of them. The scheduler config is loaded here, so a
+        """Model servers first, then the gateway in front of them. The scheduler config is loaded here, so a
         bad file fails before anything starts."""
         host, gw_port = self.local.host, self.local.gateway_port
         config_path = str(Path(scheduler_config).resolve()) if scheduler_config else self.env.scheduler_path()
         load_picker_file(config_path, **self._release)
-        # The precise scorer reads the simulators' KV-cache events: wire them (kit.targets.kv_events).
+        # The precise scorer reads the servers' KV-cache events: wire them (kit.targets.kv_events).
         wiring = kv_events.wire(config_path, host, gw_port, self.env.replicas, self.env.model,
-                                paths.state_dir() / f"local-{self.env.release_postfix}-scheduler.yaml")
+                                paths.state_dir() / f"local-{self.env.release_postfix}-scheduler.yaml",
+                                always=self._vllm)
         config_path = wiring.config
-        sims = [{"role": "simulator", "url": f"http://{host}:{gw_port + 1 + i}", "port": gw_port + 1 + i,
-                 "args": self._sim_args(gw_port + 1 + i) + wiring.sim_args(gw_port + 1 + i)}
-                for i in range(self.env.replicas)]
+        sims = [self._server(i, wiring) for i in range(self.env.replicas)]
         gateway = {"role": "gateway", "url": f"http://{host}:{gw_port}", "port": gw_port, "config": config_path,
                    "args": ["gateway", "--host", host, "--port", str(gw_port), "--model", self.env.model,
                             "--endpoints", ",".join(s["url"] for s in sims), "--config", config_path,
@@ -210,17 +236,23 @@ class LocalTarget:
         return [*sims, gateway]
 
     def plan(self, scheduler_config: str | None = None) -> list[dict[str, Any]]:
-        return [{"role": p["role"], "url": p["url"], "command": "kit " + " ".join(p["args"])}
-                for p in self._processes(scheduler_config)]
+        return [{"role": p["role"], "url": p["url"], "command": _command(p)} for p in self._processes(scheduler_config)]
 
     def check(self) -> list[str]:
         try:
             ours = {p["url"] for p in self.status().detail["processes"] if p["running"]}
         except UnreadableStateError as err:
             return [str(err)]
-        return [f"port {p['port']} (for the {p['role']}) is in use by a process the kit did not start: stop it, "
-                f"or {MOVE_PORTS}" for p in self._processes(None)
-                if port_in_use(p["port"], self.local.host) and p["url"] not in ours]
+        problems = []
+        if self._vllm:
+            try:
+                real.python(self.local.vllm)
+            except KitError as err:
+                problems.append(str(err))
+        return problems + [
+            f"port {p['port']} (for the {p['role']}) is in use by a process the kit did not start: stop it, "
+            f"or {MOVE_PORTS}" for p in self._processes(None)
+            if port_in_use(p["port"], self.local.host) and p["url"] not in ours]
 
     def _check_ports(self, needed: list[tuple[int, str]], state: State) -> None:
         """Every port a new process needs is free, or held by one of this stack's processes (stopped first)."""
@@ -241,9 +273,11 @@ class LocalTarget:
         *wanted, gw_plan = self._processes(scheduler_config)
         if dry_run:
             for p in [*wanted, gw_plan]:
-                say(f"would start {p['role']} at {p['url']}: kit {' '.join(p['args'])}")
+                say(f"would start {p['role']} at {p['url']}: {_command(p)}")
             return self.status()
         drain_grace()  # a bad $KIT_DRAIN_GRACE fails before anything starts
+        if self._vllm:
+            real.ensure_model(self.local.vllm, say)  # the tiny model is built once, before any server starts
         for w in load_picker_file(gw_plan["config"], **self._release).warnings:
             say(f"warning: {gw_plan['config']}: {w}")
         with self._locked(timeout, say):
@@ -254,7 +288,8 @@ class LocalTarget:
             except BaseException:
                 self._roll_back(state, started, say)
                 raise
-        say(f"local stack ready: {gw_plan['url']} → {len(wanted)} simulator(s); state in {self.state_file}")
+        what = "vLLM server(s)" if self._vllm else "simulator(s)"
+        say(f"local stack ready: {gw_plan['url']} → {len(wanted)} {what}; state in {self.state_file}")
         return self.status()
 
     def _reshape(self, state: State, wanted: list[dict[str, Any]], gw_plan: dict[str, Any], timeout: float,
@@ -267,15 +302,15 @@ class LocalTarget:
                 self._stop(p, say, "this stack's, but missing from its state file")
 
         def answers(p: Proc) -> bool:  # generous: restarting a busy server that is fine would lose its cache
-            return healthy(p.url, timeout=5, instance=p.instance)
+            return p.healthy(timeout=5)
 
-        wanted_args = [w["args"] for w in wanted]
-        keep = [p for p in state.sims if p.owned() and list(p.args) in wanted_args and answers(p)]
+        wanted_args = [(w["args"], w["env"]) for w in wanted]  # a server runs as planned: arguments and environment
+        keep = [p for p in state.sims if p.owned() and (list(p.args), p.env) in wanted_args and answers(p)]
         gw = state.gateway
         keep_gw = gw is not None and gw.owned() and list(gw.args) == gw_plan["args"] and answers(gw)
-        have = {tuple(p.args) for p in keep}
+        have = {tuple(p.args) for p in keep}  # a port's server has one command line
         missing = [(i, w) for i, w in enumerate(wanted) if tuple(w["args"]) not in have]
-        self._check_ports([(w["port"], f"simulator {i}") for i, w in missing]
+        self._check_ports([(w["port"], f"{w['role']} {i}") for i, w in missing]
                           + ([] if keep_gw else [(gw_plan["port"], "gateway")]), state)
 
         for p in state.sims:
@@ -283,13 +318,7 @@ class LocalTarget:
                 self._stop(p, say, "not part of the new shape")
         state.sims = list(keep)
         self._save(state)
-        for i, w in missing:
-            proc = spawn(w["args"], w["url"], logs / f"sim-{w['port']}.log", role="simulator", wait=timeout,
-                         stack=self._stack)
-            started.append(proc)
-            state.sims.append(proc)
-            self._save(state)
-            say(f"started simulator {i} at {w['url']} (pid {proc.pid})")
+        self._start_servers(missing, logs, timeout, state, started, say)
         state.sims.sort(key=lambda p: _port(p) or 0)
 
         if keep_gw:
@@ -299,13 +328,41 @@ class LocalTarget:
                 self._stop(gw, say, "to apply the new shape")
                 state.gateway = None
                 self._save(state)
-            gw = spawn(gw_plan["args"], gw_plan["url"], logs / "gateway.log", role="gateway", wait=timeout,
-                       stack=self._stack)
-            started.append(gw)
+            launched = start(gw_plan["args"], gw_plan["url"], logs / "gateway.log", role="gateway", stack=self._stack)
+            started.append(launched.proc)
+            gw = wait_ready([launched], timeout, stop_on_failure=False)[0]
             state.gateway = gw
             say(f"started gateway at {gw.url} (pid {gw.pid}) with scheduler config {gw_plan['config']}")
         state.scheduler_config, state.model = gw_plan["config"], self.env.model
         self._save(state)
+
+    def _start_servers(self, missing: list[tuple[int, dict[str, Any]]], logs: Path, timeout: float, state: State,
+                       started: list[Proc], say: Say) -> None:
+        """Start the missing model servers together, record them, and wait until all answer (vLLM: with a
+        progress bar; each may take its ``startup_timeout``)."""
+        if not missing:
+            return
+        python = real.python(self.local.vllm) if self._vllm else None
+        launched = []
+        for i, w in missing:
+            name = "vllm" if self._vllm else "sim"
+            s = start(w["args"], w["url"], logs / f"{name}-{w['port']}.log", role=w["role"], stack=self._stack,
+                      program=w["program"], python=python, env=w["env"])
+            launched.append(s)
+            started.append(s.proc)
+            state.sims.append(s.proc)
+            self._save(state)  # recorded before it answers: a deploy killed now still finds it
+            say(f"started {w['role']} {i} at {w['url']} (pid {s.proc.pid}, log {s.log})")
+        # On failure the roll-back stops them (they are in ``started``), saying so.
+        if self._vllm:
+            progress = real.StartupProgress(launched)
+            try:
+                wait_ready(launched, max(timeout, self.local.vllm.startup_timeout), progress, stop_on_failure=False)
+            finally:
+                progress.close()
+        else:
+            wait_ready(launched, timeout, stop_on_failure=False)
+        say(f"{len(launched)} {self._server_role} server(s) answering")
 
     def _roll_back(self, state: State, started: list[Proc], say: Say) -> None:
         """Stop what a failed deploy started (nothing else) and record what still runs."""
@@ -318,13 +375,13 @@ class LocalTarget:
 
     def status(self) -> Status:
         """Every recorded process with pid, url, role, whether it runs and whether it answers (this very
-        process: its per-process token). Ready means a healthy gateway in front of healthy simulators."""
+        process: its per-process token). Ready means a healthy gateway in front of healthy model servers."""
         state = self._load()
         rows = []
         for p in state.procs:
             running = p.owned()
             rows.append({"role": p.role, "pid": p.pid, "url": p.url, "running": running,
-                         "healthy": running and healthy(p.url, instance=p.instance), "log": p.log})
+                         "healthy": running and p.healthy(), "log": p.log})
         gateway_url = state.gateway.url if state.gateway else None
         ready = bool(state.gateway and state.sims) and all(r["healthy"] for r in rows)
         detail = {"environment": self.env.name, "release_postfix": self.env.release_postfix,
@@ -382,9 +439,15 @@ class LocalTarget:
         return scrape(p.url for p in self._load().sims)
 
     def reset_caches(self) -> bool:
+        """Empty every server's prefix cache; False if one refused (vLLM refuses while requests run)."""
+        ok = True
         for p in self._load().sims:
-            urllib.request.urlopen(urllib.request.Request(p.url + "/reset_prefix_cache", method="POST"), timeout=10)
-        return True
+            req = urllib.request.Request(p.url + "/reset_prefix_cache", method="POST")
+            with urllib.request.urlopen(req, timeout=10) as r:
+                body = r.read()
+            with contextlib.suppress(ValueError, AttributeError):  # the simulator's older answers had no body
+                ok = ok and json.loads(body or b"{}").get("success", True) is not False
+        return ok
 
     def decision(self, request_id: str) -> dict[str, Any] | None:
         gw = self._load().gateway

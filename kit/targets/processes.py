@@ -1,10 +1,13 @@
 """Start the kit's own server processes, wait until they answer, read their metrics, and stop exactly those.
 
-Every process ``spawn`` starts carries two tokens in its environment: ``$KIT_INSTANCE`` (random; the server
-returns it in ``x-kit-instance``, so a health check knows it reached this process and not another one on the
-port) and, when the caller names one, ``$KIT_STACK`` (which stack it belongs to, so ``marked`` can find the
-stack's processes without any state file). A process is only ever signalled while its command line is still
-the kit's.
+Two programs are started: the kit itself (``python -m kit sim|gateway ...``) and real vLLM
+(``python -m vllm.entrypoints.cli.main serve ...``, with the interpreter of vLLM's own environment). Every
+process ``start`` starts carries two tokens in its environment: ``$KIT_INSTANCE`` (random; the kit's servers
+return it in ``x-kit-instance``, so a health check knows it reached this process and not another one on the
+port; vLLM does not, so its health check also asks that the process still runs) and, when the caller names
+one, ``$KIT_STACK`` (which stack it belongs to, so ``marked`` can find the stack's processes without any state
+file). Each process leads its own process group, and is stopped with its group (vLLM runs its engine in
+child processes). A process is only ever signalled while its command line is still the one the kit started.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
@@ -70,7 +73,10 @@ def healthy(url: str, timeout: float = 1.0, instance: str | None = None) -> bool
 
 STACK_ENV = "KIT_STACK"
 KILL_AFTER = 5.0  # seconds past a server's drain grace before ``stop`` kills it
-ROLES = {"sim": "simulator", "gateway": "gateway"}  # ``kit`` subcommand → role, for processes found by marker
+# The programs the kit starts, by the module ``python -m`` runs: the arguments after it are the ones recorded.
+PROGRAMS = {"kit": "kit", "vllm": "vllm.entrypoints.cli.main"}
+# First argument → role, for processes found by marker.
+ROLES = {"sim": "simulator", "gateway": "gateway", "serve": "vllm"}
 
 
 @dataclass
@@ -82,12 +88,20 @@ class Proc:
     log: str
     role: str = "sim"
     args: tuple[str, ...] = ()
-    instance: str | None = None  # the token the process returns in x-kit-instance
+    instance: str | None = None  # the token the process returns in x-kit-instance (None: vLLM, which has none)
     drain_grace: float = DEFAULT_DRAIN_GRACE  # seconds it lets open requests finish when told to stop
+    program: str = "kit"  # a key of PROGRAMS
+    env: dict[str, str] = field(default_factory=dict)  # the variables ``start`` added to the kit's environment
 
     def owned(self) -> bool:
         """Alive and still the process the kit started (its command line matches), not a reused pid."""
-        return self.alive() and _kit_args(self.pid) == list(self.args)
+        return self.alive() and _program_args(self.pid, self.program) == list(self.args)
+
+    def healthy(self, timeout: float = 1.0) -> bool:
+        """Answers /health: the kit's servers with this process's token; vLLM while this process still runs."""
+        if self.instance is None and not self.owned():
+            return False
+        return healthy(self.url, timeout=timeout, instance=self.instance)
 
     def alive(self) -> bool:
         try:
@@ -99,14 +113,15 @@ class Proc:
         return not _is_zombie(self.pid)
 
 
-def _kit_args(pid: int) -> list[str] | None:
-    """The arguments after ``kit`` in ``pid``'s command line (``python -m kit sim ...``), or None."""
+def _program_args(pid: int, program: str = "kit") -> list[str] | None:
+    """The arguments after ``program``'s module in ``pid``'s command line (``python -m kit sim ...``), or None."""
     try:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return None
     argv = [c.decode(errors="replace") for c in cmd if c]
-    return argv[argv.index("kit") + 1 :] if "kit" in argv else None
+    word = PROGRAMS[program]
+    return argv[argv.index(word) + 1 :] if "-m" in argv and word in argv else None
 
 
 def marked(stack: str) -> list[Proc]:
@@ -121,13 +136,18 @@ def marked(stack: str) -> list[Proc]:
             env = _environ(d) if d.name.isdigit() and d.stat().st_uid == os.getuid() else {}
         except OSError:
             continue
-        args = _kit_args(int(d.name)) if env.get(STACK_ENV) == stack else None
-        if args and args[0] in ROLES:
-            opt = dict(itertools.pairwise(args[1:]))
-            proc = Proc(int(d.name), f"http://{opt.get('--host', '127.0.0.1')}:{opt.get('--port')}", "",
-                        ROLES[args[0]], tuple(args), env.get(INSTANCE_ENV), drain_grace(env.get(DRAIN_ENV, "")))
-            if proc.alive():
-                found.append(proc)
+        if env.get(STACK_ENV) != stack:
+            continue
+        for program in PROGRAMS:
+            args = _program_args(int(d.name), program)
+            if args and args[0] in ROLES:
+                opt = dict(itertools.pairwise(args[1:]))
+                proc = Proc(int(d.name), f"http://{opt.get('--host', '127.0.0.1')}:{opt.get('--port')}", "",
+                            ROLES[args[0]], tuple(args), env.get(INSTANCE_ENV) if program == "kit" else None,
+                            drain_grace(env.get(DRAIN_ENV, "")), program)
+                if proc.alive():
+                    found.append(proc)
+                break
     return found
 
 
@@ -143,44 +163,131 @@ def _is_zombie(pid: int) -> bool:
         return False
 
 
+@dataclass
+class Starting:
+    """A process ``start`` launched that is not known to answer yet."""
+
+    popen: subprocess.Popen
+    proc: Proc
+    log_start: int = 0  # where this run's lines begin in the log (it is appended to)
+
+    @property
+    def log(self) -> Path:
+        return Path(self.proc.log)
+
+    def log_text(self) -> str:
+        """What the process has logged so far."""
+        try:
+            with open(self.log, "rb") as fh:
+                fh.seek(self.log_start)
+                return fh.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+
+def start(args: list[str], url: str, log: Path, role: str, *, stack: str | None = None, program: str = "kit",
+          python: str | None = None, env: dict[str, str] | None = None, grace: float | None = None) -> Starting:
+    """Launch ``python -m <program> ARGS`` in its own session (its own process group), logging to ``log``.
+
+    ``python``: the interpreter (default: this one; vLLM's environment has its own). ``env``: added to this
+    process's environment. ``grace``: the drain grace recorded (default: ``$KIT_DRAIN_GRACE``'s).
+    """
+    grace = drain_grace() if grace is None else grace  # a bad $KIT_DRAIN_GRACE fails here, before it starts
+    log.parent.mkdir(parents=True, exist_ok=True)
+    instance = uuid.uuid4().hex
+    full_env = {**os.environ, **(env or {}), INSTANCE_ENV: instance, **({STACK_ENV: stack} if stack else {})}
+    with open(log, "ab") as fh:
+        offset = fh.tell()
+        p = subprocess.Popen([python or sys.executable, "-m", PROGRAMS[program], *args], stdout=fh,
+                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                             env=full_env)
+    token = instance if program == "kit" else None
+    return Starting(p, Proc(p.pid, url, str(log), role, tuple(args), token, grace, program, dict(env or {})), offset)
+
+
+def wait_ready(starting: list[Starting], wait: float, progress: Callable[[list[Starting]], None] | None = None,
+               *, stop_on_failure: bool = True) -> list[Proc]:
+    """Wait until every process answers ``/health``; ``progress(still_starting)`` is called on each round.
+
+    If one exits, or ``wait`` seconds pass, or anything else goes wrong (an interrupt too), every process of
+    ``starting`` is stopped before the error propagates (unless ``stop_on_failure`` is False: the caller stops
+    them, saying so).
+    """
+    deadline = time.monotonic() + wait
+    pending = list(starting)
+    try:
+        while pending:
+            for s in list(pending):
+                if s.popen.poll() is not None:
+                    tail = s.log_text()[-2000:]
+                    raise KitError(f"{s.proc.role} at {s.proc.url} exited with code {s.popen.returncode} while "
+                                   f"starting:\n{tail}")
+                if healthy(s.proc.url, timeout=0.5, instance=s.proc.instance):
+                    pending.remove(s)
+            if progress is not None:
+                progress(pending)
+            if not pending:
+                break
+            if time.monotonic() >= deadline:
+                late = ", ".join(f"{s.proc.role} at {s.proc.url} (log: {s.log})" for s in pending)
+                raise KitError(f"{late} did not become healthy within {wait:g}s")
+            time.sleep(0.05 if all(s.proc.program == "kit" for s in pending) else 0.5)
+    except BaseException:
+        for s in starting if stop_on_failure else ():
+            if s.popen.poll() is None:  # our own child: its pid cannot have been reused
+                end_child(s.popen, group=True)
+        raise
+    return [s.proc for s in starting]
+
+
 def spawn(args: list[str], url: str, log: Path, role: str, wait: float = 30.0, *, stack: str | None = None) -> Proc:
     """Run ``python -m kit ARGS`` in its own session, logging to ``log``; wait until ``url`` is healthy.
 
     ``stack`` marks the process as part of that stack (see ``marked``). If anything goes wrong while waiting,
     including an interrupt, the process is stopped before the error propagates.
     """
-    grace = drain_grace()  # the child reads the same $KIT_DRAIN_GRACE; a bad one fails here, before it starts
-    log.parent.mkdir(parents=True, exist_ok=True)
-    instance = uuid.uuid4().hex
-    env = {**os.environ, INSTANCE_ENV: instance, **({STACK_ENV: stack} if stack else {})}
-    with open(log, "ab") as fh:
-        p = subprocess.Popen([sys.executable, "-m", "kit", *args], stdout=fh, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, start_new_session=True, env=env)
-    proc = Proc(p.pid, url, str(log), role, tuple(args), instance, grace)
-    deadline = time.monotonic() + wait
-    try:
-        while time.monotonic() < deadline:
-            if p.poll() is not None:
-                tail = log.read_text(errors="replace")[-2000:]
-                raise KitError(f"{role} at {url} exited with code {p.returncode} while starting:\n{tail}")
-            if healthy(url, timeout=0.5, instance=instance):
-                return proc
-            time.sleep(0.05)
-        raise KitError(f"{role} at {url} did not become healthy within {wait:g}s (log: {log})")
-    except BaseException:
-        if p.poll() is None:  # our own child: its pid cannot have been reused
-            end_child(p)
-        raise
+    return wait_ready([start(args, url, log, role, stack=stack)], wait)[0]
 
 
-def end_child(p: subprocess.Popen, grace: float = KILL_AFTER) -> None:
-    """Stop a child this process started: SIGTERM, then SIGKILL if it is still there after ``grace`` seconds."""
-    p.terminate()
+def end_child(p: subprocess.Popen, grace: float = KILL_AFTER, *, group: bool = False) -> None:
+    """Stop a child this process started: SIGTERM, then SIGKILL if it is still there after ``grace`` seconds.
+    ``group``: signal its whole process group (a child started in its own session), and wait for all of it."""
+    if not group:
+        p.terminate()
+        try:
+            p.wait(grace)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        return
+    _signal_group(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while _group_alive(p.pid) and time.monotonic() < deadline:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(0.05)
+    _signal_group(p.pid, signal.SIGKILL)
+    p.wait()
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    """Signal the process group ``pid`` leads (every process the kit starts leads one), else ``pid`` alone."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group ``pgid`` is left (the leader reaped first, if it is our child)."""
+    _reap(pgid)
     try:
-        p.wait(grace)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait()
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def stop(proc: Proc, grace: float | None = None, waiting: Callable[[], None] | None = None) -> bool:
@@ -195,20 +302,18 @@ def stop(proc: Proc, grace: float | None = None, waiting: Callable[[], None] | N
         return False
     grace = proc.drain_grace + KILL_AFTER if grace is None else grace
     for sig in (signal.SIGTERM, signal.SIGCONT):  # a stopped (SIGSTOP) process handles SIGTERM once continued
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, sig)
-    start = time.monotonic()
+        _signal_group(proc.pid, sig)
+    began = time.monotonic()
     told = waiting is None
-    while time.monotonic() - start < grace:
+    while time.monotonic() - began < grace:
         _reap(proc.pid)
-        if not proc.alive():
+        if not proc.alive() and not _group_alive(proc.pid):
             return True
-        if not told and time.monotonic() - start > 1:
+        if not told and time.monotonic() - began > 1:
             waiting()
             told = True
         time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(proc.pid, signal.SIGKILL)
+    _signal_group(proc.pid, signal.SIGKILL)
     _reap(proc.pid)
     return True
 

@@ -1,12 +1,13 @@
 """The simulator's KV-cache events, read as a vLLM consumer reads them.
 
-The decoder here is written from vLLM v0.17.1's event definitions (``vllm/distributed/kv_events.py``:
-msgspec array-like tagged structs, trailing defaults omitted; ``KVEventBatch = [ts, events, dp_rank]``;
-messages ``[topic, seq, payload]``) and vLLM's ``sha256_cbor`` block hash
-(``vllm/v1/core/kv_cache_utils.py``), not from the kit's encoder. Every block hash in the stream is
-recomputed from the event's own token ids, and the set of blocks the stream says a server holds is
-checked against the cache: exactly (in-process engine), and through the prefix-cache hits a real
-``kit sim`` process reports after requests, evictions and a reset.
+The decoder here is written from vLLM 0.32.0's event definitions (``vllm/distributed/kv_events.py``:
+msgspec tagged structs encoded as maps with a ``"type"`` key, fields left at their default omitted;
+``KVEventBatch = [ts, events, dp_rank]``; messages ``[topic, seq, payload]``) and vLLM's block hashes
+(``vllm/v1/core/kv_cache_utils.py``), not from the kit's encoder, and is itself checked on batches a real vLLM
+0.32.0 published (``tests/fixtures/vllm-0.32-kv-events``). Every block hash in the stream is recomputed from
+the event's own token ids, and the set of blocks the stream says a server holds is checked against the cache:
+exactly (in-process engine), and through the prefix-cache hits a real ``kit sim`` process reports after
+requests, evictions and a reset.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import hashlib
 import json
 import queue
 import threading
+from pathlib import Path
 
 import cbor2
 import msgpack
@@ -23,29 +25,37 @@ import zmq
 
 from kit.sim.config import SimConfig
 from kit.sim.engine import Engine
-from kit.sim.kv_events import KVEventsConfig, encode_batch, external
+from kit.sim.kv_events import KVEventsConfig, block_hasher, encode_batch, external
 from kit.sim.kv_publisher import binds
 from kit.targets.processes import free_port
 from tests.helpers import post
 
-# Field order of vLLM v0.17.1's event structs after the tag; None marks a field with a default.
-FIELDS = {
-    "BlockStored": ["block_hashes", "parent_block_hash", "token_ids", "block_size", "lora_id", "medium",
-                    "lora_name", "extra_keys"],
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "vllm-0.32-kv-events"
+# vLLM 0.32.0's event structs, in field order: the fields without a default (always sent), then those with one
+# (sent only when not at their default, nil).
+REQUIRED = {
+    "BlockStored": ["block_hashes", "parent_block_hash", "token_ids", "block_size", "lora_id", "medium", "lora_name"],
     "BlockRemoved": ["block_hashes", "medium"],
     "AllBlocksCleared": [],
 }
-DEFAULTS = {"extra_keys": None}
+OPTIONAL = {
+    "BlockStored": ["extra_keys", "group_idx", "kv_cache_spec_kind", "kv_cache_spec_sliding_window", "locality",
+                    "ownership", "session_id"],
+    "BlockRemoved": ["group_idx", "locality", "ownership"],
+    "AllBlocksCleared": [],
+}
 
 
-def decode_event(raw: list) -> dict:
-    tag, values = raw[0], raw[1:]
-    names = FIELDS[tag]
-    assert len(values) <= len(names), f"{tag} has {len(values)} fields, vLLM defines {len(names)}"
-    event = dict(zip(names, values, strict=False))
-    for name in names[len(values):]:
-        assert name in DEFAULTS, f"{tag} omits required field {name}"
-        event[name] = DEFAULTS[name]
+def decode_event(raw: dict) -> dict:
+    assert isinstance(raw, dict), f"vLLM 0.32 sends each event as a map, got {raw!r}"
+    tag = raw["type"]
+    names = [n for n in raw if n != "type"]
+    assert next(iter(raw)) == "type", "the tag comes first, as msgspec writes it"
+    known = REQUIRED[tag] + OPTIONAL[tag]
+    assert [n for n in names if n in known] == [n for n in known if n in names], f"{tag} fields out of order"
+    assert set(names) <= set(known), f"{tag} has fields vLLM does not define: {set(names) - set(known)}"
+    assert set(REQUIRED[tag]) <= set(names), f"{tag} omits required fields {set(REQUIRED[tag]) - set(names)}"
+    event = {n: raw.get(n) for n in known}
     event["tag"] = tag
     return event
 
@@ -113,6 +123,58 @@ class Mirror:
         return n * self.block_size
 
 
+def _fixture_batches() -> list[tuple[str, int, list[dict], list[dict]]]:
+    """(topic, seq, raw events, decoded events) of each batch a real vLLM 0.32.0 published."""
+    out = []
+    for m in json.loads((FIXTURES / "messages.json").read_text()):
+        payload = (FIXTURES / m["file"]).read_bytes()
+        raw = msgpack.unpackb(payload, raw=False)[1]
+        out.append((m["topic"], int(m["seq"], 16), raw, decode_batch(payload)[1]))
+    return out
+
+
+def test_the_decoder_reads_what_real_vllm_published_and_its_hashes_are_the_simulators():
+    """The decoder accepts every batch of the captured stream; the simulator's ``sha256`` recomputes every
+    block hash vLLM sent from the events' token ids (vLLM's default algorithm, ``PYTHONHASHSEED=42``)."""
+    batches = _fixture_batches()
+    assert [seq for _, seq, _, _ in batches] == list(range(len(batches)))
+    tags = [e["tag"] for *_, events in batches for e in events]
+    assert {"BlockStored", "BlockRemoved", "AllBlocksCleared"} <= set(tags)
+    root, hash_block = block_hasher("sha256", "unused", "42")
+    full: dict[int, bytes] = {}
+    for _, _, _, events in batches:
+        for e in events:
+            if e["tag"] != "BlockStored":
+                continue
+            parent = root if e["parent_block_hash"] is None else full[e["parent_block_hash"]]
+            tokens, bs = e["token_ids"], e["block_size"]
+            for i, h in enumerate(e["block_hashes"]):
+                parent = hash_block(parent, tokens[i * bs : (i + 1) * bs])
+                assert external(parent) == h
+                full[h] = parent
+
+
+def test_the_simulator_sends_each_event_with_the_fields_real_vllm_sends():
+    """Same keys, in the same order, with the same constant values, as the captured vLLM 0.32.0 events."""
+    real = {}
+    for _, _, raw, _ in _fixture_batches():
+        for e in raw:
+            real.setdefault(e["type"], e)
+    ours = {}
+    sent = msgpack.unpackb(encode_batch(1.0, [("stored", [1, 2], None, list(range(64))), ("removed", [1, 2]),
+                                              ("cleared",)], 32), raw=False)
+    assert sent[0] == 1.0 and sent[2] == 0  # [ts, events, data-parallel rank 0], as vLLM's batches
+    for e in sent[1]:
+        ours.setdefault(e["type"], e)
+    assert [e["type"] for e in sent[1]] == ["BlockStored", "BlockRemoved", "BlockRemoved", "AllBlocksCleared"]
+    for tag, theirs in real.items():
+        assert list(ours[tag]) == list(theirs), tag
+        for key in ("medium", "lora_id", "lora_name", "group_idx", "kv_cache_spec_kind", "block_size"):
+            if key in theirs:
+                assert ours[tag][key] == theirs[key], (tag, key)
+    assert ours["BlockStored"]["extra_keys"] == [None, None]  # one per block, as vLLM's
+
+
 def test_the_endpoint_decides_bind_or_connect_as_vllm_does():
     assert binds("tcp://*:5557") and binds("tcp://[::]:5557") and binds("ipc:///tmp/kv") and binds("inproc://kv")
     assert not binds("tcp://gaie-epp.llm-d.svc.cluster.local:5557") and not binds("tcp://127.0.0.1:5557")
@@ -172,12 +234,14 @@ def test_the_stream_matches_the_cache_exactly_through_evictions_and_a_reset(monk
     assert engine.pool.evictions > 0 and "BlockRemoved" in mirror.tags
     running = engine.submit(list(range(300, 316)), 20, None)
     engine.complete(engine.schedule())
-    engine.pool.reset()  # a request still runs: its blocks stay cached, the idle ones are forgotten
+    engine.flush_events()
+    check()
+    assert not engine.pool.reset()  # a request holds blocks: vLLM refuses the reset, and nothing changes
     engine.flush_events()
     check()
     assert mirror.held and "AllBlocksCleared" not in mirror.tags
     engine.abort(running)
-    engine.pool.reset()  # nothing runs: the whole cache is cleared, as vLLM's reset reports it
+    assert engine.pool.reset()  # nothing runs: the whole cache is cleared, as vLLM's reset reports it
     engine.flush_events()
     check()
     assert mirror.tags[-1] == "AllBlocksCleared" and not mirror.held

@@ -81,11 +81,17 @@ def test_the_limit_is_exact_at_the_boundary(sim_factory):
     sim = sim_factory("--max-model-len", "64")
     fits = " ".join(["a"] * 30)  # "a" and 29 × " a": 30 tokens
     assert len(tokenizer.encode(fits)) == 30
-    assert post(sim.url, "/v1/completions", {"prompt": fits, "max_tokens": 34})[0] == 200
-    status, body, _ = post(sim.url, "/v1/completions", {"prompt": fits, "max_tokens": 35})
-    assert status == 400 and "you requested 65 tokens" in body["error"]["message"]
+    status, body, _ = post(sim.url, "/v1/completions", {"prompt": fits, "max_tokens": 34, "ignore_eos": True})
+    assert status == 200 and body["usage"]["completion_tokens"] == 34
+    # As vLLM 0.32: asking for more than the context leaves is not an error; the answer stops at the limit.
+    status, body, _ = post(sim.url, "/v1/completions", {"prompt": fits, "max_tokens": 35, "ignore_eos": True})
+    assert status == 200 and body["usage"]["completion_tokens"] == 34
+    status, body, _ = post(sim.url, "/v1/completions", {"prompt": " ".join(["a"] * 64), "max_tokens": 1})
+    assert status == 400
+    assert body["error"]["message"] == "max_tokens must be at least 1, got 0. (parameter=max_tokens, value=0)"
     status, body, _ = post(sim.url, "/v1/completions", {"prompt": " ".join(["a"] * 65), "max_tokens": 1})
-    assert status == 400 and "more than 64 input tokens" in body["error"]["message"]
+    assert status == 400 and "your prompt contains at least 65 input tokens" in body["error"]["message"]
+    assert body["error"]["param"] == "input_tokens"
     # /tokenize counts a prompt of any length, as vLLM's does
     status, tok, _ = post(sim.url, "/tokenize", {"prompt": " ".join(["a"] * 65)})
     assert status == 200 and tok["count"] == 65

@@ -85,7 +85,8 @@ def test_counters_agree_with_what_was_served(sim_factory):
     assert m.prefix_queries == m.prompt_tokens
     assert m.requests_ok == 20 == m.ttft_count
     reasons = collections.Counter(r.finish_reason for r in results)
-    assert m.finished == {k: float(v) for k, v in reasons.items()}
+    assert {k: v for k, v in m.finished.items() if v} == {k: float(v) for k, v in reasons.items()}
+    assert set(m.finished) == {"stop", "length", "abort", "error", "repetition"}  # created up front, as vLLM
     assert m.block_size == 16 and m.num_gpu_blocks == 40000
 
 
@@ -139,11 +140,10 @@ BAD_REQUESTS = [
     ("stream-options-alone", "/v1/completions", {"prompt": "hi", "stream_options": {}}, None, 400),
     ("no-messages", "/v1/chat/completions", {"messages": []}, None, 400),
     ("messages-not-list", "/v1/chat/completions", {"messages": "hello"}, None, 400),
-    ("bad-role", "/v1/chat/completions", {"messages": [{"role": "wizard", "content": "x"}]}, None, 400),
+    ("role-not-text", "/v1/chat/completions", {"messages": [{"role": 5, "content": "x"}]}, None, 400),
     ("chat-unknown-model", "/v1/chat/completions",
      {"model": "nope", "messages": [{"role": "user", "content": "x"}]}, None, 404),
     ("detokenize-junk", "/detokenize", {"tokens": ["a"]}, None, 400),
-    ("unknown-path", "/v1/engines", {}, None, 404),
 ]
 
 
@@ -166,10 +166,20 @@ def test_oversized_body_gets_413(sim_factory):
     assert healthy(sim.url)
 
 
-def test_wrong_method_is_rejected(sim_factory):
+def test_unknown_routes_and_methods_are_answered_as_vllms_fastapi_does(sim_factory):
     sim = sim_factory()
     status, payload, _ = post(sim.url, "/v1/completions", None, method="GET")
-    assert status == 405 and payload["error"]["code"] == 405
+    assert (status, payload) == (405, {"detail": "Method Not Allowed"})
+    status, payload, _ = post(sim.url, "/v1/engines", {})
+    assert (status, payload) == (404, {"detail": "Not Found"})
+    assert healthy(sim.url)
+
+
+def test_a_role_outside_openais_is_written_into_the_template_as_vllm_does(sim_factory):
+    sim = sim_factory()
+    status, tok, _ = post(sim.url, "/tokenize", {"messages": [{"role": "wizard", "content": "x"}]})
+    assert status == 200
+    assert "<|im_start|>wizard" in post(sim.url, "/detokenize", {"tokens": tok["tokens"]})[1]["prompt"]
 
 
 def test_tokenize_and_detokenize_round_trip(sim_factory):

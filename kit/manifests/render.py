@@ -15,7 +15,6 @@ carry a hash of the namespace and postfix, so no two stacks share one.
 from __future__ import annotations
 
 import hashlib
-import inspect
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +66,7 @@ def check_scheduler_config(env: Environment, text: str, source: str) -> LoadedCo
     """Load ``text`` with the picker of the release ``env`` deploys; its ConfigError names the field path."""
     if env.release == "guide":
         return load_picker_config(text, source)  # the picker's default release, v0.7
-    if "release" not in inspect.signature(load_picker_config).parameters:
-        # Until the picker takes a release, it checks every config as v0.7 does.
-        return load_picker_config(text, source)
-    return load_picker_config(text, source, release=env.picker_release)  # type: ignore[call-arg]
+    return load_picker_config(text, source, release=env.picker_release)
 
 
 def names(env: Environment) -> dict[str, str]:

@@ -220,11 +220,11 @@ class LocalTarget:
         bad file fails before anything starts."""
         host, gw_port = self.local.host, self.local.gateway_port
         config_path = str(Path(scheduler_config).resolve()) if scheduler_config else self.env.scheduler_path()
-        load_picker_file(config_path, **self._release)
+        loaded = load_picker_file(config_path, **self._release)
         # The precise scorer reads the servers' KV-cache events: wire them (kit.targets.kv_events).
         wiring = kv_events.wire(config_path, host, gw_port, self.env.replicas, self.env.model,
                                 paths.state_dir() / f"local-{self.env.release_postfix}-scheduler.yaml",
-                                always=self._vllm)
+                                always=self._vllm, release=loaded.release)
         config_path = wiring.config
         sims = [self._server(i, wiring) for i in range(self.env.replicas)]
         gateway = {"role": "gateway", "url": f"http://{host}:{gw_port}", "port": gw_port, "config": config_path,

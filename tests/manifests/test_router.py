@@ -3,7 +3,6 @@ names, and the release is checked where a user could mix the two tracks up."""
 
 from __future__ import annotations
 
-import inspect
 import re
 import subprocess
 import sys
@@ -17,7 +16,6 @@ from kit.manifests.environments import available, load_environment, parse_set, r
 from kit.manifests.render import render, write
 from kit.manifests.router import config_file
 from kit.manifests.validate import CrdSchemas, validate, validate_objects
-from kit.picker import load_picker_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = "templates/scheduler/default-plugins.yaml"  # accepted by the picker of either release
@@ -138,11 +136,8 @@ def test_the_epp_reads_the_scheduler_file_under_the_guides_name():
     assert data == {"default-plugins.yaml": (ROOT / CONFIG).read_text()}
 
 
-PICKER_RELEASES = "release" in inspect.signature(load_picker_config).parameters
-PROFILE = ROOT / "templates/scheduler/optimized-baseline.yaml"
 
 
-@pytest.mark.skipif(not PICKER_RELEASES, reason="the picker does not take a release yet")
 def test_validation_uses_the_picker_of_the_release_deployed(tmp_path):
     """A config with an unknown nested parameter: v0.10's EPP refuses to start on it, so the kit refuses
     to render it for today's llm-d, naming the field's path; the guide's picker (v0.7) keeps its own rules."""
@@ -154,7 +149,6 @@ def test_validation_uses_the_picker_of_the_release_deployed(tmp_path):
         render(load_environment("optimized-baseline"), str(bad))
 
 
-@pytest.mark.skipif(not (PICKER_RELEASES and PROFILE.exists()), reason="today's profile is not in the kit yet")
 @pytest.mark.parametrize("name", TODAY)
 def test_todays_environments_render_with_todays_profile(name):
     rendered = render(load_environment(name))
@@ -175,7 +169,6 @@ def test_kit_render_and_validate_of_the_default_standalone_environment(tmp_path)
     assert ok.returncode == 0 and "12 objects for optimized-baseline are valid" in ok.stdout, ok.stderr
 
 
-@pytest.mark.skipif(not (PICKER_RELEASES and PROFILE.exists()), reason="today's picker and profile are not here yet")
 def test_the_local_stack_of_today_starts_the_gateway_with_todays_picker(tmp_path, monkeypatch):
     from kit.targets.local import LocalTarget
 

@@ -68,3 +68,24 @@ def test_picker_replicas_in_the_gateway_all_follow_the_servers_events(local_env)
         assert status_ == 200 and headers["x-gateway-destination-endpoint"] == served
         replicas.add(get_json(f"{gw}/decisions/{headers['x-request-id']}")["replica"])
     assert len(replicas) > 1  # 12 requests did not all go to one of three pickers
+
+
+def test_release_v010_precise_routing_follows_the_servers_events(local_env):
+    """llm-d-router v0.10's precise profile on the local stack: the token producer renders each prompt on a
+    server, the precise producer indexes the servers' events (the wired copy keeps its release line), and the
+    affinity filter keeps a group on the server that really holds its prefix, even one the gateway never
+    sent it to."""
+    env, port = local_env
+    profile = str(paths.scheduler_profile("precise-prefix-cache-routing"))
+    res = kit("deploy", "-e", "local", "--port", str(port), "--scheduler-config", profile, env=env)
+    assert res.returncode == 0, res.stderr
+    gw, holder = status(env)["gateway"], f"127.0.0.1:{port + 2}"
+    system = "You are the concierge of a quiet hotel by the sea. Answer warmly and in few words, always. " * 4
+    assert post(f"http://{holder}", "/v1/completions", {"prompt": system + "Breakfast?", "max_tokens": 4})[0] == 200
+    time.sleep(0.5)  # the server's BlockStored reaches the picker
+    for question in ("Is there a pool?", "When is check-out?", "Can I bring a dog?"):
+        status_, _, headers = post(gw, "/v1/completions", {"prompt": system + question, "max_tokens": 4})
+        assert status_ == 200 and headers["x-gateway-destination-endpoint"] == holder
+        decision = get_json(f"{gw}/decisions/{headers['x-request-id']}")
+        kept = [c["endpoint"] for c in decision["candidates"] if c["filtered_by"] is None]
+        assert kept == [holder], decision  # the affinity filter kept only the server holding the prefix

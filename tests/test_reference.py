@@ -35,7 +35,7 @@ def test_the_reference_says_what_each_plugin_follows():
     assert v07["prefix-cache-scorer"] == "llm-d-inference-scheduler v0.7.0 on GIE v1.4.0"
     assert v010["token-load-scorer"] == "llm-d-router v0.10.0"
     assert v010["session-affinity-scorer"] == "llm-d-router v0.10.0, Alpha"
-    assert v010["tokenizer"] == "llm-d-router v0.10.0, deprecated in v0.9.0 (use token-producer)"
+    assert v010["tokenizer"] == "llm-d-router v0.10.0, deprecated in v0.9.0, goes in v0.11.0 (use token-producer)"
     assert v07["round-robin-picker"] == v010["round-robin-picker"] == "kit only (no upstream type)"
 
 

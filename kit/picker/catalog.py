@@ -78,7 +78,7 @@ def follows(registry: Registry, release: str, plugin_type: str) -> str:
         out += f", {info.stability}"
     if info is not None and info.deprecated:
         since, removed, instead = info.deprecated
-        out += f", deprecated in {since}" + (f" (use {instead})" if instead else "")
+        out += f", deprecated in {since}, goes in {removed}" + (f" (use {instead})" if instead else "")
     return out
 
 
@@ -172,8 +172,8 @@ def markdown(entries: list[PluginEntry], release: str = DEFAULT) -> str:
     out = [f"# Scheduler plugins, release {release}", "",
            f"Every plugin type the kit's endpoint picker implements for release {release}: {RELEASES[release]},",
            "with the upstream release it follows and its parameters (names as an `EndpointPickerConfig` spells",
-           "them; defaults are what applies when a config leaves a parameter out). Other releases: "
-           f"{others}. Generated from the plugin registry by `kit plugins --release {release} --markdown`; do not edit.",
+           f"them; defaults are what applies when a config leaves a parameter out). Other releases: {others}.",
+           f"Generated from the plugin registry by `kit plugins --release {release} --markdown`; do not edit.",
            "", "| type | kind | follows |", "|---|---|---|"]
     out += [f"| [`{e.type}`](#{e.type}) | {', '.join(e.kinds) or 'plugin'} | {e.upstream} |" for e in entries]
     for e in entries:

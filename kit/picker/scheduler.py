@@ -209,8 +209,9 @@ class Scheduler:
         self.render_url = url
 
     async def produce(self, req: InferenceRequest, post: Post) -> None:
-        """Run the producers that ask the network (in config order) with the caller's ``post``; a producer that
-        fails leaves its data unset and the request is scheduled without it."""
+        """Run the producers that ask the network (with the caller's ``post``) or hold the request for a batch window
+        (until it seals), in data order; a producer that fails leaves its data unset and the request is scheduled
+        without it."""
         for p in self._async:
             if p in self._holders:
                 self._ready_to_hold(req)

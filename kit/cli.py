@@ -370,8 +370,9 @@ def _tiny_model(args: argparse.Namespace) -> int:
 def _plugins(args: argparse.Namespace) -> int:
     from kit.picker import catalog
 
-    entries = catalog.catalog()
-    print(catalog.markdown(entries) if args.markdown else catalog.text(entries), end="" if args.markdown else "\n")
+    entries = catalog.catalog(args.release)
+    print(catalog.markdown(entries, args.release) if args.markdown else catalog.text(entries),
+          end="" if args.markdown else "\n")
     return 0
 
 
@@ -552,7 +553,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plugins", help="every scheduler plugin the picker implements: kind, upstream release, "
                                         "parameters and defaults")
-    pl.add_argument("--markdown", action="store_true", help="print the reference page (docs/reference/plugins.md)")
+    pl.add_argument("--release", default="v0.7", choices=("v0.7", "v0.10"),
+                    help="the picker release whose plugins to list (default: v0.7, the guide's EPP)")
+    pl.add_argument("--markdown", action="store_true", help="print the reference page (docs/reference/plugins*.md)")
     pl.set_defaults(func=_plugins)
 
     d = sub.add_parser("demo", help="the main job: bring up the local stack, show scheduling, tear it down")

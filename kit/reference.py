@@ -164,10 +164,10 @@ def _families(text: str) -> list[str]:
     return [f"| `{n}` | {kinds.get(n, '')} | {_cell(helps[n])} |" for n in sorted(helps)]
 
 
-def plugins_page() -> str:
+def plugins_page(release: str = "v0.7") -> str:
     from kit.picker import catalog
 
-    return catalog.markdown(catalog.catalog())
+    return catalog.markdown(catalog.catalog(release), release)
 
 
 def _cell(value: str) -> str:
@@ -175,7 +175,8 @@ def _cell(value: str) -> str:
 
 
 PAGES: dict[str, Callable[[], str]] = {"cli.md": cli_page, "environments.md": environments_page,
-                                       "plugins.md": plugins_page, "metrics.md": metrics_page}
+                                       "plugins.md": plugins_page, "plugins-v0.10.md": lambda: plugins_page("v0.10"),
+                                       "metrics.md": metrics_page}
 
 
 def main(argv: list[str] | None = None) -> int:

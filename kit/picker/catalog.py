@@ -1,9 +1,10 @@
-"""The plugin reference, read from the registry: every implemented plugin type, its kind, the upstream
-release it follows, what it does, and its parameters with their defaults.
+"""The plugin reference, read from a release's registry: every implemented plugin type, its kind, the
+upstream release it follows (with upstream's stability and deprecation, or "kit only"), what it does, and its
+parameters with their defaults.
 
-Everything here comes from the plugin classes themselves (``type``, ``upstream``, the class docstring, the
-``Params`` model's fields with their aliases, defaults and descriptions), so ``kit plugins`` and the generated
-``docs/reference/plugins.md`` cannot drift from the code.
+Everything here comes from the registry and the plugin classes themselves (the class docstring, the ``Params``
+model's fields with their aliases, defaults and descriptions), so ``kit plugins [--release R]`` and the
+generated ``docs/reference/plugins*.md`` cannot drift from the code.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from kit.picker.registry import Registry, default
+from kit.picker.release import DEFAULT, RELEASES
 
 # What a plugin does, by the method that makes it one (upstream's plugin kinds), in display order.
 KINDS = (("filter", "filter"), ("score", "scorer"), ("pick", "picker"), ("profiles_to_run", "profile handler"),
@@ -46,9 +48,13 @@ class PluginEntry:
     parameters: list[Parameter] = field(default_factory=list)
 
 
-def catalog(registry: Registry | None = None) -> list[PluginEntry]:
-    """Every plugin type the registry implements, one entry per class (extra type names as aliases)."""
-    registry = registry or default()
+# v0.7's types with no upstream counterpart (a cluster EPP refuses them); v0.10's registry marks its own.
+KIT_ONLY_V07 = frozenset({"round-robin-picker", "least-recent-max-score-picker"})
+
+
+def catalog(release: str = DEFAULT) -> list[PluginEntry]:
+    """Every plugin type ``release``'s registry implements, one entry per class (extra type names as aliases)."""
+    registry = default(release)
     by_class: dict[type, list[str]] = {}
     for name in registry.types():
         by_class.setdefault(registry.plugin_class(name), []).append(name)
@@ -56,9 +62,24 @@ def catalog(registry: Registry | None = None) -> list[PluginEntry]:
     for cls, names in by_class.items():
         primary = cls.type if cls.type in names else names[0]
         entries.append(PluginEntry(
-            type=primary, kinds=kinds(cls), upstream=getattr(cls, "upstream", ""), summary=summary(cls),
+            type=primary, kinds=kinds(cls), upstream=follows(registry, release, primary), summary=summary(cls),
             aliases=[n for n in names if n != primary], parameters=parameters(getattr(cls, "Params", None))))
     return sorted(entries, key=lambda e: (e.kinds[0] if e.kinds else "~", e.type))
+
+
+def follows(registry: Registry, release: str, plugin_type: str) -> str:
+    """The upstream release ``plugin_type`` follows, with upstream's stability and deprecation; "kit only" for the
+    kit's own types."""
+    info = registry.info.get(plugin_type)
+    if plugin_type in KIT_ONLY_V07 or (info is not None and info.kit_only):
+        return "kit only (no upstream type)"
+    out = RELEASES[release].split(" (")[0]
+    if info is not None and info.stability != "Beta":
+        out += f", {info.stability}"
+    if info is not None and info.deprecated:
+        since, removed, instead = info.deprecated
+        out += f", deprecated in {since}, goes in {removed}" + (f" (use {instead})" if instead else "")
+    return out
 
 
 def kinds(cls: type) -> list[str]:
@@ -140,13 +161,20 @@ def text(entries: list[PluginEntry]) -> str:
     return "\n".join(lines)
 
 
-def markdown(entries: list[PluginEntry]) -> str:
-    """The reference page (``docs/reference/plugins.md``)."""
-    out = ["# Scheduler plugins", "",
-           "Every plugin type the kit's endpoint picker implements, with the upstream release it follows and its",
-           "parameters (names as an `EndpointPickerConfig` spells them; defaults are what applies when a config",
-           "leaves a parameter out). Generated from the plugin registry by `kit plugins --markdown`; do not edit.", "",
-           "| type | kind | follows |", "|---|---|---|"]
+def page_name(release: str) -> str:
+    """The reference page of ``release``'s plugins: ``plugins.md`` for the default release."""
+    return "plugins.md" if release == DEFAULT else f"plugins-{release}.md"
+
+
+def markdown(entries: list[PluginEntry], release: str = DEFAULT) -> str:
+    """The reference page of ``release``'s plugins (``docs/reference/plugins*.md``)."""
+    others = ", ".join(f"[{r}]({page_name(r)})" for r in RELEASES if r != release)
+    out = [f"# Scheduler plugins, release {release}", "",
+           f"Every plugin type the kit's endpoint picker implements for release {release}: {RELEASES[release]},",
+           "with the upstream release it follows and its parameters (names as an `EndpointPickerConfig` spells",
+           f"them; defaults are what applies when a config leaves a parameter out). Other releases: {others}.",
+           f"Generated from the plugin registry by `kit plugins --release {release} --markdown`; do not edit.",
+           "", "| type | kind | follows |", "|---|---|---|"]
     out += [f"| [`{e.type}`](#{e.type}) | {', '.join(e.kinds) or 'plugin'} | {e.upstream} |" for e in entries]
     for e in entries:
         out += ["", f"## {e.type}", ""]

@@ -46,3 +46,12 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
     yield start
     for proc in started:
         stop(proc)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``pytest -n N --dist loadgroup`` (``make test``): every test of a file runs on one worker, so
+    module fixtures (a deployed stack, the executed walkthrough) are built once; the tests against real vLLM
+    all share one worker, as they share one set of vLLM servers."""
+    for item in items:
+        real_vllm = item.get_closest_marker("vllm") or "tests/contract/" in item.nodeid
+        item.add_marker(pytest.mark.xdist_group("vllm" if real_vllm else item.nodeid.split("::")[0]))

@@ -129,10 +129,10 @@ def require_vllm() -> None:
         pytest.skip(f"real vLLM is not installed (make vllm): {err}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def vllm_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """``kit deploy -e local-vllm`` once per session, on free ports; destroyed at the end, and then nothing of
-    it may be left running."""
+    """``kit deploy -e local-vllm`` once for this package's tests, on free ports; destroyed after the last of them
+    (idle vLLM servers still cost CPU the rest of the suite needs), and then nothing of it may be left running."""
     require_vllm()
     reuse = os.environ.get(REUSE_ENV)
     state_dir = Path(reuse) if reuse else tmp_path_factory.mktemp("vllm-state")
@@ -171,7 +171,7 @@ def _marked_anywhere(stack: str) -> list[str]:
     return found
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def sim_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One ``kit sim`` shaped like the local-vllm servers."""
     port, events_port = free_port(), free_port()
@@ -188,7 +188,7 @@ def sim_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     stop(proc)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def vllm_server(vllm_stack: Stack) -> Server:
     """The first real vLLM server of the session's stack."""
     proc = vllm_stack.servers[0]

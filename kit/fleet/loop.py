@@ -1,21 +1,23 @@
 """The fleet on one virtual clock: a workload, the endpoint picker, N simulated servers.
 
-A plain event heap orders four kinds of event: a node may finish a request (each node's lower bound,
-``Node.next_event``), a request arrives, a metrics sample is due, an outside request arrives (a kit-only
-scenario, ``kit.fleet.scenario``). At equal times finishes come first. With a precise prefix scorer the
-servers' KV-cache events reach its index after ``event_lag`` (``kit.fleet.events``).
+A plain event heap orders five kinds of event: a node may finish a request (each node's lower bound,
+``Node.next_event``), a held request is released, a request arrives, a metrics sample is due, an outside request
+arrives (a kit-only scenario, ``kit.fleet.scenario``). At equal times finishes come first. With a precise prefix
+scorer the servers' KV-cache events reach its index after ``event_lag`` (``kit.fleet.events``).
 
-The picker is the gateway's: built from the same scheduler config file (``Fleet.release``: the upstream
-release it follows, by default the one the profile declares), asked to read each request as the gateway
-asks (``Scheduler.request``: release v0.10's parsers) and to ``schedule`` it, told ``pre_request`` (the
-prefix index learns), ``response_start`` when the request's first token is out (release v0.10's in-flight
-load lets the prompt's tokens go; told at the next decision, before it is taken) and ``response_complete``,
-with each endpoint's ``in_flight`` kept as the gateway keeps it. A token producer that renders (``vllm``
-backend) gets the prompt's tokens from the simulated server's tokenizer, as the server's ``/render`` routes
-would give them; the ``estimate`` backend runs as it is. It sees each server's metrics as the gateway's datastore
-scrapes them: as they were at the last scrape tick (every ``refresh_interval`` seconds of virtual time),
-so load signals lag as they do in reality. A node is advanced to a tick only when a request is routed
-in that tick's interval, and an idle node that was already idle at its last scrape is not scraped again.
+The picker is the gateway's: built from the same scheduler config file (``Fleet.release``: the upstream release
+it follows, by default the one the profile declares), asked to read each request as the gateway asks
+(``Scheduler.request``: release v0.10's parsers) and to ``schedule`` it, told ``pre_request`` (the prefix index
+learns), ``response_start`` when the request's first token is out (release v0.10's in-flight load lets the
+prompt's tokens go; told at the next decision, before it is taken) and ``response_complete``, with each
+endpoint's ``in_flight`` kept as the gateway keeps it. A request a producer holds for a batch window
+(``burst-prefix-cache-producer``) is scheduled when its window seals (``Scheduler.hold``), its wait counted in
+its TTFT. A token producer that renders (``vllm`` backend) gets the prompt's tokens from the simulated server's
+tokenizer, as the server's ``/render`` routes would give them; the ``estimate`` backend runs as it is. It sees
+each server's metrics as the gateway's datastore scrapes them: as they were at the last scrape tick (every
+``refresh_interval`` seconds of virtual time), so load signals lag as they do in reality. A node is advanced to
+a tick only when a request is routed in that tick's interval, and an idle node that was already idle at its last
+scrape is not scraped again.
 
 Times are the model's seconds (times ``time_scale``, as ``replay()`` charges them); the run starts at 0.
 """
@@ -43,7 +45,7 @@ from kit.sim.engine import EngineFull, Sequence
 from kit.sim.kvcache import chain_hashes
 from kit.vllm_metrics import EndpointMetrics
 
-NODE, ARRIVAL, SAMPLE, OUTSIDE = 0, 1, 2, 3
+NODE, RELEASE, ARRIVAL, SAMPLE, OUTSIDE = 0, 1, 2, 3, 4
 
 # Kept across runs in one process (a sweep runs many points of one workload): the jobs of a workload and
 # load, each distinct prompt's tokens, and their block hashes per (block size, model).
@@ -121,6 +123,7 @@ class _Run:
         self.sched = self.loaded.scheduler
         self.renders = self.sched.renders  # the server's render routes give the prompt's tokens
         self.starts = self.sched.starts  # some plugin wants each answer's first token
+        self.holds = self.sched.holds  # a producer holds requests for a batch window: scheduled when it seals
         scenario.seed_picker(self.sched, str(fleet.seed))
         if len(_TOKENS) > _MAX_PROMPTS:
             _TOKENS.clear()
@@ -254,12 +257,29 @@ class _Run:
         prompt = self.prompt_tokens(b)
         if self.renders:
             req.tokens = prompt
+        held = None
+        if self.holds:
+            held = self.replicas.choose(self.sched) if self.replicas else (self.sched, self.eps)
+            until = held[0].hold(req)
+            if until is not None and until > t:
+                self.push(until, RELEASE, (t, rid, job, turn, answers, req, prompt, held))
+                return
+        self.dispatch(t, t, rid, job, turn, answers, req, prompt, held)
+
+    def dispatch(self, t: float, at: float, rid: int, job: Job, turn: int, answers: list[str], req: InferenceRequest,
+                 prompt: list[int], held: tuple[Any, list[Endpoint]] | None) -> None:
+        """Schedule a request that arrived at ``at`` (held until ``t`` by a batch window) and submit it."""
         self.scrape_all(t)
         if self.feed is not None:
             self.feed.catch_up(self, t)
         if self.starts:
             self.first_tokens(t)
-        sched, eps = self.replicas.choose(self.sched) if self.replicas else (self.sched, self.eps)
+        if held is None:
+            sched, eps = self.replicas.choose(self.sched) if self.replicas else (self.sched, self.eps)
+        else:
+            sched, eps = held
+            if self.replicas:
+                self.replicas.refresh(eps)
         decision, state = sched.schedule(req, eps)
         ep = eps[self.index[decision.picked[0]]]
         sched.pre_request(state, req, ep)
@@ -274,12 +294,12 @@ class _Run:
         except EngineFull as err:
             ep.in_flight -= 1
             sched.response_complete(req, ep)
-            self.results.append(RequestResult(status=400, started=t, endpoint=ep.name, request_id=req.request_id,
+            self.results.append(RequestResult(status=400, started=at, endpoint=ep.name, request_id=req.request_id,
                                               error=str(err), group=job.group))
             self.bar.update()
             self.job_done(t)
             return
-        self.pending[id(seq)] = r = _Request(rid, job, turn, answers, t, ep, req, sched)
+        self.pending[id(seq)] = r = _Request(rid, job, turn, answers, at, ep, req, sched)
         if self.starts:
             self.awaiting[i][id(seq)] = (seq, r)
         self.rebound(i)
@@ -346,6 +366,8 @@ class _Run:
                 self.rebound(i)
             elif kind == ARRIVAL:
                 self.arrive(t, *data)
+            elif kind == RELEASE:
+                self.dispatch(t, *data)
             elif kind == OUTSIDE:
                 assert self.outside is not None
                 nxt = self.outside.send(self, t)

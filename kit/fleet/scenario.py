@@ -57,9 +57,14 @@ class Replicas:
         if r == 0:
             return sched, self.primary
         sched, eps = self.extra[r - 1]
-        for mine, scraped in zip(eps, self.primary, strict=True):
-            mine.updated = scraped.updated
+        self.refresh(eps)
         return sched, eps
+
+    def refresh(self, eps: list[Endpoint]) -> None:
+        """A replica's endpoints with the shared scrapes' times (again, for a request held since its choice)."""
+        if eps is not self.primary:
+            for mine, scraped in zip(eps, self.primary, strict=True):
+                mine.updated = scraped.updated
 
 
 class Outside:

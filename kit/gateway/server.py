@@ -165,7 +165,7 @@ class Gateway:
         if refused:
             self.requests.inc("", "429")
             return error(429, refused)
-        if self.scheduler.renders:  # a render-backed token producer: the prompt's tokens from a model server
+        if self.scheduler.renders or self.scheduler.holds:  # tokens rendered by a model server; a batch window
             await self.scheduler.produce(req, self._render)
         tried: set[str] = set()
         for attempt in range(self.settings.max_attempts):

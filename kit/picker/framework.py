@@ -3,8 +3,9 @@
 A scheduling profile runs its filters in order, then every scorer (each returns a score in [0, 1]
 per endpoint; anything outside is clamped), sums ``weight × score``, and lets exactly one picker
 choose. Around the pick, as upstream's request-control plugins do, any configured plugin may also
-implement ``PrepareData`` (before the profile runs, over every candidate), ``Admitter`` (may refuse a
-request before scheduling), ``PreRequest`` (the chosen endpoint, before the request is proxied),
+implement ``PrepareData`` (before the profile runs, over every candidate), ``AsyncProducer`` and
+``Holder`` (before the cycle, awaited by the caller: a render over HTTP, a batch window), ``Admitter``
+(may refuse a request before scheduling), ``PreRequest`` (the chosen endpoint, before the request is proxied),
 ``ResponseHeaders`` (headers to add to the answer) and ``ResponseComplete`` (the answer ended), and
 ``Gauges`` (values the gateway exports on its ``/metrics``). The scheduler calls them; callers never
 ask which plugin does what.
@@ -66,6 +67,7 @@ class InferenceRequest:
     body: dict[str, Any] | None = None  # the request body as received (the render backend sends it on)
     path: str = ""  # the request's path (upstream's parsers are chosen by it)
     produce_failed: bool = False  # a network producer failed: the producers after it skip this request
+    held: dict[str, Any] | None = None  # what a producer that held the request for a batch window keeps, by name
 
     @classmethod
     def from_body(cls, body: dict[str, Any], model: str, *, headers: dict[str, str] | None = None, priority: int = 0,
@@ -146,6 +148,20 @@ class AsyncProducer(Protocol):
     caller that owns an HTTP client awaits ``produce`` with its ``post``; the picker itself opens no connection."""
 
     async def produce(self, req: InferenceRequest, post: Post, default_url: str = "") -> bool: ...
+
+
+@runtime_checkable
+class Holder(AsyncProducer, Protocol):
+    """Holds each request for a batch window before its cycle, so that requests arriving together are placed
+    together (``burst-prefix-cache-producer``). ``join`` takes the request into the open window and returns the
+    time, on the plugin's clock, the window seals; ``produce`` joins and waits for the seal (the gateway awaits
+    it); a caller on a virtual clock schedules the request at that time instead (the fleet simulator)."""
+
+    def join(self, req: InferenceRequest) -> float: ...
+
+
+class WindowFull(RuntimeError):
+    """A holding producer's open window takes no more requests (the request goes on without its data)."""
 
 
 @runtime_checkable

@@ -67,6 +67,13 @@ class ReplicatedScheduler:
     def renders(self) -> bool:
         return self.replicas[0].renders
 
+    @property
+    def holds(self) -> bool:
+        return self.replicas[0].holds
+
+    def hold(self, req: InferenceRequest) -> float | None:
+        return self._replica(req).hold(req)
+
     def default_render_url(self, url: str) -> None:
         for sched in self.replicas:
             sched.default_render_url(url)

@@ -23,6 +23,7 @@ from kit.picker.framework import (
     Endpoint,
     Filter,
     Gauges,
+    Holder,
     InferenceRequest,
     Lifecycle,
     Picker,
@@ -35,6 +36,7 @@ from kit.picker.framework import (
     ResponseStart,
     SaturationDetector,
     Scorer,
+    WindowFull,
 )
 
 log = logging.getLogger(__name__)
@@ -160,6 +162,12 @@ class Scheduler:
         # v0.10: producers that ask the network (the token producer's render backend) before the cycle; a failure
         # skips every producer after them in the request's cycle, as upstream stops at a failing producer
         self._async = [p for p in self.plugins if isinstance(p, AsyncProducer) and getattr(p, "renders", True)]
+        # v0.10: producers that hold each request for a batch window; what they read (the prompt's tokens) is
+        # produced before they take the request in, by the producers they depend on (the estimate backend)
+        self._holders = [p for p in self._async if isinstance(p, Holder)]
+        needs = {k for h in self._holders for k in h.data_consumed()[0]} if self._holders else set()
+        self._before_hold = [p for p in self._prepare if not isinstance(p, Holder)
+                             and needs & set(getattr(p, "data_produced", set)())]
         self._guarded = release != "v0.7"
         self._after_render: set[int] = set()
         if self._async:
@@ -180,8 +188,15 @@ class Scheduler:
 
     @property
     def renders(self) -> bool:
-        """Whether requests need ``await produce(req, post)`` before ``schedule`` (a render-backed token producer)."""
-        return bool(self._async)
+        """Whether a token producer renders the prompt on a model server: requests need ``await produce(req, post)``
+        before ``schedule`` (a caller without HTTP, the fleet simulator, fills ``req.tokens`` itself instead)."""
+        return any(p not in self._holders for p in self._async)
+
+    @property
+    def holds(self) -> bool:
+        """Whether a producer holds each request for a batch window: requests need ``await produce(req, post)``
+        before ``schedule``, or, on a virtual clock, ``hold(req)`` and ``schedule`` at the time it returns."""
+        return bool(self._holders)
 
     @property
     def starts(self) -> bool:
@@ -194,12 +209,37 @@ class Scheduler:
         self.render_url = url
 
     async def produce(self, req: InferenceRequest, post: Post) -> None:
-        """Run the producers that ask the network (in config order) with the caller's ``post``; a producer that
-        fails leaves its data unset and the request is scheduled without it."""
+        """Run the producers that ask the network (with the caller's ``post``) or hold the request for a batch window
+        (until it seals), in data order; a producer that fails leaves its data unset and the request is scheduled
+        without it."""
         for p in self._async:
+            if p in self._holders:
+                self._ready_to_hold(req)
             if await p.produce(req, post, self.render_url) is False:
                 req.produce_failed = True
                 return
+
+    def hold(self, req: InferenceRequest) -> float | None:
+        """For a caller on a virtual clock (the fleet simulator; it fills ``req.tokens`` when a token producer
+        renders): take ``req`` into every holding producer's batch window. The time, on the picker's clock, to
+        ``schedule`` it (when its windows seal), or None to schedule it now (nothing holds it, or a full window
+        refused it: scheduled without the producers after it)."""
+        if not self._holders or req.produce_failed:
+            return None
+        self._ready_to_hold(req)
+        until = None
+        for h in self._holders:
+            try:
+                closes = h.join(req)
+            except WindowFull:
+                req.produce_failed = True
+                return None
+            until = closes if until is None else max(until, closes)
+        return until
+
+    def _ready_to_hold(self, req: InferenceRequest) -> None:
+        for p in self._before_hold:
+            p.prepare_request_data(CycleState(), req, [])
 
     def request(self, body: Any, path: str, model: str, headers: dict[str, str] | None = None, priority: int = 0,
                 request_id: str = "") -> InferenceRequest:

@@ -3,12 +3,10 @@
 Every file under tests/fixtures/upstream_epp_configs/v0.10.0 (deploy/config, the test configs, the charts'
 default configs, the optimized-baseline and precise-prefix-cache-routing guides' values; a Helm values file
 holds its config under ``router.epp.pluginsCustomConfig``) either loads and schedules a request over a few
-endpoints, or is refused with a kit error that names why, in one of three groups:
+endpoints, or is refused with a kit error that names why, in one of two groups:
 
 * **missing, allowed**: a plugin for P/D or E/P/D disaggregation, multimodal caches, GPU telemetry (dcgm),
   latency prediction / SLO tiers, or flow-control fairness and usage-limit policies;
-* **burst**: ``burst-prefix-cache-producer``, not in the kit (it holds requests for a batch window, which the
-  picker's one-request cycle does not do);
 * **refused upstream too**: llm-d-router v0.10.0's own loader refuses the file (an unknown field, an
   unregistered type or apiVersion, a parameter combination its factory refuses), and the kit says so.
 
@@ -42,7 +40,6 @@ ALLOWED_MISSING = {
     "slo-headroom-tier-filter": "SLO tiers", "latency-slo-admitter": "SLO tiers",
     "program-aware-fairness": "fairness policy", "soft-reflective-ceiling-policy": "flow-control usage-limit policy",
 }
-BURST = "burst-prefix-cache-producer"
 
 # Files llm-d-router v0.10.0 refuses as well, and the words of the kit's error that say why.
 REFUSED_UPSTREAM = {
@@ -91,7 +88,7 @@ def group(name: str, text: str) -> str:
     missing = missing_types(text)
     if not missing:
         return "loads"
-    return "burst" if BURST in missing else "missing, allowed"
+    return "missing, allowed"
 
 
 def sample_id(sample: tuple[str, str]) -> str:
@@ -124,7 +121,7 @@ def test_every_sample_is_classified_and_the_counts_are_the_published_ones():
     for name, text in SAMPLES:
         counts[group(name, text)] = counts.get(group(name, text), 0) + 1
     assert len(SAMPLES) == 38
-    assert counts == {"loads": 19, "missing, allowed": 9, "burst": 1, "refused upstream too": 9}
+    assert counts == {"loads": 20, "missing, allowed": 9, "refused upstream too": 9}
     assert set(REFUSED_UPSTREAM) <= {n.split("#")[0] for n, _ in SAMPLES}
 
 
@@ -141,7 +138,7 @@ def test_a_sample_the_kit_implements_loads_and_schedules(sample):
     for i, prompt in enumerate(["system prompt " * 80 + "first question", "system prompt " * 80 + "second"]):
         req = sched.request({"model": "Qwen/Qwen3-0.6B", "prompt": prompt, "max_tokens": 8}, "/v1/completions",
                             "Qwen/Qwen3-0.6B", request_id=str(i))
-        if sched.renders:
+        if sched.renders or sched.holds:  # a render, a batch window (burst-prefix-cache-producer)
             asyncio.run(sched.produce(req, render))
             assert req.tokens, "the render backend filled the request's tokens"
         assert sched.admit(req, eps) is None
@@ -155,8 +152,7 @@ def test_a_sample_the_kit_implements_loads_and_schedules(sample):
     sched.close()
 
 
-@pytest.mark.parametrize("sample", [s for s in SAMPLES if group(*s) in ("missing, allowed", "burst")],
-                         ids=sample_id)
+@pytest.mark.parametrize("sample", [s for s in SAMPLES if group(*s) == "missing, allowed"], ids=sample_id)
 def test_a_sample_with_a_plugin_the_kit_lacks_fails_naming_it(sample):
     name, text = sample
     missing = missing_types(text)
@@ -165,7 +161,7 @@ def test_a_sample_with_a_plugin_the_kit_lacks_fails_naming_it(sample):
     for plugin_type in missing:
         assert f"unknown plugin type {plugin_type!r}: llm-d-router v0.10.0 registers it, but the kit's picker " \
                "does not implement it" in str(err.value)
-        assert plugin_type == BURST or plugin_type in ALLOWED_MISSING, f"{plugin_type} is not an allowed gap"
+        assert plugin_type in ALLOWED_MISSING, f"{plugin_type} is not an allowed gap"
 
 
 @pytest.mark.parametrize("sample", [s for s in SAMPLES if group(*s) == "refused upstream too"], ids=sample_id)
@@ -174,3 +170,26 @@ def test_a_sample_v0_10_refuses_is_refused_with_the_reason(sample):
     with pytest.raises(ConfigError) as err:
         load_picker_config(text, name, release="v0.10")
     assert REFUSED_UPSTREAM[name.split("#")[0]] in str(err.value)
+
+
+def test_the_burst_sample_places_a_burst_of_one_prompt_on_one_server():
+    """deploy/config/epp-burst-prefix-cache-config.yaml: the samples of one prompt arriving together wait for the
+    window, then all go where the window put them, though the load-aware scorer alone would spread them."""
+    name, text = next(s for s in SAMPLES if s[0] == "deploy/config/epp-burst-prefix-cache-config.yaml")
+    clock = Clock()
+    sched = load_picker_config(text, name, clock=clock, release="v0.10").scheduler
+    eps = pool(clock)
+    prompts = ["rollout step prompt one " * 30] * 4 + ["rollout step prompt two " * 30] * 4
+
+    async def burst() -> list:
+        reqs = [sched.request({"model": "Qwen/Qwen3-0.6B", "prompt": p, "max_tokens": 8}, "/v1/completions",
+                              "Qwen/Qwen3-0.6B", request_id=str(i)) for i, p in enumerate(prompts)]
+        await asyncio.gather(*(sched.produce(r, render) for r in reqs))
+        return reqs
+
+    picked = []
+    for req in asyncio.run(burst()):
+        decision, state = sched.schedule(req, eps)
+        sched.pre_request(state, req, state["picked"][0])
+        picked.append(decision.picked[0])
+    assert len(set(picked[:4])) == 1 and len(set(picked[4:])) == 1 and picked[0] != picked[4]

@@ -19,6 +19,7 @@ from kit.picker.plugins import datalayer as v07_datalayer
 from kit.picker.plugins import filters as v07_filters
 from kit.picker.plugins.router import (
     approx,
+    burst,
     datalayer,
     handlers,
     inflight,
@@ -73,6 +74,7 @@ PLUGINS: dict[str, Info] = {
     "precise-prefix-cache-scorer": Info(precise.PrecisePrefixScorer),
     # Data producers
     "approx-prefix-cache-producer": Info(approx.ApproxPrefixProducer),
+    "burst-prefix-cache-producer": Info(burst.BurstPrefixProducer, stability="Alpha"),
     "inflight-load-producer": Info(inflight.InflightLoadProducer),
     "precise-prefix-cache-producer": Info(precise.PrecisePrefixProducer),
     "token-producer": Info(tokens.TokenProducer),

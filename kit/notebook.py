@@ -216,16 +216,34 @@ class Session:
 
     # ------------------------------------------------------------- experiments
     def compare_profiles(self, workload: Workload, load: Load, profiles: tuple[str, ...] | None = None,
-                         progress: bool = True, virtual: bool = False, seed: int = 0) -> Comparison:
+                         progress: bool = True, virtual: bool = False, seed: int = 0,
+                         reuse: Comparison | None = None) -> Comparison:
         """The same workload under each scheduler profile, caches cold for each: live on the deployed stack,
         or with ``virtual`` on the fleet simulator's virtual clock with servers like this environment's
-        (``fleet()``): the same picker and engine code, no noise from the machine, the same result every time."""
+        (``fleet()``): the same picker and engine code, no noise from the machine, the same result every time.
+
+        ``reuse`` (live only): an earlier live comparison on this environment; a profile it ran with this very
+        workload and load is taken from it rather than run again (and says so). Virtual runs are never reused:
+        they are cheap, and depend on the seed."""
+        profiles = profiles or DEFAULT_PROFILES
+        kept = {r.profile: r for r in reuse.runs} if (reuse is not None and not virtual
+                                                      and reuse.environment == self.env.name
+                                                      and reuse.workload == workload.model_dump()
+                                                      and reuse.load == load.model_dump()) else {}
+        fresh = tuple(p for p in profiles if p not in kept)
         if virtual:
             from kit.fleet import compare_profiles as simulated
 
-            return simulated(workload, load, profiles or DEFAULT_PROFILES, self.fleet(seed), progress)
-
-        return compare_profiles(self.target, workload, load, profiles or DEFAULT_PROFILES, progress)
+            out = simulated(workload, load, fresh, self.fleet(seed), progress)
+        else:
+            out = compare_profiles(self.target, workload, load, fresh, progress)
+        for p in profiles:
+            if p in kept:
+                s = kept[p].summary
+                print(f"profile {p}: as run above (same workload and load), hit rate "
+                      f"{100 * s.prefix_cache_hit_rate:.1f}%, TTFT p90 {1000 * (s.ttft_p90_s or 0):.1f} ms", flush=True)
+        out.runs = [kept[p] if p in kept else out.run(p) for p in profiles]
+        return out
 
     def fleet(self, seed: int = 0, replicas: int | None = None) -> Fleet:
         """A simulated fleet like this environment's: its replica count (or ``replicas``, if given and not 0) and

@@ -31,8 +31,10 @@ if TYPE_CHECKING:
     from kit.fleet import Fleet
 
 Say = Callable[[str], None]
-# Scorers that follow where a prompt's prefix is cached (approximately, or from the servers' KV-cache events).
+# Scorers that follow where a prompt's prefix is cached (approximately, or from the servers' KV-cache events), and
+# today's llm-d filter that keeps only the servers holding most of the prompt (disabled by a threshold ≤ 0).
 PREFIX_SCORERS = {"prefix-cache-scorer", "precise-prefix-cache-scorer"}
+PREFIX_FILTERS = {"prefix-cache-affinity-filter"}
 PREFIX_PROFILE = "default-plugins"  # the guide's default: what a demonstration of prefix routing switches to
 
 
@@ -55,11 +57,14 @@ def profile_name(config: str | None) -> str | None:
 
 
 def routes_by_prefix(config: str) -> bool:
-    """Whether a scheduler config weighs where the prompt's prefix is cached (a prefix scorer in a profile)."""
+    """Whether a scheduler config follows where the prompt's prefix is cached: a prefix scorer weighted in a
+    profile, or a prefix-affinity filter in one."""
     doc = yaml.safe_load(Path(config).read_text()) or {}
-    prefix = {p.get("name") or p.get("type") for p in doc.get("plugins") or []
-              if isinstance(p, dict) and p.get("type") in PREFIX_SCORERS}
-    return any(ref.get("pluginRef") in prefix and ref.get("weight", 1) != 0
+    plugins = [p for p in doc.get("plugins") or [] if isinstance(p, dict)]
+    scorers = {p.get("name") or p.get("type") for p in plugins if p.get("type") in PREFIX_SCORERS}
+    filters = {p.get("name") or p.get("type") for p in plugins if p.get("type") in PREFIX_FILTERS
+               and (p.get("parameters") or {}).get("affinityThreshold", 0.8) > 0}
+    return any((ref.get("pluginRef") in scorers and ref.get("weight", 1) != 0) or ref.get("pluginRef") in filters
                for prof in doc.get("schedulingProfiles") or [] for ref in prof.get("plugins") or [])
 
 

@@ -1,6 +1,9 @@
-"""``Session.compare_profiles(reuse=...)``: a live run already made with the same workload and load is not run again."""
+"""The session API beside what tests/test_notebooks.py covers: ``compare_profiles(reuse=...)`` (a live run already
+made with the same workload and load is not run again), and which profiles route by prefix."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -52,3 +55,15 @@ def test_another_workload_load_or_a_virtual_run_runs_every_profile(ran, change):
     s.compare_profiles(args["workload"], args["load"], ("default-plugins", "optimized-baseline"), progress=False,
                        virtual=args.get("virtual", False), reuse=earlier)
     assert ran[-1][1] == ("default-plugins", "optimized-baseline")
+
+
+def test_todays_llm_d_profiles_route_by_prefix_through_their_affinity_filter(tmp_path):
+    from kit import paths
+    from kit.notebook import routes_by_prefix
+
+    for profile in ("optimized-baseline", "optimized-baseline-output-aware", "precise-prefix-cache-routing"):
+        assert routes_by_prefix(paths.scheduler_profile(profile)), profile
+    off = tmp_path / "off.yaml"  # a threshold of 0 disables the filter: the picker then follows load alone
+    off.write_text(Path(paths.scheduler_profile("optimized-baseline")).read_text().replace("affinityThreshold: 0.80",
+                                                                                     "affinityThreshold: 0"))
+    assert not routes_by_prefix(str(off))

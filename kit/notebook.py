@@ -31,8 +31,10 @@ if TYPE_CHECKING:
     from kit.fleet import Fleet
 
 Say = Callable[[str], None]
-# Scorers that follow where a prompt's prefix is cached (approximately, or from the servers' KV-cache events).
+# Scorers that follow where a prompt's prefix is cached (approximately, or from the servers' KV-cache events), and
+# today's llm-d filter that keeps only the servers holding most of the prompt (disabled by a threshold ≤ 0).
 PREFIX_SCORERS = {"prefix-cache-scorer", "precise-prefix-cache-scorer"}
+PREFIX_FILTERS = {"prefix-cache-affinity-filter"}
 PREFIX_PROFILE = "default-plugins"  # the guide's default: what a demonstration of prefix routing switches to
 
 
@@ -55,11 +57,14 @@ def profile_name(config: str | None) -> str | None:
 
 
 def routes_by_prefix(config: str) -> bool:
-    """Whether a scheduler config weighs where the prompt's prefix is cached (a prefix scorer in a profile)."""
+    """Whether a scheduler config follows where the prompt's prefix is cached: a prefix scorer weighted in a
+    profile, or a prefix-affinity filter in one."""
     doc = yaml.safe_load(Path(config).read_text()) or {}
-    prefix = {p.get("name") or p.get("type") for p in doc.get("plugins") or []
-              if isinstance(p, dict) and p.get("type") in PREFIX_SCORERS}
-    return any(ref.get("pluginRef") in prefix and ref.get("weight", 1) != 0
+    plugins = [p for p in doc.get("plugins") or [] if isinstance(p, dict)]
+    scorers = {p.get("name") or p.get("type") for p in plugins if p.get("type") in PREFIX_SCORERS}
+    filters = {p.get("name") or p.get("type") for p in plugins if p.get("type") in PREFIX_FILTERS
+               and (p.get("parameters") or {}).get("affinityThreshold", 0.8) > 0}
+    return any((ref.get("pluginRef") in scorers and ref.get("weight", 1) != 0) or ref.get("pluginRef") in filters
                for prof in doc.get("schedulingProfiles") or [] for ref in prof.get("plugins") or [])
 
 
@@ -216,16 +221,34 @@ class Session:
 
     # ------------------------------------------------------------- experiments
     def compare_profiles(self, workload: Workload, load: Load, profiles: tuple[str, ...] | None = None,
-                         progress: bool = True, virtual: bool = False, seed: int = 0) -> Comparison:
+                         progress: bool = True, virtual: bool = False, seed: int = 0,
+                         reuse: Comparison | None = None) -> Comparison:
         """The same workload under each scheduler profile, caches cold for each: live on the deployed stack,
         or with ``virtual`` on the fleet simulator's virtual clock with servers like this environment's
-        (``fleet()``): the same picker and engine code, no noise from the machine, the same result every time."""
+        (``fleet()``): the same picker and engine code, no noise from the machine, the same result every time.
+
+        ``reuse`` (live only): an earlier live comparison on this environment; a profile it ran with this very
+        workload and load is taken from it rather than run again (and says so). Virtual runs are never reused:
+        they are cheap, and depend on the seed."""
+        profiles = profiles or DEFAULT_PROFILES
+        kept = {r.profile: r for r in reuse.runs} if (reuse is not None and not virtual
+                                                      and reuse.environment == self.env.name
+                                                      and reuse.workload == workload.model_dump()
+                                                      and reuse.load == load.model_dump()) else {}
+        fresh = tuple(p for p in profiles if p not in kept)
         if virtual:
             from kit.fleet import compare_profiles as simulated
 
-            return simulated(workload, load, profiles or DEFAULT_PROFILES, self.fleet(seed), progress)
-
-        return compare_profiles(self.target, workload, load, profiles or DEFAULT_PROFILES, progress)
+            out = simulated(workload, load, fresh, self.fleet(seed), progress)
+        else:
+            out = compare_profiles(self.target, workload, load, fresh, progress)
+        for p in profiles:
+            if p in kept:
+                s = kept[p].summary
+                print(f"profile {p}: as run above (same workload and load), hit rate "
+                      f"{100 * s.prefix_cache_hit_rate:.1f}%, TTFT p90 {1000 * (s.ttft_p90_s or 0):.1f} ms", flush=True)
+        out.runs = [kept[p] if p in kept else out.run(p) for p in profiles]
+        return out
 
     def fleet(self, seed: int = 0, replicas: int | None = None) -> Fleet:
         """A simulated fleet like this environment's: its replica count (or ``replicas``, if given and not 0) and

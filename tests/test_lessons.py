@@ -77,6 +77,30 @@ SENTENCES: dict[str, list[tuple[str, str]]] = {
          "test_04_prefix_aware_routing_triples_the_hit_rate_and_the_default_answers_sooner"),
         ("following the prefix alone piles a hot group onto one server.",
          "test_04_a_hot_group_overloads_prefix_only_and_not_the_default"),
+        # Section 3: today's llm-d (optimized-baseline, release v0.10) against the guide's default.
+        ("At this light load both keep each group together, and optimized-baseline never moves one: every request "
+         "of a group goes to the server its first request went to (one cell per row), where the default may move a "
+         "few when that server looks busy.", "test_04_optimized_baseline_never_moves_a_group"),
+        ("so the prompts fill about three quarters of the fleet's cache",
+         "test_04_the_scaled_benchmark_fills_three_quarters_of_the_cache"),
+        ("2,400 KV blocks per server (the same three quarters)",
+         "test_04_the_scaled_benchmark_fills_three_quarters_of_the_cache"),
+        ("at 0.25, four servers reproduce what sixteen show", "test_04_long_answers_default_holds_short_answers_today"),
+        ("At the guide's lowest rate both profiles' TTFT p90 stays under 50 ms.",
+         "test_04_long_answers_default_holds_short_answers_today"),
+        ("At its highest, the default still answers within a quarter of a second, while optimized-baseline's TTFT "
+         "p90 runs to seconds, more than ten times the default's.",
+         "test_04_long_answers_default_holds_short_answers_today"),
+        ("Under optimized-baseline, requests queue at a server whose KV cache is full while another server's is "
+         "mostly empty.", "test_04_optimized_baseline_queues_at_a_full_server_beside_an_empty_one"),
+        ("At the guide's 2,000 requests per second (scaled), optimized-baseline's first tokens come sooner than the "
+         "default's (TTFT p90) and it finds more of each prompt cached.",
+         "test_04_long_answers_default_holds_short_answers_today"),
+        ("(decoding fills the KV caches): the guide's default.",
+         "test_04_long_answers_default_holds_short_answers_today"),
+        ("(the work is prefill): optimized-baseline", "test_04_long_answers_default_holds_short_answers_today"),
+        ("Today's llm-d default (optimized-baseline) wins when answers are short; when long answers fill the caches, "
+         "the guide's default wins.", "test_04_long_answers_default_holds_short_answers_today"),
     ],
     "06-capacity": [
         ("the same seed gives the same numbers every time", "test_04_the_virtual_clock_gives_the_same_numbers_again"),
@@ -275,6 +299,91 @@ def test_04_a_hot_group_overloads_prefix_only_and_not_the_default(seed):
     assert runs["prefix-only"].top_share(0) == 1.0  # every request of the hot group on one server
     p90 = {p: run.summary.ttft_p90_s for p, run in runs.items()}
     assert p90["default-plugins"] * 3 <= p90["prefix-only"], p90
+
+
+# ------------------------------------------------- 04 section 3: today's llm-d against the guide's default
+TODAY = tuple(P4["today_profiles"].split(","))
+GUIDE_LONG = {"system_prompt_len": 6000, "question_len": 1200, "output_len": 1000}  # and 9,630 blocks per server
+GUIDE_SHORT = {"system_prompt_len": 1500, "question_len": 300, "output_len": 50}  # and 2,400 blocks per server
+
+
+def test_04_section_3_runs_what_the_tests_check():
+    code = _code("04-routing-and-cache")
+    assert TODAY == ("default-plugins", "optimized-baseline") and "reuse=watched" in code
+    assert "system_prompt_len=6000, question_len=1200, output_len=1000" in code and "num_gpu_blocks=9630" in code
+    assert '"system_prompt_len": 1500, "question_len": 300, "output_len": 50' in code
+    assert "num_gpu_blocks=2400, max_model_len=16 * 2400" in code
+    assert all(f"round({n} * fleet_scale)" in code for n in (16, 150, 1500, 3000))
+    assert P4["fleet_scale"] == 0.25 and P4["long_rates"] == "20,50" and P4["short_rate"] == 2000.0
+
+
+def _scaled(scale: float, seed: int, lengths: dict, blocks: int) -> tuple[SharedPrefix, kf.Fleet]:
+    """The notebook's scaled benchmark: its workload and fleet at ``scale`` of the guide's."""
+    w = SharedPrefix(groups=round(150 * scale), prompts_per_group=5, seed=seed, **lengths)
+    sim = kf.SimConfig(num_gpu_blocks=blocks, **({} if blocks == 9630 else {"max_model_len": 16 * blocks}))
+    return w, kf.Fleet(replicas=max(1, round(16 * scale)), seed=seed, sim=sim)
+
+
+@cache
+def _today(scale: float, seed: int, case: str, rate: float):
+    """One profile run per profile of section 3 (``case``: long or short answers), at a rate of the guide's scale."""
+    w, fleet = _scaled(scale, seed, GUIDE_LONG if case == "long" else GUIDE_SHORT, 9630 if case == "long" else 2400)
+    requests = round((1500 if case == "long" else 3000) * scale)
+    return {p: kf.simulate(w, Load(rate=scale * rate, requests=requests), replace(fleet, profile=p)) for p in TODAY}
+
+
+def test_04_the_scaled_benchmark_fills_three_quarters_of_the_cache():
+    for scale in (P4["fleet_scale"], 1.0):
+        for lengths, blocks in ((GUIDE_LONG, 9630), (GUIDE_SHORT, 2400)):
+            w, fleet = _scaled(scale, 1, lengths, blocks)
+            working = w.groups * (w.system_prompt_len + w.prompts_per_group * w.question_len)
+            assert 0.7 <= working / (fleet.replicas * blocks * 16) <= 0.8, (scale, lengths)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", SEEDS)
+def test_04_optimized_baseline_never_moves_a_group(seed):
+    cmp = _compare4(seed, _workload4(seed), ",".join(TODAY))
+    assert _kept_together(cmp.run("default-plugins")) >= 0.75  # both keep each group together
+    run = cmp.run("optimized-baseline")
+    first: dict[int, str] = {}
+    for r in sorted(run.requests, key=lambda r: r.started):
+        first.setdefault(r.group, r.endpoint)
+        assert r.endpoint == first[r.group], (r.group, r.endpoint, first[r.group])
+
+
+# The notebook's scale with several seeds, and the guide's own scale with the notebook's seed ("four servers reproduce
+# what sixteen show").
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize(("scale", "seed"), [*((P4["fleet_scale"], s) for s in SEEDS), (1.0, 1)])
+def test_04_long_answers_default_holds_short_answers_today(scale, seed):
+    low, high = (float(r) for r in P4["long_rates"].split(","))
+    p90 = {p: run.summary.ttft_p90_s for p, run in _today(scale, seed, "long", low).items()}
+    assert max(p90.values()) < 0.05, p90  # both under 50 ms at the lowest rate
+    p90 = {p: run.summary.ttft_p90_s for p, run in _today(scale, seed, "long", high).items()}
+    assert p90["default-plugins"] <= 0.25, p90
+    assert p90["optimized-baseline"] >= 1.0 and p90["optimized-baseline"] > 10 * p90["default-plugins"], p90
+    short = {p: run.summary for p, run in _today(scale, seed, "short", P4["short_rate"]).items()}
+    ob, guide = short["optimized-baseline"], short["default-plugins"]
+    assert ob.ttft_p90_s < guide.ttft_p90_s and ob.prefix_cache_hit_rate > guide.prefix_cache_hit_rate, short
+
+
+def _full_beside_empty(run) -> int:
+    """Samples at which a server whose KV cache is full has requests waiting while another's is mostly empty."""
+    at: dict[float, list] = {}
+    for s in run.samples:
+        at.setdefault(s.t, []).append(s)
+    return sum(any(s.kv_usage >= 0.95 and s.waiting >= 3 for s in ss) and min(s.kv_usage for s in ss) < 0.5
+               for ss in at.values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", SEEDS)
+def test_04_optimized_baseline_queues_at_a_full_server_beside_an_empty_one(seed):
+    runs = _today(P4["fleet_scale"], seed, "long", float(P4["long_rates"].split(",")[-1]))
+    seen = {p: _full_beside_empty(run) for p, run in runs.items()}
+    assert seen["optimized-baseline"] >= 10 and seen["default-plugins"] * 5 <= seen["optimized-baseline"], seen
 
 
 # ------------------------------------------------------------------------------------------- 06, on the virtual clock

@@ -1,6 +1,6 @@
 """One contract, two servers: the same tests run against ``kit sim`` and against real vLLM 0.32.
 
-The real servers are the ``local-vllm`` environment's, deployed once per test session by the local target
+The real servers are the ``local-vllm`` environment's, deployed once for this package by the local target
 (two ``vllm serve`` processes and the kit's gateway, on free ports, with their own state folder) and shared by
 every test marked ``vllm``; the simulator is one ``kit sim`` configured like them (block size 32, 256 blocks,
 8,192 tokens of context, vLLM's ``sha256`` block hash seeded with ``PYTHONHASHSEED=42``).
@@ -103,7 +103,7 @@ class Server:
 
 @dataclass
 class Stack:
-    """The session's real-vLLM stack."""
+    """The package's real-vLLM stack."""
 
     target: LocalTarget
     state_dir: Path

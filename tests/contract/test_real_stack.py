@@ -15,11 +15,12 @@ from kit import paths
 from kit.experiments.loadgen import run_workload
 from kit.experiments.workloads import Load, SharedPrefix
 from tests.contract.conftest import VLLM_TIMEOUT, Stack
-from tests.helpers import get_json
+from tests.helpers import get_json, post
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(VLLM_TIMEOUT)]
 
 PRECISE = paths.scheduler_profile("precise")
+PRECISE_V010 = paths.scheduler_profile("precise-prefix-cache-routing")
 
 
 def kit(stack: Stack, *args: str) -> subprocess.CompletedProcess:
@@ -66,9 +67,33 @@ def test_another_profile_restarts_the_gateway_only(vllm_stack: Stack):
         vllm_stack.target.deploy(timeout=60)
 
 
-@pytest.mark.xfail(strict=True, reason="the precise scorer must hash the served model's tokens (the picker's "
-                   "token-producer, asking the server's render route); until the picker has it, it hashes "
-                   "kit.tokenizer's ids, which real vLLM's BPE tokenizer does not produce")
+def test_todays_precise_profile_follows_the_real_servers_kv_events_and_tokens(vllm_stack: Stack):
+    """Release v0.10's precise-prefix-cache-routing: the token producer asks a real server's render route for the
+    model's tokens, the precise producer indexes the real servers' KV events by them, and the affinity filter keeps
+    a group on the server that really holds its prefix, one the gateway never sent it to."""
+    try:
+        vllm_stack.target.deploy(str(PRECISE_V010), timeout=60)
+        assert vllm_stack.target.reset_caches()
+        holder = vllm_stack.servers[1]
+        system = "You are the night porter of an old hotel. Answer briefly and kindly, in plain words. " * 5
+        assert post(holder.url, "/v1/completions", {"prompt": system + "Late check-in?", "max_tokens": 2})[0] == 200
+        time.sleep(1.0)  # the server's BlockStored reaches the picker
+        for question in ("Is there parking?", "Where is breakfast?", "Can I leave my bags?"):
+            status, _, headers = post(vllm_stack.gateway, "/v1/completions",
+                                      {"prompt": system + question, "max_tokens": 2})
+            assert status == 200 and f"http://{headers['x-gateway-destination-endpoint']}" == holder.url, headers
+            decision = get_json(f"{vllm_stack.gateway}/decisions/{headers['x-request-id']}")
+            kept = [c["endpoint"] for c in decision["candidates"] if c["filtered_by"] is None]
+            assert [f"http://{k}" for k in kept] == [holder.url], decision
+        placed, _ = groups_and_servers(vllm_stack, seed=12)
+        assert all(len(servers) == 1 for servers in placed.values()), placed
+    finally:
+        vllm_stack.target.deploy(timeout=60)
+
+
+@pytest.mark.xfail(strict=True, reason="release v0.7's precise scorer hashes kit.tokenizer's ids, which real vLLM's "
+                   "BPE tokenizer does not produce; release v0.10's precise-prefix-cache-routing asks the server "
+                   "for the model's tokens (the test above)")
 def test_the_precise_profile_follows_the_real_servers_kv_events(vllm_stack: Stack):
     try:
         vllm_stack.target.deploy(str(PRECISE), timeout=60)

@@ -126,7 +126,7 @@ def _target(args: argparse.Namespace):
 def _render(args: argparse.Namespace) -> int:
     from kit.manifests.render import render, summary, to_yaml, write
 
-    rendered = render(_env(args), args.scheduler_config)
+    rendered = render(_env(args), _scheduler_config(args))
     if args.out:
         for f in write(rendered, args.out):
             print(f"wrote {f}")
@@ -147,7 +147,7 @@ def _validate(args: argparse.Namespace) -> int:
         crds = Cluster(kubeconfig=args.kubeconfig, context=args.context).crd_schemas()
     elif args.schemas:
         crds = CrdSchemas.from_dir(str(Path(args.schemas).resolve()))
-    rendered, notes = checked_render(env, args.scheduler_config, crds)
+    rendered, notes = checked_render(env, _scheduler_config(args), crds)
     for n in notes:
         print(f"note: {n}")
     print(f"kit validate: {len(rendered.objects)} objects for {env.name} are valid"
@@ -167,7 +167,7 @@ def _envs(args: argparse.Namespace) -> int:
 
 def _deploy(args: argparse.Namespace) -> int:
     kwargs = {"timeout": args.timeout} if args.timeout else {}
-    _target(args).deploy(args.scheduler_config, dry_run=args.dry_run, **kwargs)
+    _target(args).deploy(_scheduler_config(args), dry_run=args.dry_run, **kwargs)
     return 0
 
 
@@ -367,6 +367,13 @@ def _tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scheduler_config(args: argparse.Namespace) -> str | None:
+    """``--scheduler-config``: a file, or the name of a shipped profile (``templates/scheduler/<name>.yaml``)."""
+    from kit import paths
+
+    return paths.scheduler_profile(args.scheduler_config) if args.scheduler_config else None
+
+
 def _plugins(args: argparse.Namespace) -> int:
     from kit.picker import catalog
 
@@ -449,7 +456,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     rd = sub.add_parser("render", help="render the manifests (one YAML file per release with -o)")
     env_flags(rd)
     rd.add_argument("-o", "--out", help="folder to write infra-<rn>.yaml, gaie-<rn>.yaml, ms-<rn>.yaml, httproute.yaml")
-    rd.add_argument("--scheduler-config", help="EndpointPickerConfig YAML for the EPP ConfigMap")
+    rd.add_argument("--scheduler-config", help="EndpointPickerConfig YAML for the EPP ConfigMap, or a shipped "
+                                                "profile's name (e.g. optimized-baseline)")
     rd.set_defaults(func=_render)
 
     va = sub.add_parser("validate", help="render and validate; exit 1 listing every problem")
@@ -458,13 +466,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                                       "'cluster' for the CRDs installed in the cluster (default: the pinned CRDs "
                                       "the kit ships, kit/manifests/schemas)")
     cluster_flags(va)
-    va.add_argument("--scheduler-config", help="EndpointPickerConfig YAML for the EPP ConfigMap")
+    va.add_argument("--scheduler-config", help="EndpointPickerConfig YAML for the EPP ConfigMap, or a shipped "
+                                                "profile's name (e.g. optimized-baseline)")
     va.set_defaults(func=_validate)
 
     dp = sub.add_parser("deploy", help="start the local stack or apply to the cluster; waits until ready")
     env_flags(dp)
     dp.add_argument("--replicas", type=int, help="model-server replicas (default: the environment's)")
-    dp.add_argument("--scheduler-config", help="EndpointPickerConfig YAML for the endpoint picker")
+    dp.add_argument("--scheduler-config", help="EndpointPickerConfig YAML for the endpoint picker, or a shipped "
+                                               "profile's name (e.g. precise-prefix-cache-routing)")
     dp.add_argument("--port", type=int, help="local: gateway port (simulators take the ports after it)")
     dp.add_argument("--dry-run", action="store_true",
                     help="check everything (server side on a cluster); change nothing")

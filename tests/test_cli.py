@@ -100,6 +100,8 @@ def test_envs_lists_local():
 def test_scheduler_config_takes_a_shipped_profiles_name(tmp_path, capsys):
     """``--scheduler-config optimized-baseline`` means templates/scheduler/optimized-baseline.yaml; an unknown name
     is still read as a path, and the error says it cannot be read."""
+    from pathlib import Path
+
     import yaml
 
     from kit import paths
@@ -110,7 +112,7 @@ def test_scheduler_config_takes_a_shipped_profiles_name(tmp_path, capsys):
     objects = list(yaml.safe_load_all((tmp_path / "optimized-baseline.yaml").read_text()))
     [cm] = [o for o in objects if o and o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-epp")]
     shipped = paths.scheduler_profile("optimized-baseline")
-    assert list(cm["data"].values()) == [open(shipped).read()]
+    assert list(cm["data"].values()) == [Path(shipped).read_text()]
     assert main(["render", "-e", "optimized-baseline", "--scheduler-config", "no-such-profile",
                  "-o", str(tmp_path)]) != 0
     assert "no-such-profile" in capsys.readouterr().err

@@ -159,8 +159,8 @@ def check(resp: http.client.HTTPResponse, proc: Proc, request: bytes) -> None:
     if resp.status >= 400:
         assert ctype.startswith("application/json"), where
         body = json.loads(resp.body)
-        if proc.role == "sim" and resp.status in (404, 405):  # an unknown route or method: vLLM's FastAPI shape
-            assert isinstance(body.get("detail"), str) and body["detail"], where
+        if proc.role == "sim" and "detail" in body:  # an unknown route or method: vLLM's FastAPI shape
+            assert resp.status in (404, 405) and isinstance(body["detail"], str) and body["detail"], where
             return
         error = body["error"]
         assert error["code"] == resp.status and isinstance(error["message"], str) and error["message"], where

@@ -172,7 +172,8 @@ def test_the_profile_a_stack_runs_is_named_by_its_template(tmp_path):
 
     assert {p: routes_by_prefix(paths.scheduler_profile(p)) for p in paths.scheduler_profiles()} == {
         "default-plugins": True, "load-only": False, "precise": True, "prefix-active": True, "prefix-only": True,
-        "random": False, "round-robin": False}
+        "random": False, "round-robin": False, "optimized-baseline": True, "optimized-baseline-output-aware": True,
+        "precise-prefix-cache-routing": True}
     assert profile_name(paths.scheduler_profile("load-only")) == "load-only"
     # The local target runs the precise profile from a copy wired to the stack's event port.
     wired = kv_events.wire(paths.scheduler_profile("precise"), "127.0.0.1", 9000, 2, "m", tmp_path / "s.yaml")

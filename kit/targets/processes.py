@@ -279,7 +279,9 @@ def _signal_group(pid: int, sig: int) -> None:
 
 
 def _group_alive(pgid: int) -> bool:
-    """Whether any process of the group ``pgid`` is left (the leader reaped first, if it is our child)."""
+    """Whether any process of the group ``pgid`` still runs (the leader reaped first, if it is our child). Zombies
+    do not count: a server started by an earlier ``kit`` command is another process's child once that command
+    exits, and whoever reaps it may take seconds to."""
     _reap(pgid)
     try:
         os.killpg(pgid, 0)
@@ -287,7 +289,18 @@ def _group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stats = [d / "stat" for d in Path("/proc").iterdir() if d.name.isdigit()]
+    except OSError:
+        return True  # no /proc to tell zombies apart: the group is alive
+    for stat in stats:
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def stop(proc: Proc, grace: float | None = None, waiting: Callable[[], None] | None = None) -> bool:

@@ -49,3 +49,31 @@ def test_no_code_outside_the_factory_asks_whether_the_target_is_local():
             if asks.search(line):
                 offenders.append(f"{f.relative_to(ROOT)}:{i}: {line.strip()}")
     assert offenders == []
+
+
+def test_a_group_left_with_only_a_zombie_is_not_alive():
+    """A server started by an earlier kit command is reparented when that command exits; once stopped, it is a
+    zombie until whoever adopted it reaps it, which may take seconds: stop must not wait for that."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from kit.targets.processes import _group_alive
+
+    # The parent starts a child in a session of its own that exits at once, and never reaps it.
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time\n"
+                               "p = subprocess.Popen(['true'], start_new_session=True)\n"
+                               "print(p.pid, flush=True)\ntime.sleep(30)"], stdout=subprocess.PIPE, text=True)
+    try:
+        zombie = int(parent.stdout.readline())
+        deadline = time.monotonic() + 10
+        stat = Path(f"/proc/{zombie}/stat")
+        while stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert not _group_alive(zombie)
+        assert _group_alive(os.getpgid(0))  # this test's own group runs
+    finally:
+        parent.kill()
+        parent.wait()

@@ -150,6 +150,7 @@ def vllm_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             yield stack
         finally:
             if not reuse:
+                mp.setenv("KIT_STATE_DIR", str(state_dir))  # as deployed, whatever a test left in the environment
                 target.destroy()
                 left = _marked_anywhere(str(target.state_file))
                 assert not left, f"processes of the stack still run after destroy: {left}"

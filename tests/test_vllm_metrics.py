@@ -60,7 +60,7 @@ vllm:cache_config_info{block_size="16",engine="1",num_gpu_blocks="2000"} 1.0
 
 
 def test_a_metric_with_several_series_reads_the_first_as_upstream_does():
-    """#9 item 2: a data-parallel pod's KV usage 0.5 and 0.6 is not 1.1; counters are pod totals."""
+    """A data-parallel pod's KV usage 0.5 and 0.6 is not 1.1; counters are pod totals."""
     m = parse_vllm_metrics(DATA_PARALLEL)
     assert (m.kv_usage, m.waiting, m.running, m.num_gpu_blocks) == (0.5, 2.0, 1.0, 1000)
     assert m.prefix_queries == 400.0

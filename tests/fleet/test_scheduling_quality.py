@@ -1,4 +1,4 @@
-"""Issue #12's scheduling-quality bar on the virtual clock, with the local stack's servers (4 replicas, 512 KV
+"""The scheduling-quality bar on the virtual clock, with the local stack's servers (4 replicas, 512 KV
 blocks, 16 sequences, time scale 4): the kit-only ``prefix-active`` profile reaches 0.9 of the ideal hit rate
 under cache pressure and keeps TTFT p90 at or below round-robin's, and with no shared prefix keeps level with
 round-robin where the guide's default herds between metric scrapes (docs/results/scheduling.md)."""

@@ -1,5 +1,5 @@
 """The gateway's own HTTP/1.1 server (``kit.gateway.front``) over raw sockets, against a real ``kit gateway``
-process: what aiohttp's server did for it before issue #12 (pipelining, chunked and compressed bodies,
+process: what aiohttp's server did for it when the gateway ran on aiohttp (pipelining, chunked and compressed bodies,
 ``HEAD``, HTTP/1.0, requests in pieces) and what it does better (a body announced too large is refused
 before it is sent)."""
 

@@ -1,4 +1,4 @@
-"""Property-based fuzzing of request parsing in ``kit gateway`` and ``kit sim`` (issue #13): generated
+"""Property-based fuzzing of request parsing in ``kit gateway`` and ``kit sim``: generated
 bodies and headers, sent over real sockets to real processes. Every answer must be a 2xx or a JSON
 4xx, and the servers must keep answering. 5,000 requests to each server (slow suite).
 """

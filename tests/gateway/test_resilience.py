@@ -1,4 +1,4 @@
-"""A hung or slow model server behind a real gateway: health, timeouts and retries (issue #13 item 2, #9 item 6)."""
+"""A hung or slow model server behind a real gateway: health, timeouts and retries."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """How both kit servers (``start_app`` in kit/http.py) treat connections, malformed HTTP and malformed bodies,
-over real sockets to real ``kit sim`` and ``kit gateway`` processes (issue #13 items 3, 9 and 10)."""
+over real sockets to real ``kit sim`` and ``kit gateway`` processes: bad input gets a clear answer and
+never takes a server down."""
 
 from __future__ import annotations
 

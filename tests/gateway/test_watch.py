@@ -1,4 +1,4 @@
-"""``Datastore.watch`` behaves as ``asyncio.timeout`` did before it replaced it (issue #12, the request path):
+"""``Datastore.watch`` behaves as ``asyncio.timeout`` did before it replaced it on the request path:
 expiring times the block out, a block that ends first is left alone, and a cancellation from elsewhere
 stays a cancellation."""
 

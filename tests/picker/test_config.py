@@ -135,7 +135,7 @@ def test_both_api_versions_load(api_version):
 
 @pytest.mark.parametrize("text", ["", "  \n", "# only a comment\n"], ids=["empty", "blank", "comment"])
 def test_an_empty_config_is_upstream_builtin_default(text):
-    """#9 item 4: GIE v1.4.0 loads its default config when given none."""
+    """GIE v1.4.0 loads its default config when given none."""
     cfg = load_picker_config(text)
     [profile] = cfg.scheduler.profiles.values()
     assert profile.name == "default"
@@ -145,7 +145,7 @@ def test_an_empty_config_is_upstream_builtin_default(text):
 
 
 def test_a_profile_without_a_picker_gets_the_first_configured_picker():
-    """#9 item 4: upstream reuses a configured picker rather than adding max-score-picker."""
+    """Upstream reuses a configured picker rather than adding max-score-picker."""
     cfg = load("""
         plugins: [{type: queue-scorer}, {type: random-picker}, {type: weighted-random-picker}]
         schedulingProfiles:

@@ -140,7 +140,7 @@ def test_requests_longer_than_the_model_length_are_refused():
 
 
 def test_a_model_length_the_kv_cache_cannot_hold_is_a_config_error():
-    """#13 item 5: like vLLM, the simulator refuses to start when one max-length sequence cannot fit."""
+    """Like vLLM, the simulator refuses to start when one max-length sequence cannot fit."""
     with pytest.raises(ValidationError, match=re.escape(
             "max_model_len: one sequence of 40960 tokens needs 2560 KV blocks, but the cache holds 512 (8192 tokens); "
             "set max_model_len to at most 8192")):
@@ -156,7 +156,7 @@ def _environments():
 
 @pytest.mark.parametrize("name", [n for n, env in _environments() if env.local is not None])
 def test_a_request_without_max_tokens_works_on_every_shipped_local_environment(name):
-    """#13 item 5: the server gives such a request max_model_len − prompt tokens, as vLLM does."""
+    """The server gives such a request max_model_len − prompt tokens, as vLLM does."""
     env = dict(_environments())[name]
     cfg = SimConfig(**env.local.simulator)
     e = Engine(cfg)

@@ -1,4 +1,4 @@
-"""Over-long prompts are refused cheaply and never stall the simulator (issue #13 item 4)."""
+"""Over-long prompts are refused cheaply and never stall the simulator."""
 
 from __future__ import annotations
 

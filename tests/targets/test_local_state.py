@@ -74,7 +74,7 @@ def test_status_and_destroy_from_another_directory_see_the_stack(tmp_path):
 
 @pytest.mark.slow
 def test_a_notebook_kernel_and_the_cli_at_the_repository_root_see_the_same_stack(tmp_path):
-    """Issue 14: the kernel runs in ``notebooks/`` (or ``out/``), the participant's terminal at the root."""
+    """The kernel runs in ``notebooks/`` (or ``out/``), the participant's terminal at the root."""
     env = clean_env(XDG_STATE_HOME=str(tmp_path / "xdg"))
     port = free_port_block(3)
     kernel = ("import json, kit; s = kit.session('local'); st = s.status(); "

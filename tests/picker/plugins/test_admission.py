@@ -87,7 +87,7 @@ def test_the_filter_fails_open():
 
 
 def test_a_hung_server_leaves_the_candidates_once_its_metrics_go_stale():
-    """#13 item 2, the picker's half: with the detector as a filter, stale metrics take an endpoint out."""
+    """The picker's half of a hung server: with the detector as a filter, stale metrics take an endpoint out."""
     clock = Clock()
     cfg = load_picker_config(HEAD + """
 plugins: [{type: utilization-detector}, {type: queue-scorer}]

@@ -40,7 +40,7 @@ def score(s, req, eps):
 
 
 def test_the_issue_reproduction_picks_the_endpoint_holding_the_prefix():
-    """#9 item 1: weights queue 2 / KV 2 / prefix 3; A has 3 waiting, B none; A served a 100-character
+    """Weights queue 2 / KV 2 / prefix 3; A has 3 waiting, B none; A served a 100-character
     prompt sharing its first 64 characters with the new one. Full blocks only: A's prefix scores 1.0."""
     sched = load_picker_file(ROOT / "templates/scheduler/default-plugins.yaml").scheduler
     a, b = ep("a:8000"), ep("b:8000")
@@ -195,7 +195,7 @@ def test_upstream_auto_tune_disabled_uses_the_parameters():
 
 
 def test_auto_tune_reads_the_block_size_of_the_first_candidate_only():
-    """#9 item 5: GIE v1.4.0 looks at the first endpoint; if it reports no block size, the parameter applies."""
+    """GIE v1.4.0 looks at the first endpoint; if it reports no block size, the parameter applies."""
     s = scorer()
     silent, reporting = ep("a:1"), ep("b:1", block_size=4)
     _, state = score(s, request("z" * 256), [silent, reporting])
@@ -205,7 +205,7 @@ def test_auto_tune_reads_the_block_size_of_the_first_candidate_only():
 
 
 def test_auto_tune_takes_the_capacity_from_num_gpu_blocks_alone():
-    """#9 item 5: the chosen endpoint's num_gpu_blocks sizes its LRU even without a block size."""
+    """The chosen endpoint's num_gpu_blocks sizes its LRU even without a block size."""
     s = scorer()
     a = ep("a:1", blocks=2)
     _, state = score(s, request("z" * 256), [a])

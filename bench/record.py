@@ -63,9 +63,11 @@ def command_line(argv: list[str] | None = None) -> str:
 
 def write_record(family: str, name: str, title: str, *, notes: str, table: dict | None = None,
                  figures: dict | None = None, results: Path | None = None, argv: list[str] | None = None,
-                 date: datetime.date | None = None, load: float | str | None = None) -> Path:
+                 date: datetime.date | None = None, load: float | str | None = None,
+                 command: str | None = None) -> Path:
     """Write one run's record and return its path; ``table`` is ``{"columns": [...], "rows": [[...]]}``.
-    ``load`` defaults to the 1-minute load average now (pass e.g. "0.9–1.4" for a range seen during the run)."""
+    ``load`` defaults to the 1-minute load average now (pass e.g. "0.9–1.4" for a range seen during the run);
+    ``command`` to how this process was started (``argv``)."""
     if table is None and figures is None:
         raise ValueError("a record needs a table or figures")
     folder = (results or ROOT / "bench/results") / family
@@ -77,7 +79,7 @@ def write_record(family: str, name: str, title: str, *, notes: str, table: dict 
     record = {"family": family, "name": name, "title": title, "date": day}
     if seq > 1:
         record["seq"] = seq
-    record |= {"machine": machine(), "command": command_line(argv), "commit": commit(),
+    record |= {"machine": machine(), "command": command or command_line(argv), "commit": commit(),
                "load": round(os.getloadavg()[0], 1) if load is None else load}
     if table is not None:
         record["table"] = table

@@ -175,8 +175,9 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def stack(tmp_path_factory):
+    """Two simulators and a gateway, for one test: each fuzz test has its own, so the two can run side by side."""
     logs = tmp_path_factory.mktemp("fuzz")
     started = []
     try:

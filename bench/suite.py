@@ -1,0 +1,84 @@
+"""How long ``make test`` takes, and where the time goes, from the JUnit XML of whole-suite runs.
+
+Run the suite with a report, twice on a quiet machine, then summarise (``--record`` writes the record that
+``make results`` renders into docs/results/test-suite.md)::
+
+    KIT_REQUIRE_VLLM=1 make test PYTEST_ARGS=--junitxml=build/suite-1.xml
+    KIT_REQUIRE_VLLM=1 make test PYTEST_ARGS=--junitxml=build/suite-2.xml
+    .venv/bin/python bench/suite.py build/suite-1.xml build/suite-2.xml [--record] [--before "serial=1426,1512"]
+
+A run's wall time is pytest's own (the lint before it takes a few seconds). The real-vLLM tests (``tests/contract``,
+one worker, one set of vLLM servers) are summed apart, setup and teardown included: they have a budget of their
+own. Under two workers the other tests' sum is more than their share of the wall time; the wall time is what a
+user waits for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from record import command_line, write_record
+
+VLLM = "tests/contract/"
+
+
+def read(path: Path) -> dict:
+    """The wall time, the outcome counts, the real-vLLM tests' summed time and every test's time of one run."""
+    suite = ET.parse(path).getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    tests = {}
+    for case in suite.iter("testcase"):
+        node = case.get("classname", "").replace(".", "/") + ".py::" + case.get("name", "")
+        tests[node] = tests.get(node, 0.0) + float(case.get("time", 0))
+    counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    return {"wall": float(suite.get("time")), "counts": counts, "tests": tests,
+            "vllm": sum(t for n, t in tests.items() if n.startswith(VLLM))}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", type=Path, help="JUnit XML of whole-suite runs (pytest --junitxml)")
+    ap.add_argument("--before", default="", help="earlier wall times to show beside, e.g. 'serial=1426,1512'")
+    ap.add_argument("--top", type=int, default=12, help="how many of the slowest tests to list")
+    ap.add_argument("--quick", action="store_true", help="the runs are `make quick`'s (the record says so)")
+    ap.add_argument("--record", action="store_true",
+                    help="write bench/results/test-suite/<date>-make-test.json (or -make-quick.json)")
+    ap.add_argument("--load", help="the load average seen during the runs, e.g. '1.9–2.6' (default: now)")
+    args = ap.parse_args(argv)
+    runs = [read(p) for p in args.runs]
+    for p, r in zip(args.runs, runs, strict=True):
+        c = r["counts"]
+        print(f"{p}: {r['wall']:.0f} s, {c['tests']} tests, {c['failures']} failed, {c['errors']} errors, "
+              f"{c['skipped']} skipped; real-vLLM tests {r['vllm']:.0f} s")
+    rows = []
+    if args.before:
+        label, _, walls = args.before.partition("=")
+        rows += [[f"before ({label}), run {i}", float(w), "", ""] for i, w in enumerate(walls.split(","), 1)]
+    rows += [[f"after, run {i}", round(r["wall"]), round(r["vllm"]), r["counts"]["tests"]]
+             for i, r in enumerate(runs, 1)]
+    median = {n: statistics.median(r["tests"].get(n, 0.0) for r in runs) for n in runs[0]["tests"]}
+    slowest = sorted(median.items(), key=lambda kv: -kv[1])[: args.top]
+    for node, t in slowest:
+        print(f"{t:7.1f} s  {node}")
+    if not args.record:
+        return
+    failed = sum(r["counts"]["failures"] + r["counts"]["errors"] for r in runs)
+    if failed:
+        sys.exit(f"not recording: {failed} tests failed or errored")
+    make = "make quick" if args.quick else "make test"
+    write_record(
+        "test-suite", make.replace(" ", "-"), f"`{make}`: wall time",
+        table={"columns": ["run", "pytest wall time (s)", "real-vLLM tests, summed (s)", "tests"], "rows": rows},
+        notes=("The slowest tests (median of the runs, setup and teardown included, s): "
+               + "; ".join(f"`{n.split('::')[-1]}` {t:.0f}" for n, t in slowest) + "."),
+        load=args.load, command="\n".join(
+            [f"{'' if args.quick else 'KIT_REQUIRE_VLLM=1 '}{make} PYTEST_ARGS=--junitxml={p}" for p in args.runs]
+            + [command_line()]))
+
+
+if __name__ == "__main__":
+    main()

@@ -3,9 +3,11 @@
 PY ?= .venv/bin/python
 OUT ?= out
 PYTEST_ARGS ?=
-# The suite on two workers (pytest-xdist; tests/conftest.py keeps tests that share servers on one of them);
-# TEST_WORKERS=0 runs it in one process.
+# The suite on two workers (pytest-xdist; tests/conftest.py keeps tests that share servers on one of them),
+# then the tests marked `exclusive` alone; TEST_WORKERS=0 runs the first part in one process too.
+# JUNIT=build/suite-1 writes build/suite-1-parallel.xml and -exclusive.xml (bench/suite.py reads them).
 TEST_WORKERS ?= 2
+JUNIT ?=
 
 .PHONY: demo test quick lint lab bench bench-routers docs clean venv helm vllm
 
@@ -28,7 +30,9 @@ demo: venv
 test: venv
 	$(PY) -m ruff check kit tests bench
 	$(PY) -c "from importlinter.cli import lint_imports_command; lint_imports_command()"
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not cluster and not exclusive" $(PYTEST_ARGS) \
+		$(if $(JUNIT),--junitxml=$(JUNIT)-parallel.xml)
+	$(PY) -m pytest -m exclusive $(PYTEST_ARGS) $(if $(JUNIT),--junitxml=$(JUNIT)-exclusive.xml) || [ $$? -eq 5 ]
 
 # JupyterLab on the walkthrough, on loopback, with the kit's settings (jupyter/overrides.json: no news pop-up,
 # widgets saved with the notebook; jupyter/jupyter_server_config.json: figures saved without PNG snapshots).

@@ -1,16 +1,16 @@
 """How long ``make test`` takes, and where the time goes, from the JUnit XML of whole-suite runs.
 
-Run the suite with a report, twice on a quiet machine, then summarise (``--record`` writes the record that
+Run the suite with reports, twice on a quiet machine, then summarise (``--record`` writes the record that
 ``make results`` renders into docs/results/test-suite.md)::
 
-    KIT_REQUIRE_VLLM=1 make test PYTEST_ARGS=--junitxml=build/suite-1.xml
-    KIT_REQUIRE_VLLM=1 make test PYTEST_ARGS=--junitxml=build/suite-2.xml
-    .venv/bin/python bench/suite.py build/suite-1.xml build/suite-2.xml [--record] [--before "serial=1426,1512"]
+    KIT_REQUIRE_VLLM=1 make test JUNIT=build/suite-1      # build/suite-1-parallel.xml and -exclusive.xml
+    KIT_REQUIRE_VLLM=1 make test JUNIT=build/suite-2
+    .venv/bin/python bench/suite.py build/suite-1 build/suite-2 [--record] [--before "serial=1426,1512"]
 
-A run's wall time is pytest's own (the lint before it takes a few seconds). The real-vLLM tests (``tests/contract``,
-one worker, one set of vLLM servers) are summed apart, setup and teardown included: they have a budget of their
-own. Under two workers the other tests' sum is more than their share of the wall time; the wall time is what a
-user waits for.
+A run's wall time is pytest's own, over its parts (the lint before them takes a few seconds). The real-vLLM
+tests (``tests/contract``, one worker, one set of vLLM servers) are summed apart, setup and teardown included:
+they have a budget of their own. Under two workers the tests' times add up to more than the wall time, which is
+what a user waits for.
 """
 
 from __future__ import annotations
@@ -26,22 +26,30 @@ from record import command_line, write_record
 VLLM = "tests/contract/"
 
 
-def read(path: Path) -> dict:
-    """The wall time, the outcome counts, the real-vLLM tests' summed time and every test's time of one run."""
-    suite = ET.parse(path).getroot()
-    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
-    tests = {}
-    for case in suite.iter("testcase"):
-        node = case.get("classname", "").replace(".", "/") + ".py::" + case.get("name", "")
-        tests[node] = tests.get(node, 0.0) + float(case.get("time", 0))
-    counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
-    return {"wall": float(suite.get("time")), "counts": counts, "tests": tests,
+def read(prefix: Path) -> dict:
+    """The wall time, the outcome counts, the real-vLLM tests' summed time and every test's time of one run, from
+    its reports ``<prefix>-*.xml`` (or the one file ``prefix``)."""
+    parts = [prefix] if prefix.is_file() else sorted(prefix.parent.glob(f"{prefix.name}-*.xml"))
+    if not parts:
+        sys.exit(f"no JUnit report {prefix} or {prefix}-*.xml")
+    tests: dict[str, float] = {}
+    counts = dict.fromkeys(("tests", "failures", "errors", "skipped"), 0)
+    wall = 0.0
+    for part in parts:
+        suite = ET.parse(part).getroot()
+        suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+        for case in suite.iter("testcase"):
+            node = case.get("classname", "").replace(".", "/") + ".py::" + case.get("name", "")
+            tests[node] = tests.get(node, 0.0) + float(case.get("time", 0))
+        counts = {k: v + int(suite.get(k, 0)) for k, v in counts.items()}
+        wall += float(suite.get("time"))
+    return {"wall": wall, "counts": counts, "tests": tests,
             "vllm": sum(t for n, t in tests.items() if n.startswith(VLLM))}
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", nargs="+", type=Path, help="JUnit XML of whole-suite runs (pytest --junitxml)")
+    ap.add_argument("runs", nargs="+", type=Path, help="whole-suite runs: make test's JUNIT prefixes (or XML files)")
     ap.add_argument("--before", default="", help="earlier wall times to show beside, e.g. 'serial=1426,1512'")
     ap.add_argument("--top", type=int, default=12, help="how many of the slowest tests to list")
     ap.add_argument("--quick", action="store_true", help="the runs are `make quick`'s (the record says so)")
@@ -76,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         notes=("The slowest tests (median of the runs, setup and teardown included, s): "
                + "; ".join(f"`{n.split('::')[-1]}` {t:.0f}" for n, t in slowest) + "."),
         load=args.load, command="\n".join(
-            [f"{'' if args.quick else 'KIT_REQUIRE_VLLM=1 '}{make} PYTEST_ARGS=--junitxml={p}" for p in args.runs]
+            [f"KIT_REQUIRE_VLLM=1 make test JUNIT={p}" if not args.quick else f"make quick PYTEST_ARGS=--junitxml={p}"
+             for p in args.runs]
             + [command_line()]))
 
 

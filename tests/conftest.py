@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kit.manifests.validate import SHIPPED_SCHEMAS
-from kit.targets.processes import Proc, free_port, spawn, stop
+from kit.targets.processes import PORTS_ENV, Proc, free_port, port_range, spawn, stop
 
 # The pinned upstream CRD schemas the kit ships and validates against by default.
 SCHEMAS = SHIPPED_SCHEMAS
@@ -56,6 +56,19 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
 # ``xdist_group`` marks by renaming node ids, which pytest 9.2 no longer allows; the scheduler here asks
 # ``group_of`` instead.)
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _ports_of_this_worker() -> None:
+    """Each xdist worker (and every process it starts) looks for free ports in a range of its own, so that two
+    tests never pick the same port in the moment before their servers bind it."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if worker:
+        lo, hi = port_range()
+        width, i = (hi - lo) // count, int(worker.removeprefix("gw"))
+        os.environ[PORTS_ENV] = f"{lo + i * width}-{lo + (i + 1) * width - 1}"
+
+
+_ports_of_this_worker()
 
 
 def group_of(nodeid: str) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kit.targets.processes import free_port
+from kit.targets.processes import free_port_block
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,7 +72,7 @@ def test_a_wheel_installs_in_a_fresh_venv_and_deploys_from_another_folder(tmp_pa
     env |= {"KIT_STATE_DIR": str(tmp_path / "state"), "PATH": f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"}
     envs = run([kit, "envs"], cwd=elsewhere, env=env)
     assert "local" in envs and "istio" in envs
-    port = free_port()
+    port = free_port_block(3)  # the gateway's port and those after it that the deploy takes
     try:
         out = run([kit, "deploy", "-e", "local", "--replicas", "1", "--port", str(port)], cwd=elsewhere, env=env)
         assert f"http://127.0.0.1:{port}" in out

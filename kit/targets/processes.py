@@ -35,12 +35,12 @@ from kit.errors import KitError
 from kit.http import DEFAULT_DRAIN_GRACE, DRAIN_ENV, INSTANCE_ENV, INSTANCE_HEADER, drain_grace
 from kit.vllm_metrics import EndpointMetrics, parse_vllm_metrics
 
+PORTS_ENV = "KIT_PORTS"  # LO-HI: where free ports are looked for (the test suite gives each worker its own)
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A TCP port that was free a moment ago (see ``free_port_block``)."""
+    return free_port_block(1, host)
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
@@ -48,18 +48,42 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def free_port_block(n: int) -> int:
-    """A base port such that base..base+n-1 are all free right now, below the kernel's ephemeral range (a
-    client connection anywhere on the machine can hold a port in that range, and a server then fails to bind)."""
+def _bindable(port: int, host: str) -> bool:
+    """Nothing listens on the port, and no connection lingers on it (a bind without SO_REUSEADDR succeeds)."""
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def port_range() -> tuple[int, int]:
+    """Where free ports are looked for (both ends included): ``$KIT_PORTS``, else from 20000 up to the kernel's
+    ephemeral range."""
+    spec = os.environ.get(PORTS_ENV)
+    if spec:
+        lo, _, hi = spec.partition("-")
+        if not (lo.isdigit() and hi.isdigit() and 0 < int(lo) < int(hi) < 65536):
+            raise KitError(f"${PORTS_ENV} must read LO-HI with 0 < LO < HI < 65536, e.g. 20000-26000; not {spec!r}")
+        return int(lo), int(hi)
     try:
-        top = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]) - n
+        top = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
-        top = 32768 - n
+        top = 32768
+    return 20000, max(top, 21000) - 1
+
+
+def free_port_block(n: int, host: str = "127.0.0.1") -> int:
+    """A base port such that base..base+n-1 are all free right now, from ``$KIT_PORTS`` (``LO-HI``) or else
+    between 20000 and the kernel's ephemeral range: a client connection anywhere on the machine can hold a port
+    in that range, and a server then fails to bind."""
+    lo, hi = port_range()
     for _ in range(200):
-        base = random.randint(20000, max(top, 21000))
-        if all(not port_in_use(base + i) for i in range(n)):
+        base = random.randint(lo, max(lo, hi - n + 1))
+        if all(_bindable(base + i, host) for i in range(n)):
             return base
-    raise KitError(f"no block of {n} free ports found between 20000 and {max(top, 21000) + n}")
+    raise KitError(f"no block of {n} free ports found between {lo} and {hi}")
 
 
 def healthy(url: str, timeout: float = 1.0, instance: str | None = None) -> bool:

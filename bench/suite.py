@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     if args.before:
         label, _, walls = args.before.partition("=")
-        rows += [[f"before ({label}), run {i}", float(w), "", ""] for i, w in enumerate(walls.split(","), 1)]
+        rows += [[f"before ({label}), run {i}", int(w), "", ""] for i, w in enumerate(walls.split(","), 1)]
     rows += [[f"after, run {i}", round(r["wall"]), round(r["vllm"]), r["counts"]["tests"]]
              for i, r in enumerate(runs, 1)]
     median = {n: statistics.median(r["tests"].get(n, 0.0) for r in runs) for n in runs[0]["tests"]}

@@ -215,6 +215,7 @@ def test_a_saved_notebook_keeps_its_figures_as_json_and_drops_their_png_snapshot
 
 
 @needs_chromium
+@pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_a_participant_picks_deploys_and_sees_figures(lab, monkeypatch, tmp_path):
     from playwright.sync_api import sync_playwright

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     if args.before:
         label, _, walls = args.before.partition("=")
-        rows += [[f"before ({label}), run {i}", int(w), "", ""] for i, w in enumerate(walls.split(","), 1)]
+        rows += [[f"before ({label}), run {i}", int(w), "(not summed)", ""] for i, w in enumerate(walls.split(","), 1)]
     rows += [[f"after, run {i}", round(r["wall"]), round(r["vllm"]), r["counts"]["tests"]]
              for i, r in enumerate(runs, 1)]
     median = {n: statistics.median(r["tests"].get(n, 0.0) for r in runs) for n in runs[0]["tests"]}
@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     write_record(
         "test-suite", make.replace(" ", "-"), f"`{make}`: wall time",
         table={"columns": ["run", "pytest wall time (s)", "real-vLLM tests, summed (s)", "tests"], "rows": rows},
+        figures={"pytest wall time (s)": " / ".join(f"{r['wall']:.0f}" for r in runs),
+                 "real-vLLM tests, summed (s)": " / ".join(f"{r['vllm']:.0f}" for r in runs)},
         notes=("The slowest tests (median of the runs, setup and teardown included, s): "
                + "; ".join(f"`{n.split('::')[-1]}` {t:.0f}" for n, t in slowest) + "."),
         load=args.load, command="\n".join(

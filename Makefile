@@ -3,10 +3,11 @@
 PY ?= .venv/bin/python
 OUT ?= out
 PYTEST_ARGS ?=
-# The suite on two workers (pytest-xdist; tests/conftest.py keeps tests that share servers on one of them),
-# then the tests marked `exclusive` alone; TEST_WORKERS=0 runs the first part in one process too.
+# The suite on three workers (pytest-xdist; tests/conftest.py keeps tests that share servers on one of them),
+# then the tests marked `exclusive` alone; TEST_WORKERS=0 runs the first part in one process too. Three on two
+# cores: many tests spend part of their time waiting on servers' modelled latency, and a third worker fills it.
 # JUNIT=build/suite-1 writes build/suite-1-parallel.xml and -exclusive.xml (bench/suite.py reads them).
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 JUNIT ?=
 
 .PHONY: demo test quick lint lab bench bench-routers docs clean venv helm vllm

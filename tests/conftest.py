@@ -51,8 +51,8 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
         stop(proc)
 
 
-# ---------------------------------------------------------------------------------- two cores, two workers
-# ``make test`` runs ``pytest -n 2 --dist loadgroup`` with the groups below. (pytest-xdist 3.8 reads groups from
+# ------------------------------------------------------------------------------------------- parallel workers
+# ``make test`` runs ``pytest -n 3 --dist loadgroup`` with the groups below. (pytest-xdist 3.8 reads groups from
 # ``xdist_group`` marks by renaming node ids, which pytest 9.2 no longer allows; the scheduler here asks
 # ``group_of`` instead.)
 ROOT = Path(__file__).resolve().parents[1]

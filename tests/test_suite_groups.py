@@ -1,4 +1,4 @@
-"""How ``make test`` splits the suite between its two workers (the scheduler in tests/conftest.py)."""
+"""How ``make test`` splits the suite between its workers (the scheduler in tests/conftest.py)."""
 
 from __future__ import annotations
 

@@ -25,18 +25,31 @@ from __future__ import annotations
 import copy
 import functools
 import re
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-import kubernetes_validate
 import yaml
-from kubernetes_validate.utils import SchemaNotFoundError
 
 from kit.errors import NotReadyError
 from kit.manifests.environments import Environment
 from kit.manifests.render import RELEASE, WAIVERS, Rendered, render
+
+# jsonschema registers its format checkers at import, and the IRI one (rfc3987-syntax, when installed: JupyterLab
+# brings it) compiles a Lark grammar, a second or more of every `kit` command's start-up. The kit validates no
+# string formats, so that module is kept from loading here (unless something loaded it already).
+_IRI = "rfc3987_syntax"
+_block_iri = _IRI not in sys.modules
+if _block_iri:
+    sys.modules[_IRI] = None  # type: ignore[assignment]  # makes its import fail, as if it were not installed
+try:
+    import jsonschema
+    import kubernetes_validate
+    from kubernetes_validate.utils import SchemaNotFoundError
+finally:
+    if _block_iri and sys.modules.get(_IRI, 0) is None:
+        del sys.modules[_IRI]
 
 K8S_VERSION = "1.34.0"
 SHIPPED_SCHEMAS = Path(__file__).resolve().parent / "schemas"
@@ -90,7 +103,7 @@ class CrdSchemas:
     def from_dir(cls, folder: str | Path) -> CrdSchemas:
         out = cls()
         for f in sorted(Path(folder).glob("*.y*ml")):
-            for doc in yaml.safe_load_all(f.read_text()):
+            for doc in yaml.load_all(f.read_text(), Loader=yaml.CSafeLoader):  # libyaml: CRDs are big
                 if isinstance(doc, dict):
                     out.add_crd(doc)
         return out

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -171,3 +173,11 @@ def test_validate_cli_lists_every_problem_and_exits_1(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "kit", "validate", "-e", "istio", "--set", "replicas=-1"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "replicas: Input should be greater than or equal to 1" in bad.stderr
+
+
+def test_the_validator_starts_without_jsonschemas_iri_checker_and_leaves_it_importable():
+    """That checker compiles a grammar at import (a second of every `kit` command's start-up); the kit checks no
+    string formats. Anything that wants the module later still gets it."""
+    code = ("import sys, kit.manifests.validate as v; assert 'rfc3987_syntax' not in sys.modules; "
+            "assert v.jsonschema.Draft202012Validator({'type': 'object'}).is_valid({})")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

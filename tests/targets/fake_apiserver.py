@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import json
 import re
 import threading
@@ -129,6 +130,14 @@ def _matches(selector: str, labels: dict[str, str]) -> bool:
     return True
 
 
+@functools.cache
+def _crds(folder: str) -> tuple[dict[str, Any], ...]:
+    """The CRDs in a folder's YAML files, parsed once per process (libyaml's parser: they are megabytes)."""
+    docs = (doc for f in sorted(Path(folder).glob("*.yaml"))
+            for doc in yaml.load_all(f.read_text(), Loader=yaml.CSafeLoader))
+    return tuple(d for d in docs if d and d.get("kind") == "CustomResourceDefinition")
+
+
 def _cond(kind: str, ok: bool, reason: str) -> dict[str, Any]:
     return {"type": kind, "status": "True" if ok else "False", "reason": reason, "message": reason,
             "lastTransitionTime": "2026-01-01T00:00:00Z"}
@@ -165,11 +174,9 @@ class FakeCluster:
         return path
 
     def install_crds(self, folder: str | Path, only: tuple[str, ...] = ()) -> None:
-        for f in sorted(Path(folder).glob("*.yaml")):
-            for doc in yaml.safe_load_all(f.read_text()):
-                if doc and doc.get("kind") == "CustomResourceDefinition" and (
-                        not only or doc["spec"]["group"] in only):
-                    self.create(doc)
+        for doc in _crds(str(folder)):
+            if not only or doc["spec"]["group"] in only:
+                self.create(doc)  # a copy: the parsed documents are shared between fakes
 
     def serve_kind(self, group: str, version: str, plural: str, kind: str, namespaced: bool = True) -> None:
         """Serve a custom kind without its CRD document (for CRDs the kit does not ship in kit/manifests/schemas)."""

@@ -85,13 +85,14 @@ def test_free_ports_come_from_kit_ports_and_skip_a_port_a_server_holds(monkeypat
     from kit.errors import KitError
     from kit.targets.processes import PORTS_ENV, free_port, free_port_block
 
-    monkeypatch.setenv(PORTS_ENV, "23100-23103")
+    lo = free_port_block(4)  # four ports no other test can take: from this worker's own range
+    monkeypatch.setenv(PORTS_ENV, f"{lo}-{lo + 3}")
     with socket.socket() as held:
-        held.bind(("127.0.0.1", 23100))
+        held.bind(("127.0.0.1", lo))
         held.listen()
-        assert {free_port() for _ in range(30)} <= {23101, 23102, 23103}
-        assert free_port_block(3) == 23101
-        with pytest.raises(KitError, match="no block of 4 free ports found between 23100 and 23103"):
+        assert {free_port() for _ in range(30)} <= {lo + 1, lo + 2, lo + 3}
+        assert free_port_block(3) == lo + 1
+        with pytest.raises(KitError, match=f"no block of 4 free ports found between {lo} and {lo + 3}"):
             free_port_block(4)
     monkeypatch.setenv(PORTS_ENV, "9000")
     with pytest.raises(KitError, match=r"\$KIT_PORTS must read LO-HI"):

@@ -29,6 +29,7 @@ import aiohttp
 import yaml
 from aiohttp import web
 
+from kit.manifests.validate import FAST_YAML_LOADER
 from kit.targets.processes import free_port
 
 
@@ -132,9 +133,9 @@ def _matches(selector: str, labels: dict[str, str]) -> bool:
 
 @functools.cache
 def _crds(folder: str) -> tuple[dict[str, Any], ...]:
-    """The CRDs in a folder's YAML files, parsed once per process (libyaml's parser: they are megabytes)."""
+    """The CRDs in a folder's YAML files, parsed once per process."""
     docs = (doc for f in sorted(Path(folder).glob("*.yaml"))
-            for doc in yaml.load_all(f.read_text(), Loader=yaml.CSafeLoader))
+            for doc in yaml.load_all(f.read_text(), Loader=FAST_YAML_LOADER))
     return tuple(d for d in docs if d and d.get("kind") == "CustomResourceDefinition")
 
 

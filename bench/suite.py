@@ -8,6 +8,7 @@ Run the suite with reports, twice on a quiet machine, then summarise (``--record
     KIT_VLLM_PYTHON=/nowhere make test JUNIT=build/bare-1    # vLLM not found: its tests skip
     .venv/bin/python bench/suite.py build/suite-1 build/suite-2 [--without-vllm build/bare-1] [--record] \
         [--before "one process=1426,1512"] [--before "two workers=593"]
+    make quick JUNIT=build/quick-1 && .venv/bin/python bench/suite.py build/quick-1 --quick   # the fast loop
 
 A run's wall time is pytest's own, over its parts (the lint before them takes a few seconds). The real-vLLM
 tests (``tests/contract``, one worker, one set of vLLM servers) are summed apart, setup and teardown included:
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
                                      "included, s): " + "; ".join(f"`{n.split('::')[-1]}` {t:.0f}" for n, t in slowest)
                                      + "."])),
         load=args.load, command="\n".join(
-            [f"KIT_REQUIRE_VLLM=1 make test JUNIT={p}" if not args.quick else f"make quick PYTEST_ARGS=--junitxml={p}"
+            [f"KIT_REQUIRE_VLLM=1 make test JUNIT={p}" if not args.quick else f"make quick JUNIT={p}"
              for p in args.runs]
             + [f"KIT_VLLM_PYTHON=/nowhere make test JUNIT={p}" for p in args.without_vllm]
             + [command_line()]))

@@ -9,9 +9,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from kit.manifests.validate import SHIPPED_SCHEMAS
 from kit.targets.processes import PORTS_ENV, Proc, free_port, port_range, spawn, stop
+
+# Property tests are bounded by examples, not by time: on a shared two-core machine one example can stall
+# for longer than Hypothesis' default 200 ms deadline through no fault of the code under test.
+settings.register_profile("kit", deadline=None)
+settings.load_profile("kit")
 
 # The pinned upstream CRD schemas the kit ships and validates against by default.
 SCHEMAS = SHIPPED_SCHEMAS

@@ -32,7 +32,7 @@ def stack(tmp_path, monkeypatch):
 
     def deploy(profile: str) -> str:
         st = target.deploy(f"templates/scheduler/{profile}.yaml", say=lambda _m: None)
-        target.reset_caches()
+        assert target.reset_caches()  # each profile starts cold
         return st.detail["gateway"]
 
     yield target, deploy

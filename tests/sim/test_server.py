@@ -38,7 +38,7 @@ class Sampler:
 
 
 def test_a_repeated_long_prompt_hits_the_prefix_cache_and_starts_sooner(sim_factory):
-    sim = sim_factory("--prefill-us-per-token", "100")
+    sim = sim_factory("--prefill-us-per-token", "1000")  # cold prefill ~1.2 s, so HTTP noise cannot blur the gap
     body = make_body(LONG, chat=False, stream=True, max_tokens=4)
     cold, warm = burst(sim.url, [body])[0], burst(sim.url, [body])[0]
     assert cold.ok and warm.ok

@@ -253,66 +253,25 @@ def serve(argv: list[str]) -> None:
 
 # ------------------------------------------------------------------------------- instructions, with valgrind
 COUNT_CHILD = r"""
-import asyncio, os, socket, sys
+import asyncio, os, sys
 sys.path.insert(0, sys.argv[1])
-import httptools, orjson, uvloop
-import upstream as fake
+import uvloop
 import gateway_servers
-from kit import paths
-from kit.gateway import Gateway, GatewaySettings, datastore, endpoints_from_urls
-from kit.picker import load_picker_file
+from counted_gateway import connect, free_port, gateway_over_upstreams, warm
 
 server, k = sys.argv[2], int(sys.argv[3])
-datastore.LOOP_TICK = 3600.0  # no watchdog ticks inside the counts
-BODY = orjson.dumps({"model": fake.MODEL, "prompt": "How long does the gateway take to pass this request on? " * 4,
-                     "max_tokens": 1})
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-class Client(asyncio.Protocol):
-    def __init__(self, port):
-        self.req = (b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: %d\r\n\r\n%s" % (port, len(BODY), BODY))
-        self.parser = httptools.HttpResponseParser(self)
-    def connection_made(self, t):
-        self.t = t
-    def data_received(self, data):
-        self.parser.feed_data(data)
-    def on_message_complete(self):
-        self.done.set_result(None)
-    async def send(self):
-        self.done = asyncio.get_running_loop().create_future()
-        self.t.write(self.req)
-        await self.done
-        assert self.parser.get_status_code() == 200, self.parser.get_status_code()
 
 async def main():
     loop = asyncio.get_running_loop()
-    ports = [free_port() for _ in range(4)]
-    for p in ports:
-        await loop.create_server(lambda: fake.Upstream(4, 0.001), "127.0.0.1", p)
-    gw = Gateway(load_picker_file(paths.scheduler_profile("default-plugins")),
-                 endpoints_from_urls([f"http://127.0.0.1:{p}" for p in ports]), fake.MODEL,
-                 settings=GatewaySettings(refresh_interval=3600, scrape_timeout=60, connect_timeout=60))  # (slow)
+    gw, ports = await gateway_over_upstreams("default-plugins", scrape_timeout=60, connect_timeout=60)  # (slow)
     port = free_port()
     if server == "front":
         await gw.start("127.0.0.1", port)
     else:
         await gw.datastore.start()
         serving = loop.create_task(gateway_servers.serve_on(server, gw, "127.0.0.1", port))
-    while True:
-        try:
-            _, through = await loop.create_connection(lambda: Client(port), "127.0.0.1", port)
-            break
-        except OSError:
-            await asyncio.sleep(0.2)
-    _, direct = await loop.create_connection(lambda: Client(ports[0]), "127.0.0.1", ports[0])
-    for _ in range(200):
-        await through.send()
-        await direct.send()
+    through, direct = await connect(port, wait=True), await connect(ports[0])
+    await warm(through, direct)
     os.getppid()
     for _ in range(k):
         await through.send()

@@ -35,57 +35,24 @@ PARTS = ["schedule (4 endpoints, 224 chars)", "schedule + PreRequest + record", 
 SHARE = "the gateway's share (through − straight)"
 
 CHILD = r"""
-import asyncio, os, random, socket, sys
+import asyncio, os, random, sys
 sys.path.insert(0, sys.argv[1])
-import httptools, orjson, uvloop
+import orjson, uvloop
 import upstream as fake
+from counted_gateway import BODY, connect, free_port, gateway_over_upstreams, warm
 from kit import paths
-from kit.gateway import Gateway, GatewaySettings, endpoints_from_urls
-from kit.gateway import datastore
 from kit.picker import InferenceRequest, load_picker_file
 from kit.picker.bench import endpoints, make_requests
 from kit.picker.framework import CycleState
 from kit.picker.scheduler import Decision, _weighted_totals
 
 profile, k = sys.argv[2], int(sys.argv[3])
-datastore.LOOP_TICK = 3600.0  # no watchdog ticks inside the counts
-PROMPT = "How long does the gateway take to pass this request on? " * 4
-BODY = orjson.dumps({"model": fake.MODEL, "prompt": PROMPT, "max_tokens": 1})
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-class Client(asyncio.Protocol):
-    def __init__(self, path, port):
-        self.req = (b"POST %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: %d\r\n\r\n%s" % (path, port, len(BODY), BODY))
-        self.parser = httptools.HttpResponseParser(self)
-    def connection_made(self, t):
-        self.t = t
-    def data_received(self, data):
-        self.parser.feed_data(data)
-    def on_message_complete(self):
-        self.done.set_result(None)
-    async def send(self):
-        self.done = asyncio.get_running_loop().create_future()
-        self.t.write(self.req)
-        await self.done
-        assert self.parser.get_status_code() == 200, self.parser.get_status_code()
 
 async def main():
-    loop = asyncio.get_running_loop()
-    ports = [free_port() for _ in range(4)]
-    servers = [await loop.create_server(lambda: fake.Upstream(4, 0.001), "127.0.0.1", p) for p in ports]
-    config = load_picker_file(paths.scheduler_profile(profile))
-    settings = GatewaySettings(refresh_interval=3600)
-    gw = Gateway(config, endpoints_from_urls([f"http://127.0.0.1:{p}" for p in ports]), fake.MODEL,
-                 settings=settings)
+    gw, ports = await gateway_over_upstreams(profile)
     port = free_port()
     front = await gw.start("127.0.0.1", port)
-    _, through = await loop.create_connection(lambda: Client(b"/v1/completions", port), "127.0.0.1", port)
-    _, direct = await loop.create_connection(lambda: Client(b"/v1/completions", ports[0]), "127.0.0.1", ports[0])
+    through, direct = await connect(port), await connect(ports[0])
     rng = random.Random(0)
     sched = load_picker_file(paths.scheduler_profile(profile)).scheduler
     eps = endpoints(rng, 4)
@@ -94,9 +61,7 @@ async def main():
         d, st = sched.schedule(r, eps)
         sched.pre_request(st, r, st["picked"][0])
         sched.record(d)
-    for _ in range(200):
-        await through.send()
-        await direct.send()
+    await warm(through, direct)
     reqs = reqs[200:]
     os.getppid()
     for r in reqs:
@@ -143,8 +108,6 @@ async def main():
             pass
     os.getppid()
     await front.close()
-    for s in servers:
-        s.close()
 
 uvloop.run(main())
 """

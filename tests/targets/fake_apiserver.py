@@ -147,7 +147,7 @@ def _cond(kind: str, ok: bool, reason: str) -> dict[str, Any]:
 class FakeCluster:
     """Start with ``with FakeCluster() as fake:``; ``fake.kubeconfig(path)`` points a client at it."""
 
-    def __init__(self, rollout_seconds: float = 0.3):
+    def __init__(self, rollout_seconds: float = 0.3, port: int | None = None):
         self.token = uuid.uuid4().hex
         self.kinds: dict[tuple[str, str, str], Kind] = {(k.group, k.version, k.plural): k for k in BUILTIN}
         self.store: dict[tuple[str, str, str, str], dict[str, Any]] = {}  # (apiVersion, kind, ns, name)
@@ -161,7 +161,7 @@ class FakeCluster:
         self._lock = threading.RLock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}})
 

@@ -57,6 +57,18 @@ def cluster_scoped(fake: FakeCluster) -> dict[str, dict]:
     return {f"{k}/{o['metadata']['name']}": o for k in ("ClusterRole", "ClusterRoleBinding") for o in fake.objects(k)}
 
 
+def test_a_cluster_recreated_at_the_same_address_is_discovered_afresh(tmp_path):
+    """kind or minikube recreated at the address of one the kit knew: what the old one served is not taken for the
+    new one's (the kubernetes client's default discovery cache is a file per address, shared by every process)."""
+    with FakeCluster() as old:
+        prepared(old)
+        before = apply.prerequisites(env(), Cluster(kubeconfig=str(old.kubeconfig(tmp_path / "old"))))
+        assert not any("Gateway API" in p for p in before), before
+    with FakeCluster(port=old.port) as new:
+        after = apply.prerequisites(env(), Cluster(kubeconfig=str(new.kubeconfig(tmp_path / "new"))))
+    assert any("install the Gateway API CRDs" in p for p in after), after
+
+
 def test_prerequisites_name_every_gap_and_its_fix(fake, client):
     problems = apply.prerequisites(env(), client)
     text = "\n".join(problems)

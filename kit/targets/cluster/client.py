@@ -9,6 +9,8 @@ kinds through discovery, and offers the few verbs the target needs, shaped like 
 from __future__ import annotations
 
 import contextlib
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from kubernetes import client as k8s
@@ -53,12 +55,18 @@ class Cluster:
             where = kubeconfig or "$KUBECONFIG or ~/.kube/config"
             raise KitError(f"cannot load a kubeconfig ({where}): {err}") from None
         self._dyn: DynamicClient | None = None
+        self._discovery_dir: tempfile.TemporaryDirectory | None = None
 
     @property
     def dyn(self) -> DynamicClient:
+        """The dynamic client, discovering afresh. The kubernetes client's default discovery cache is a file per
+        API server address in the shared temp folder, read back by any later process: it would answer for a
+        cluster recreated at the same address (kind, minikube) or with CRDs removed since. Each ``Cluster``
+        keeps its own, in a folder of its own that goes with it."""
         if self._dyn is None:
+            self._discovery_dir = tempfile.TemporaryDirectory(prefix="kit-discovery-")
             try:
-                self._dyn = DynamicClient(self.api)
+                self._dyn = DynamicClient(self.api, cache_file=str(Path(self._discovery_dir.name) / "discovery.json"))
             except Exception as err:  # urllib3 / API errors: the server is not reachable
                 raise KitError(f"the Kubernetes API at {self.api.configuration.host} is not reachable: {err}") from None
         return self._dyn

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 
 import aiohttp
@@ -42,14 +43,15 @@ def test_proxies_completions_and_chat_and_says_who_served(pair):
 
 
 def test_streams_pass_through_as_they_arrive(sim_factory, gateway_factory):
-    # Steps of 250 ms: a step that ends late shortens the next (the simulator keeps its deadlines), and a busy
-    # machine reads a token late, so a gap can shrink by tens of milliseconds, never to the ~0 of a buffered one.
+    # Steps of 250 ms. A buffered stream arrives at once (every gap ~0); one passed through keeps the steps'
+    # gaps, except where a busy machine stalls a process for a few hundred milliseconds and a token or two pile
+    # up behind it: hence the median gap.
     sim = sim_factory("--step-overhead-ms", "250")
     gw = gateway_factory([sim.url])
     [res] = burst(gw.url, [make_body("hi", chat=False, stream=True, max_tokens=8, ignore_eos=True)])
     assert res.ok and len(res.itls) == 7
     assert res.ttft < 0.5 * res.e2e  # the first token was not held back until the end
-    assert min(res.itls) > 0.05, res.itls
+    assert statistics.median(res.itls) > 0.1, res.itls
 
 
 def test_every_decision_is_explained(pair):

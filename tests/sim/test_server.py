@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import statistics
 import threading
 import time
 
@@ -38,16 +39,19 @@ class Sampler:
 
 
 def test_a_repeated_long_prompt_hits_the_prefix_cache_and_starts_sooner(sim_factory):
-    sim = sim_factory("--prefill-us-per-token", "1000")  # cold prefill ~1.2 s, so HTTP noise cannot blur the gap
+    # A cold prefill of ~1.2 s, and the median of three repeats: one request stalled on a busy machine (a few
+    # hundred milliseconds, seen under three test workers) cannot blur the gap.
+    sim = sim_factory("--prefill-us-per-token", "1000")
     body = make_body(LONG, chat=False, stream=True, max_tokens=4)
-    cold, warm = burst(sim.url, [body])[0], burst(sim.url, [body])[0]
-    assert cold.ok and warm.ok
+    cold = burst(sim.url, [body])[0]
+    warm = [burst(sim.url, [body])[0] for _ in range(3)]
+    assert cold.ok and all(w.ok for w in warm)
     assert cold.cached_tokens == 0
-    assert warm.cached_tokens >= 0.9 * warm.prompt_tokens
-    assert warm.ttft < cold.ttft / 4, (cold.ttft, warm.ttft)
+    assert all(w.cached_tokens >= 0.9 * w.prompt_tokens for w in warm)
+    assert statistics.median(w.ttft for w in warm) < cold.ttft / 4, (cold.ttft, [w.ttft for w in warm])
     m = metrics(sim.url)
-    assert m.prefix_hits == warm.cached_tokens
-    assert m.prefix_queries == cold.prompt_tokens + warm.prompt_tokens
+    assert m.prefix_hits == sum(w.cached_tokens for w in warm)
+    assert m.prefix_queries == cold.prompt_tokens + sum(w.prompt_tokens for w in warm)
 
 
 @pytest.mark.slow

@@ -67,7 +67,10 @@ def test_concurrency_beyond_max_num_seqs_queues_and_delays_first_tokens(sim_fact
     running = max(s.running for s in sampler.samples)
     assert running == 4 and waiting >= 4
     ttfts = sorted(r.ttft for r in results)
-    assert min(ttfts[-4:]) > 3 * max(ttfts[:4]), ttfts
+    # The last four waited for two batches of 30 steps of at least 10 ms each (0.6 s; without the queue, all twelve
+    # start together). A difference, not a ratio: a busy machine can delay the whole burst (by 0.9 s once under
+    # three workers), which a ratio would take for a shorter queue.
+    assert min(ttfts[-4:]) - max(ttfts[:4]) > 0.3, ttfts
     # KV usage follows load: ~4 prompts of ~520 tokens in 16-token blocks out of 1000 blocks.
     kv = max(s.kv_usage for s in sampler.samples)
     assert 0.1 <= kv <= 0.2, kv

@@ -9,7 +9,6 @@ Importing it turns off the datastore's watchdog ticks, which would otherwise lan
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 import httptools
@@ -19,16 +18,11 @@ import upstream as fake
 from kit import paths
 from kit.gateway import Gateway, GatewaySettings, datastore, endpoints_from_urls
 from kit.picker import load_picker_file
+from kit.targets.processes import free_port
 
 datastore.LOOP_TICK = 3600.0
 BODY = orjson.dumps({"model": fake.MODEL, "prompt": "How long does the gateway take to pass this request on? " * 4,
                      "max_tokens": 1})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Client(asyncio.Protocol):

@@ -257,7 +257,8 @@ import asyncio, os, sys
 sys.path.insert(0, sys.argv[1])
 import uvloop
 import gateway_servers
-from counted_gateway import connect, free_port, gateway_over_upstreams, warm
+from counted_gateway import connect, gateway_over_upstreams, warm
+from kit.targets.processes import free_port
 
 server, k = sys.argv[2], int(sys.argv[3])
 

@@ -39,12 +39,13 @@ import asyncio, os, random, sys
 sys.path.insert(0, sys.argv[1])
 import orjson, uvloop
 import upstream as fake
-from counted_gateway import BODY, connect, free_port, gateway_over_upstreams, warm
+from counted_gateway import BODY, connect, gateway_over_upstreams, warm
 from kit import paths
 from kit.picker import InferenceRequest, load_picker_file
 from kit.picker.bench import endpoints, make_requests
 from kit.picker.framework import CycleState
 from kit.picker.scheduler import Decision, _weighted_totals
+from kit.targets.processes import free_port
 
 profile, k = sys.argv[2], int(sys.argv[3])
 
